@@ -1,0 +1,51 @@
+# Industrial visual inspection with a VAE. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch on machines without a GPU keeps the install small; set TORCH_SPEC=torch for CUDA.
+TORCH_SPEC ?= torch==2.13.0
+CATEGORIES ?= fabric bracket
+ARGS ?=
+PORT ?= 5000
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup data train score ui test clean clean-all
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (CPU torch by default)
+
+data: $(STAMP) ## generate the built-in dataset into data/builtin (and digits into data/digits)
+	$(PY) -m pipeline data $(ARGS)
+	$(PY) -m pipeline data data=digits
+
+train: $(STAMP) ## train one detector per built-in category (ARGS=overrides, CATEGORIES=...)
+	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline train data.category=$$c $(ARGS); done
+
+score: $(STAMP) ## score each category's test split with its newest detector; results in outputs/score/
+	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline score data.category=$$c $(ARGS); done
+
+ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
+	mkdir -p mlruns
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" --host 127.0.0.1 --port $(PORT)
+
+test: $(STAMP) ## run the test suite
+	$(VENV)/bin/pytest -q
+
+clean: ## remove outputs/ and caches (keeps data/ and the MLflow store)
+	rm -rf outputs .pytest_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-all: clean ## also remove generated datasets and the local MLflow store (mlruns/)
+	rm -rf data/builtin data/digits mlruns

@@ -1,0 +1,84 @@
+"""Compose the run configuration from `conf/` with Hydra's compose API.
+
+We use compose (not `@hydra.main`) so that `python -m pipeline <command> [overrides]` keeps the
+working directory and writes no `outputs/<date>` folders; every tunable still lives in `conf/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A missing, mistyped or invalid configuration key; the message names the key."""
+
+
+def project_root() -> Path:
+    """The checkout this package lives in (editable install), else the current directory."""
+    candidate = PACKAGE_DIR.parent
+    if (candidate / "pyproject.toml").is_file() and (candidate / "conf").is_dir():
+        return candidate
+    return Path.cwd()
+
+
+def conf_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CONF_DIR", project_root() / "conf")).resolve()
+
+
+def _register_resolvers() -> None:
+    # Relative paths in conf/ mean "inside the project", wherever the command is run from.
+    if not OmegaConf.has_resolver("project"):
+        OmegaConf.register_new_resolver("project", lambda rel="": str(project_root() / rel))
+    if not OmegaConf.has_resolver("basename"):
+        OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name)
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose conf/<config_name>.yaml with command-line style overrides, resolved and read-only.
+
+    Raises ConfigError naming the key when an override targets a key that does not exist, or when
+    a required value (`???`) is missing.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"configuration error: {err}") from err
+    OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def require(cfg: DictConfig, dotted_key: str):
+    """cfg value at `dotted_key`, or a ConfigError naming the key when it is absent or null."""
+    value = OmegaConf.select(cfg, dotted_key, default=None, throw_on_missing=False)
+    if value is None:
+        raise ConfigError(f"missing configuration key '{dotted_key}' (set it in conf/ or as {dotted_key}=...)")
+    return value
+
+
+def to_flat_dict(cfg: DictConfig) -> dict[str, object]:
+    """`{"model.latent_dim": 32, ...}`: the resolved config as flat key/value pairs for MLflow params."""
+    flat: dict[str, object] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat

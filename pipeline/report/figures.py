@@ -1,0 +1,85 @@
+"""Figures as files. Uses matplotlib's object API (`Figure`), so no global backend or pyplot state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.metrics import roc_curve
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """Per-epoch curves: history maps a metric name to [(epoch, value), ...]."""
+    names = sorted(history)
+    groups = sorted({n.split("/", 1)[-1] for n in names})
+    fig = Figure(figsize=(4 * len(groups), 3.2))
+    for i, group in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for name in names:
+            if name.split("/", 1)[-1] == group and history[name]:
+                steps, values = zip(*history[name])
+                ax.plot(steps, values, label=name.split("/", 1)[0], marker=".")
+        ax.set_title(group)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return _save(fig, path)
+
+
+def image_grid(rows: list[np.ndarray], row_titles: list[str], path: Path) -> Path:
+    """rows: arrays (N, C, H, W) in [0, 1], one row of N images each (e.g. inputs, reconstructions)."""
+    n = rows[0].shape[0]
+    fig = Figure(figsize=(1.2 * n, 1.3 * len(rows)))
+    for r, (images, title) in enumerate(zip(rows, row_titles)):
+        for c in range(n):
+            ax = fig.add_subplot(len(rows), n, r * n + c + 1)
+            image = images[c].transpose(1, 2, 0)
+            ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title)
+    return _save(fig, path)
+
+
+def score_histogram(scores: np.ndarray, labels: np.ndarray | None, threshold: float, path: Path,
+                    score_name: str = "score") -> Path:
+    """Histogram of normal vs anomalous scores with the threshold as a vertical line."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    bins = np.histogram_bin_edges(scores, bins=40)
+    if labels is None:
+        ax.hist(scores, bins=bins, alpha=0.7, label="all")
+    else:
+        ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal", color="tab:blue")
+        ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
+    if np.isfinite(threshold):
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(score_name), ax.set_ylabel("images"), ax.legend()
+    return _save(fig, path)
+
+
+def roc_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "image ROC") -> Path:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    ax.set_xlabel("false-positive rate"), ax.set_ylabel("true-positive rate"), ax.set_title(title)
+    return _save(fig, path)
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, opacity: float = 0.45) -> Image.Image:
+    """image (H, W, C) uint8, map (H, W) -> RGB PIL image: the map as a 'jet' heat map over the input."""
+    heat = colormaps["jet"](np.clip(anomaly_map / max(vmax, 1e-12), 0.0, 1.0))[:, :, :3]  # (H, W, 3)
+    base = image.astype(np.float32) / 255.0
+    base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base
+    blended = (1 - opacity) * base + opacity * heat
+    return Image.fromarray((blended * 255 + 0.5).astype(np.uint8))

@@ -1,0 +1,38 @@
+"""Evaluation metrics on labelled test data (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve of image scores (1 = anomaly); None when only one class is present."""
+    labels = np.asarray(labels)
+    if labels.min(initial=0) == labels.max(initial=0):
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray]) -> float | None:
+    """ROC AUC over every pixel of every image (masks: bool (H, W), maps: float (H, W), same sizes)."""
+    if not masks:
+        return None
+    truth = np.concatenate([m.ravel() for m in masks])
+    if truth.all() or not truth.any():
+        return None
+    return float(roc_auc_score(truth, np.concatenate([a.ravel().astype(np.float32) for a in maps])))
+
+
+def false_alarm_rate(labels: np.ndarray, flagged: np.ndarray) -> float | None:
+    """Share of normal images (label 0) that were flagged; None without normal images."""
+    labels, flagged = np.asarray(labels), np.asarray(flagged, dtype=bool)
+    normal = labels == 0
+    return float(flagged[normal].mean()) if normal.any() else None
+
+
+def detection_rate(labels: np.ndarray, flagged: np.ndarray) -> float | None:
+    """Share of anomalous images (label 1) that were flagged (recall); None without anomalies."""
+    labels, flagged = np.asarray(labels), np.asarray(flagged, dtype=bool)
+    anomalous = labels == 1
+    return float(flagged[anomalous].mean()) if anomalous.any() else None

@@ -1,0 +1,183 @@
+"""`python -m pipeline score`: score every test image of a dataset with a trained detector.
+
+Writes to `score.output_dir`: scores.csv (one row per readable image), errors.csv (files that could
+not be read, with the reason), maps/<relative path>.npy (float16 maps at the original resolution),
+overlays/<relative path>.png for flagged images, figures/, and metrics.json when labels are known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from pipeline.data.builtin import ensure_dataset
+from pipeline.data.datasets import ImageDataset
+from pipeline.data.images import ImageReadError, read_image, read_mask
+from pipeline.data.layout import Sample, scan_test
+from pipeline.report import figures
+from pipeline.scoring import metrics as M
+from pipeline.scoring.detector import WEIGHTS_FILE, AnomalyDetector, file_sha256
+from pipeline.scoring.maps import resize_map
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_map(path: Path, anomaly_map: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, anomaly_map.astype(np.float16))
+    os.replace(tmp, path)
+
+
+def map_file(out_dir: Path, sample: Sample) -> Path:
+    return out_dir / "maps" / f"{sample.rel_path}.npy"
+
+
+def score_dataset(detector: AnomalyDetector, samples: list[Sample], out_dir: Path, batch_size: int,
+                  num_workers: int = 0, keep_maps: bool = False
+                  ) -> tuple[pd.DataFrame, list[dict], dict[int, np.ndarray]]:
+    """Score samples in batches, writing one map per image. Returns (rows, errors, maps by sample
+    index when `keep_maps`)."""
+    spec = detector.spec
+    loader = DataLoader(ImageDataset(samples, spec.image_size, spec.read_options), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers)
+    rows, errors, kept_maps = [], [], {}
+    done, started = 0, time.perf_counter()
+    for batch in loader:
+        out = detector.score_batch(batch["image"])
+        maps = out["map"].float().cpu()  # (B, S, S)
+        for j, index in enumerate(batch["index"].tolist()):
+            sample = samples[index]
+            if batch["error"][j]:
+                errors.append({"image_path": sample.rel_path, "error": batch["error"][j]})
+                log.warning("cannot score %s: %s", sample.path, batch["error"][j])
+                continue
+            full = resize_map(maps[j], tuple(batch["orig_hw"][j].tolist())).numpy()  # (H, W) original size
+            save_map(map_file(out_dir, sample), full)
+            if keep_maps:
+                kept_maps[index] = full.astype(np.float16)
+            rows.append({"index": index, "image_path": sample.rel_path, "defect_type": sample.defect_type,
+                         "label": sample.label, "recon_error": float(out["recon_error"][j]),
+                         "neg_elbo": float(out["neg_elbo"][j])})
+        done += len(batch["index"])
+        log.info("scored %d/%d images (%.1f images/s)", done, len(samples), done / (time.perf_counter() - started))
+    return pd.DataFrame(rows), errors, kept_maps
+
+
+def apply_threshold(frame: pd.DataFrame, detector: AnomalyDetector) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["score"] = frame[detector.spec.score]
+    frame["threshold"] = detector.threshold_
+    frame["p_value"] = detector.p_values(frame["score"].to_numpy())
+    frame["is_anomaly"] = (frame["score"] > detector.threshold_).astype(int)
+    return frame
+
+
+def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray]) -> dict:
+    """Image AUROC, pixel AUROC (when masks exist), false-alarm and detection rates at the threshold."""
+    labels, scores, flagged = frame["label"].to_numpy(), frame["score"].to_numpy(), frame["is_anomaly"].to_numpy()
+    result = {"n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
+              "image_auroc": M.image_auroc(labels, scores), "false_alarm_rate": M.false_alarm_rate(labels, flagged),
+              "detection_rate": M.detection_rate(labels, flagged)}
+    for name in ("recon_error", "neg_elbo"):
+        result[f"image_auroc.{name}"] = M.image_auroc(labels, frame[name].to_numpy())
+    if any(s.mask_path is not None for s in samples):
+        masks, pixel_maps = [], []
+        for index in frame["index"]:
+            sample, anomaly_map = samples[index], maps[index]
+            masks.append(read_mask(sample.mask_path, anomaly_map.shape) if sample.mask_path is not None
+                         else np.zeros(anomaly_map.shape, dtype=bool))
+            pixel_maps.append(anomaly_map)
+        result["pixel_auroc"] = M.pixel_auroc(masks, pixel_maps)
+    per_type = {}
+    for defect_type, group in frame[frame["label"] == 1].groupby("defect_type"):
+        both = pd.concat([frame[frame["label"] == 0], group])
+        per_type[defect_type] = {"n": int(len(group)), "image_auroc": M.image_auroc(both["label"], both["score"]),
+                                 "detection_rate": float(group["is_anomaly"].mean())}
+    result["per_defect_type"] = per_type
+    return result
+
+
+def write_overlays(frame: pd.DataFrame, samples: list[Sample], out_dir: Path, detector: AnomalyDetector,
+                   maps_vmax: float, limit: int) -> list[Path]:
+    """Heat-map overlay PNGs of the flagged images, most anomalous first."""
+    written = []
+    shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # our own output from an earlier run
+    for _, row in frame[frame["is_anomaly"] == 1].sort_values("score", ascending=False).head(limit).iterrows():
+        sample = samples[int(row["index"])]
+        image = read_image(sample.path, detector.spec.read_options)
+        anomaly_map = np.load(map_file(out_dir, sample)).astype(np.float32)
+        path = out_dir / "overlays" / f"{sample.rel_path}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figures.heatmap_overlay(image, anomaly_map, maps_vmax).save(path)
+        written.append(path)
+    return written
+
+
+def run_score(cfg: DictConfig) -> dict:
+    from pipeline.tracking.runs import resolve_detector
+
+    root = ensure_dataset(cfg.data, cfg.seed)
+    out_dir = Path(cfg.score.output_dir).expanduser().resolve()
+    if out_dir == root or root in out_dir.parents:
+        raise ValueError(f"score.output_dir={out_dir} is inside the data root {root}: choose another folder")
+    detector_dir, provenance = resolve_detector(cfg, str(cfg.score.model), str(root))
+    detector = AnomalyDetector.load(detector_dir)
+    provenance["weights_sha256"] = file_sha256(detector_dir / WEIGHTS_FILE)
+    detector.recalibrate_for(score=cfg.score.score, alpha=cfg.score.alpha)
+    samples = scan_test(root)
+    log.info("scoring %d test images of %s with %s", len(samples), root, provenance["model_source"])
+
+    started = time.perf_counter()
+    frame, errors, maps = score_dataset(detector, samples, out_dir, cfg.data.batch_size, cfg.data.num_workers,
+                                        keep_maps=True)
+    seconds = time.perf_counter() - started
+    if frame.empty:
+        raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")
+    frame = apply_threshold(frame, detector)
+    columns = ["image_path", "score", "threshold", "is_anomaly", "p_value", "recon_error", "neg_elbo", "label",
+               "defect_type"]
+    atomic_write_text(out_dir / "scores.csv", frame[columns].to_csv(index=False))
+    atomic_write_text(out_dir / "errors.csv", pd.DataFrame(errors, columns=["image_path", "error"]).to_csv(index=False))
+
+    labelled = frame["label"].nunique() > 1 or frame["defect_type"].ne("good").any()
+    metrics = evaluate(frame, samples, maps) if labelled else {"n_images": len(frame)}
+    metrics.update({"threshold": detector.threshold_, "alpha": detector.spec.alpha, "score": detector.spec.score,
+                    "n_flagged": int(frame["is_anomaly"].sum()), "n_errors": len(errors),
+                    "images_per_second": len(samples) / seconds, **provenance})
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+
+    normal_maps = [maps[i] for i in frame.loc[frame["label"] == 0, "index"]] or list(maps.values())
+    vmax = float(np.quantile(np.concatenate([m.ravel() for m in normal_maps]).astype(np.float32), 0.999)) * 2
+    overlays = write_overlays(frame, samples, out_dir, detector, vmax, cfg.score.max_overlays)
+    figures.score_histogram(frame["score"].to_numpy(), frame["label"].to_numpy() if labelled else None,
+                            detector.threshold_, out_dir / "figures" / "score_histogram.png", detector.spec.score)
+    if metrics.get("image_auroc") is not None:
+        figures.roc_figure(frame["label"].to_numpy(), frame["score"].to_numpy(), out_dir / "figures" / "roc.png")
+
+    if cfg.tracking.enabled:
+        from pipeline.tracking.scoring_run import log_scoring_run
+
+        metrics["run_id"] = log_scoring_run(cfg, out_dir, detector, provenance, metrics, frame, overlays, str(root))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+    metrics["output_dir"] = str(out_dir)
+    return metrics

@@ -1,0 +1,42 @@
+"""Thresholds from held-out normal scores: the conformal quantile and conformal p-values."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """k = ceil((n + 1)(1 - alpha)): the rank (1-based) of the calibration score used as threshold."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+
+
+def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
+    """The k-th smallest calibration score, k = ceil((n+1)(1-alpha)).
+
+    Flagging `score > threshold` then has false-alarm rate <= alpha on new normal images exchangeable
+    with the calibration set. With too few calibration scores (k > n) no finite threshold gives that
+    guarantee: we warn and return +inf (nothing is flagged) rather than silently promise it.
+    """
+    scores = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+    n = scores.size
+    if n == 0:
+        raise ValueError("no calibration scores: the normal validation split is empty")
+    k = conformal_rank(n, alpha)
+    if k > n:
+        warnings.warn(f"{n} calibration images are too few for alpha={alpha}: need at least "
+                      f"{math.ceil(1 / alpha - 1)}; the threshold is +inf (nothing is flagged)", stacklevel=2)
+        return math.inf
+    return float(scores[k - 1])
+
+
+def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """p = (1 + #{calibration >= s}) / (n + 1) for every score s; small p = unusual for a normal image."""
+    calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+    scores = np.asarray(scores, dtype=np.float64)
+    at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
+    return (1.0 + at_least) / (calibration.size + 1.0)

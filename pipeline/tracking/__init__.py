@@ -1,0 +1,1 @@
+"""Tracking: the only subpackage that imports mlflow (runs, artifacts, registry, model packaging)."""

@@ -1,0 +1,98 @@
+"""Logging a finished training or scoring run to MLflow, and finding the detector to score with."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from pipeline.config import PACKAGE_DIR
+from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256
+from pipeline.tracking.store import experiment_id, open_store, tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PYFUNC_CODE = PACKAGE_DIR / "tracking" / "pyfunc_model.py"
+# What the pyfunc model needs to load elsewhere; given explicitly so MLflow does not have to
+# import and run the model to infer it.
+MODEL_REQUIREMENTS = ["torch>=2.4", "mlflow>=3.5,<4", "numpy>=1.26", "pandas>=2.1", "pillow>=10.3", "omegaconf>=2.3",
+                      "pytorch-lightning>=2.5,<2.7", "scikit-learn>=1.4", "scipy>=1.11"]
+
+
+def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, registered_model: str | None) -> dict:
+    """Log the detector folder as plain artifacts (`detector/`) and as a pyfunc model (`model`), and
+    register a new model version; the very first version becomes the champion."""
+    client.log_artifacts(run_id, str(detector_dir), artifact_path="detector")
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"detector": str(detector_dir)},
+            code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS)
+    result = {"model_uri": info.model_uri, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
+    client.set_tag(run_id, "weights_sha256", result["weights_sha256"])
+    if registered_model:
+        version = mlflow.register_model(info.model_uri, registered_model)
+        result["registered_model"], result["version"] = registered_model, version.version
+        client.set_model_version_tag(registered_model, version.version, "weights_sha256", result["weights_sha256"])
+        if str(version.version) == "1":
+            client.set_registered_model_alias(registered_model, CHAMPION, version.version)
+    return result
+
+
+def find_latest_training_run(client: MlflowClient, cfg: DictConfig, data_root: str) -> str:
+    """Run id of the newest finished training run on `data_root`."""
+    exp = client.get_experiment_by_name(cfg.tracking.train_experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+        max_results=500)
+    for run in runs:
+        if run.data.tags.get("data_root") == data_root and run.data.tags.get("has_detector") == "true":
+            return run.info.run_id
+    raise LookupError(f"no finished training run on {data_root} in experiment '{cfg.tracking.train_experiment}' "
+                      f"of {tracking_uri(cfg)}: run `python -m pipeline train data.root={data_root}` first, "
+                      "or set score.model=<model URI, run id or detector folder>")
+
+
+def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | None = None) -> tuple[Path, dict]:
+    """A local detector folder for `spec` plus provenance (run id, model URI, ...).
+
+    spec: 'latest' | a local folder | 'models:/...' or 'runs:/...' URI | a training run id.
+    """
+    local = Path(spec).expanduser()
+    if spec != "latest" and local.is_dir():
+        found = _find_detector(local)
+        return found, {"model_source": str(found.resolve())}
+    client = open_store(cfg)
+    download_to = Path(download_to or tempfile.mkdtemp(prefix="detector-"))
+    if spec == "latest" or re.fullmatch(r"[0-9a-f]{32}", spec):
+        run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="detector",
+                                                   dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
+        return _find_detector(Path(path)), {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
+    if spec.startswith(("models:/", "runs:/")):
+        path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(download_to),
+                                                   tracking_uri=tracking_uri(cfg))
+        return _find_detector(Path(path)), {"model_source": spec}
+    raise ValueError(f"score.model={spec!r} is neither 'latest', an existing folder, a models:/ or runs:/ URI, "
+                     "nor a 32-character run id")
+
+
+def _find_detector(folder: Path) -> Path:
+    if (folder / DETECTOR_FILE).is_file():
+        return folder
+    found = sorted(p.parent for p in folder.rglob(DETECTOR_FILE))
+    if not found:
+        raise FileNotFoundError(f"no {DETECTOR_FILE} under {folder}: not a detector or model folder")
+    return found[0]
+
+
+def start_run(cfg: DictConfig, experiment: str, run_name: str, tags: dict[str, str]) -> tuple[MlflowClient, str]:
+    """Create a run in `experiment` through the client (no fluent active run is left behind)."""
+    client = open_store(cfg)
+    run = client.create_run(experiment_id(client, cfg, experiment), run_name=run_name, tags=tags)
+    return client, run.info.run_id

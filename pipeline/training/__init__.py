@@ -1,0 +1,1 @@
+"""Training: the LightningModule around the plain network, and the `train` entry point."""

@@ -1,0 +1,38 @@
+import pytest
+
+from pipeline.__main__ import main
+from pipeline.config import ConfigError, compose, require
+
+
+def test_defaults_compose_and_paths_are_absolute():
+    cfg = compose([])
+    assert cfg.data.root.endswith("data/builtin/fabric") and cfg.data.root.startswith("/")
+    assert cfg.data.name == "fabric" and cfg.tracking.registered_model == "fabric-vae"
+
+
+def test_override_and_data_root_names_the_dataset():
+    cfg = compose(["model.latent_dim=64", "data.root=/somewhere/bottle"])
+    assert cfg.model.latent_dim == 64 and cfg.data.name == "bottle"
+    assert cfg.score.output_dir.endswith("score/bottle")
+
+
+def test_mistyped_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="latnt_dim"):
+        compose(["model.latnt_dim=3"])
+
+
+def test_require_names_a_missing_key():
+    cfg = compose([])
+    with pytest.raises(ConfigError, match="'score.nothing'"):
+        require(cfg, "score.nothing")
+
+
+def test_cli_reports_config_errors_with_exit_code_2(capsys):
+    assert main(["train", "trainer.max_epoch=3"]) == 2
+    assert "max_epoch" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+
+
+def test_cli_reports_a_missing_data_root(tmp_path, capsys):
+    assert main(["score", f"data.root={tmp_path / 'nope'}", f"tracking.store_dir={tmp_path / 'm'}"]) == 1
+    assert f"data root {tmp_path / 'nope'} does not exist" in capsys.readouterr().err

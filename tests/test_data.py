@@ -1,0 +1,138 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data.datamodule import InspectionDataModule, split_train_val
+from pipeline.data.datasets import ImageDataset, load_images
+from pipeline.data.images import ImageReadError, ReadOptions, read_image, read_mask, to_model_tensor
+from pipeline.data.layout import DatasetLayoutError, scan_test, scan_train
+from tests.conftest import write_png
+
+
+def test_layout_labels_and_masks(tiny_dataset):
+    train = scan_train(tiny_dataset)
+    test = scan_test(tiny_dataset)
+    assert len(train) == 24 and all(s.label == 0 for s in train)
+    assert {s.defect_type for s in test} == {"good", "scratch"}
+    scratch = [s for s in test if s.defect_type == "scratch"]
+    assert all(s.label == 1 and s.mask_path is not None for s in scratch)
+    assert all(s.mask_path is None for s in test if s.defect_type == "good")
+    assert scratch[0].rel_path == "test/scratch/000.png"
+    mask = read_mask(scratch[0].mask_path, (48, 48))
+    assert mask.dtype == bool and mask.sum() == 2 * 32
+
+
+def test_defect_without_mask_has_none(tiny_dataset):
+    os.remove(tiny_dataset / "ground_truth" / "scratch" / "001_mask.png")
+    by_name = {s.rel_path: s for s in scan_test(tiny_dataset)}
+    assert by_name["test/scratch/001.png"].mask_path is None
+    assert by_name["test/scratch/002.png"].mask_path is not None
+
+
+def test_formats_png_jpeg_bmp_tiff_and_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (20, 30), dtype=np.uint8)
+    for suffix in ("png", "jpg", "bmp", "tif"):
+        Image.fromarray(gray).save(tmp_path / f"g.{suffix}")
+        array = read_image(tmp_path / f"g.{suffix}", ReadOptions(channels=1))
+        assert array.shape == (20, 30, 1)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert read_image(tmp_path / "c.png", ReadOptions(channels=3)).shape == (20, 30, 3)
+    assert read_image(tmp_path / "c.png", ReadOptions(channels=1, strict_channels=False)).shape == (20, 30, 1)
+    tensor = to_model_tensor(read_image(tmp_path / "c.png", ReadOptions(channels=3)), 16)
+    assert tensor.shape == (3, 16, 16) and 0 <= tensor.min() and tensor.max() <= 1
+
+
+def test_sixteen_bit_images_are_rescaled(tmp_path):
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    array = read_image(tmp_path / "d.png")
+    assert array.max() == round(63000 / 65535 * 255)
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "empty file"),
+    (b"this is not an image", "not a readable image"),
+])
+def test_bad_files_name_the_file_and_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        read_image(path)
+    assert info.value.path == str(path)
+
+
+def test_truncated_image_is_a_clear_error(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="t.png: corrupt or truncated"):
+        read_image(tmp_path / "t.png")
+
+
+def test_wrong_channels_and_size_are_errors(tmp_path):
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ImageReadError, match="has 3 channel.*data.channels=3"):
+        read_image(tmp_path / "rgb.png", ReadOptions(channels=1))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ImageReadError, match="small.png: is 10x12"):
+        read_image(tmp_path / "small.png", ReadOptions(expected_size=(48, 48)))
+
+
+def test_pixel_limit_refuses_huge_images(tmp_path):
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        read_image(tmp_path / "big.png", ReadOptions(max_pixels=5000))
+
+
+def test_missing_root_and_empty_folders(tmp_path, tiny_dataset, caplog):
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        scan_train(tmp_path / "nowhere")
+    (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="train/good holds no images"):
+        scan_train(tmp_path / "empty")
+    (tiny_dataset / "test" / "crack").mkdir()
+    samples = scan_test(tiny_dataset)
+    assert "test/crack is an empty class folder" in caplog.text
+    assert all(s.defect_type != "crack" for s in samples)
+
+
+def test_bad_training_images_are_skipped_and_reported(tiny_dataset):
+    (tiny_dataset / "train" / "good" / "zz_corrupt.png").write_bytes(b"\x89PNG garbage")
+    write_png(tiny_dataset / "train" / "good" / "zz_small.png", np.zeros((20, 20), np.uint8))
+    dm = InspectionDataModule(tiny_dataset, 32, ReadOptions(), 0.25, 8)
+    dm.setup("fit")
+    assert len(dm.train_samples) + len(dm.val_samples) == 24
+    reasons = {os.path.basename(e.path): e.reason for e in dm.skipped}
+    assert set(reasons) == {"zz_corrupt.png", "zz_small.png"}
+    assert "20x20" in reasons["zz_small.png"]
+
+
+def test_streaming_dataset_returns_errors_instead_of_raising(tiny_dataset):
+    samples = scan_test(tiny_dataset)
+    (samples[0].path).write_bytes(b"")
+    item = ImageDataset(samples, 32, ReadOptions())[0]
+    assert item["error"] == "empty file (0 bytes)" and item["image"].shape == (1, 32, 32)
+    ok = ImageDataset(samples, 32, ReadOptions())[1]
+    assert ok["error"] == "" and ok["orig_hw"].tolist() == [48, 48]
+
+
+def test_validation_split_is_deterministic_and_disjoint():
+    a_train, a_val = split_train_val(50, 0.2, seed=3)
+    b_train, b_val = split_train_val(50, 0.2, seed=3)
+    assert torch.equal(a_val, b_val) and len(a_val) == 10
+    assert set(a_train.tolist()).isdisjoint(a_val.tolist())
+    assert len(set(a_train.tolist()) | set(a_val.tolist())) == 50
+    with pytest.raises(ValueError):
+        split_train_val(1, 0.2, 0)
+
+
+def test_load_images_with_no_readable_image_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    from pipeline.data.layout import Sample
+    with pytest.raises(ImageReadError, match="no readable image"):
+        load_images([Sample(tmp_path / "a.png", "a.png", "good", None)], 16, ReadOptions())

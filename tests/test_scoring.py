@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from pipeline.models.vae import ConvAutoencoder, ConvVAE
+from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
+from pipeline.scoring.maps import gaussian_blur, residual_map, resize_map
+from pipeline.scoring.metrics import false_alarm_rate, image_auroc, pixel_auroc
+from pipeline.scoring.scores import neg_elbo, posterior_mean_reconstruction, recon_error
+from pipeline.scoring.threshold import conformal_p_values, conformal_rank, conformal_threshold
+
+
+def test_conformal_threshold_is_the_ceil_rank_score():
+    scores = np.arange(1, 20, dtype=float)[::-1]  # 19 scores: 1..19, shuffled order
+    # n=19, alpha=0.1: k = ceil(20 * 0.9) = 18 -> 18th smallest = 18
+    assert conformal_rank(19, 0.1) == 18
+    assert conformal_threshold(scores, 0.1) == 18.0
+    # n=99, alpha=0.01: k = ceil(100 * 0.99) = 99 (no floating-point round-up to 100)
+    assert conformal_rank(99, 0.01) == 99
+
+
+def test_conformal_threshold_warns_when_calibration_is_too_small():
+    with pytest.warns(UserWarning, match="too few"):
+        assert conformal_threshold(np.arange(10.0), 0.01) == math.inf
+    with pytest.raises(ValueError):
+        conformal_threshold(np.array([]), 0.1)
+
+
+def test_p_values_hand_computed_and_consistent_with_threshold():
+    calibration = np.array([1.0, 2.0, 3.0, 4.0])
+    p = conformal_p_values(calibration, np.array([0.5, 2.0, 4.5]))
+    np.testing.assert_allclose(p, [5 / 5, 4 / 5, 1 / 5])
+    rng = np.random.default_rng(0)
+    cal, new = rng.normal(size=199), rng.normal(size=1000)
+    alpha = 0.05
+    flagged_by_threshold = new > conformal_threshold(cal, alpha)
+    flagged_by_p = conformal_p_values(cal, new) <= alpha
+    assert np.array_equal(flagged_by_threshold, flagged_by_p)
+
+
+def test_conformal_false_alarm_rate_is_controlled_on_exchangeable_normals():
+    rng = np.random.default_rng(1)
+    rates = []
+    for _ in range(200):
+        cal, new = rng.normal(size=99), rng.normal(size=200)
+        rates.append(np.mean(new > conformal_threshold(cal, 0.1)))
+    assert np.mean(rates) <= 0.1 + 0.01  # marginal guarantee: E[FAR] <= alpha
+    assert np.mean(rates) > 0.08       # and not wastefully conservative
+
+
+def test_gaussian_blur_matches_scipy_away_from_borders():
+    rng = np.random.default_rng(2)
+    maps = rng.random((2, 40, 40)).astype(np.float32)
+    ours = gaussian_blur(torch.from_numpy(maps), 2.0).numpy()
+    ref = np.stack([gaussian_filter(m, 2.0, mode="mirror", truncate=4.0) for m in maps])
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert gaussian_blur(torch.from_numpy(maps), 0).shape == (2, 40, 40)
+
+
+def test_residual_map_and_resize_shapes():
+    x, x_hat = torch.zeros(3, 3, 16, 16), torch.ones(3, 3, 16, 16) * 0.5
+    m = residual_map(x, x_hat)
+    assert m.shape == (3, 16, 16) and torch.allclose(m, torch.full_like(m, 0.25))
+    assert resize_map(m[0], (40, 30)).shape == (40, 30)
+    first = m[0]
+    assert resize_map(first, (16, 16)) is first  # no needless copy at the same size
+
+
+def test_recon_error_and_neg_elbo_behave():
+    torch.manual_seed(0)
+    net = ConvVAE(1, 16, 3, [4, 8]).eval()
+    x = torch.rand(4, 1, 16, 16)
+    x_hat, mu, log_var = posterior_mean_reconstruction(net, x)
+    assert recon_error(x, x_hat).shape == (4,)
+    eps = torch.randn(5, 3)
+    a = neg_elbo(net, x, mu, log_var, eps, "bce")
+    # The score of an image does not depend on the batch it is in (shared Monte Carlo draws).
+    b = neg_elbo(net, x[:2], mu[:2], log_var[:2], eps, "bce")
+    torch.testing.assert_close(a[:2], b)
+    ae = ConvAutoencoder(1, 16, 3, [4, 8]).eval()
+    mu_ae, lv_ae = ae.encode(x)
+    assert lv_ae is None and neg_elbo(ae, x, mu_ae, None, eps, "mse").shape == (4,)
+
+
+def test_metrics():
+    assert image_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert image_auroc(np.array([0, 0]), np.array([0.1, 0.2])) is None
+    masks = [np.array([[True, False]]), np.array([[False, False]])]
+    maps = [np.array([[0.9, 0.1]]), np.array([[0.2, 0.3]])]
+    assert pixel_auroc(masks, maps) == 1.0
+    assert false_alarm_rate(np.array([0, 0, 0, 1]), np.array([1, 0, 0, 1])) == pytest.approx(1 / 3)
+
+
+def test_detector_round_trip_and_recalibration(tmp_path):
+    torch.manual_seed(0)
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", mc_samples=3, alpha=0.1)
+    detector = AnomalyDetector(ConvVAE(1, 16, 3, [4, 8]), spec)
+    x = torch.rand(30, 1, 16, 16)
+    out = detector.score_batch(x)
+    assert out["map"].shape == (30, 16, 16)
+    threshold = detector.calibrate({k: out[k].numpy() for k in ("recon_error", "neg_elbo")})
+    assert threshold == conformal_threshold(out["recon_error"].numpy(), 0.1)
+    loaded = AnomalyDetector.load(detector.save(tmp_path / "det"))
+    torch.testing.assert_close(loaded.score_batch(x)["neg_elbo"], out["neg_elbo"])
+    assert loaded.threshold_ == threshold
+    loaded.recalibrate_for(score="neg_elbo", alpha=0.2)
+    assert loaded.threshold_ == conformal_threshold(out["neg_elbo"].numpy(), 0.2)
