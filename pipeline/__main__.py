@@ -17,6 +17,7 @@ commands:
   data    generate the built-in dataset (data=builtin, default) or the digits tasks (data=digits)
   train   train a detector on data.root, calibrate its threshold, log it to MLflow
   score   score the test split of data.root with a trained detector (score.model=latest by default)
+  evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
   config  print the composed configuration
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
@@ -42,6 +43,12 @@ def _score(cfg) -> dict:
     return run_score(cfg)
 
 
+def _evaluate(cfg) -> dict:
+    from pipeline.scoring.run import run_evaluate
+
+    return run_evaluate(cfg)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -49,7 +56,7 @@ def _config(cfg) -> dict:
     return {}
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "config": _config}
+COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,3 +83,29 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, opa
     base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base
     blended = (1 - opacity) * base + opacity * heat
     return Image.fromarray((blended * 255 + 0.5).astype(np.uint8))
+
+
+def pr_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "image precision-recall") -> Path:
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(recall, precision)
+    ax.axhline(float(np.mean(labels)), color="gray", linestyle=":", label="chance")
+    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_title(title), ax.legend()
+    return _save(fig, path)
+
+
+def box_by_group(frame, group: str, value: str, threshold: float, path: Path) -> Path:
+    """Box plot of `value` per `group` (e.g. score per defect type) with the threshold line."""
+    names = sorted(frame[group].unique(), key=lambda g: (g != "good", g))
+    fig = Figure(figsize=(1.1 * len(names) + 2, 3.5))
+    ax = fig.add_subplot()
+    ax.boxplot([frame.loc[frame[group] == n, value].to_numpy() for n in names], tick_labels=names)
+    if np.isfinite(threshold):
+        ax.axhline(threshold, color="black", linestyle="--", label="threshold")
+        ax.legend()
+    ax.set_ylabel(value)
+    ax.tick_params(axis="x", rotation=30)
+    return _save(fig, path)

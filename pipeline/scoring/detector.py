@@ -21,9 +21,12 @@ import torch
 
 from pipeline.data.images import ReadOptions
 from pipeline.models.vae import ConvAutoencoder, build_network
-from pipeline.scoring.maps import gaussian_blur, residual_map
-from pipeline.scoring.scores import SCORE_NAMES, neg_elbo, posterior_mean_reconstruction, recon_error
-from pipeline.scoring.threshold import conformal_p_values, conformal_threshold
+from pipeline.scoring import maps as M
+from pipeline.scoring import scores as S
+from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, pixel_threshold
+
+MAP_KINDS = ("residual", "msgms", "elbo_grad", "projection")
+THRESHOLD_METHODS = ("conformal", "manual")
 
 DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
@@ -39,15 +42,21 @@ class DetectorSpec:
     latent_dim: int
     hidden_channels: list[int]
     recon_loss: str
-    score: str = "recon_error"          # which score is *the* score
-    mc_samples: int = 8                 # K for the Monte Carlo negative ELBO
+    score: str = "recon_error"          # which score is *the* score (one of scores.SCORE_NAMES)
+    mc_samples: int = 8                 # K for the Monte Carlo negative ELBO / IWAE
+    map_kind: str = "residual"          # which per-pixel map (MAP_KINDS)
     map_sigma: float = 2.0              # smoothing of the anomaly map, model-input pixels
+    topk_fraction: float = 0.01         # share of map pixels averaged by the map_topk score
+    projection: dict = field(default_factory=lambda: {"steps": 10, "step_size": 0.05, "l1_weight": 1.0})
+    pixel_quantile: float = 0.999       # quantile of normal validation map pixels used as pixel threshold
+    pixel_threshold: float | None = None
     seed: int = 0                       # seeds the shared Monte Carlo draws
     max_image_pixels: int = 50_000_000
     strict_channels: bool = True
     expected_size: list[int] | None = None  # (H, W) of the training images, enforced in strict mode
     alpha: float = 0.01                 # target false-alarm rate of the threshold
-    threshold_method: str = "conformal"
+    threshold_method: str = "conformal"  # conformal (from calibration scores) | manual
+    manual_threshold: float | None = None
     calibration_scores: dict[str, list[float]] = field(default_factory=dict)  # score name -> normal val scores
     threshold: float | None = None
     extra: dict = field(default_factory=dict)  # provenance: data root, run id, ...
@@ -60,8 +69,10 @@ class DetectorSpec:
 
 class AnomalyDetector:
     def __init__(self, net: ConvAutoencoder, spec: DetectorSpec):
-        if spec.score not in SCORE_NAMES:
-            raise ValueError(f"score.score must be one of {SCORE_NAMES}, got {spec.score!r}")
+        if spec.score not in S.SCORE_NAMES:
+            raise ValueError(f"score.score must be one of {S.SCORE_NAMES}, got {spec.score!r}")
+        if spec.map_kind not in MAP_KINDS:
+            raise ValueError(f"score.map must be one of {MAP_KINDS}, got {spec.map_kind!r}")
         self.net = net.eval()
         self.spec = spec
         # Shared Monte Carlo draws (K, L): see scores.neg_elbo.
@@ -76,38 +87,74 @@ class AnomalyDetector:
         self.net.to(device)
         return self
 
-    @torch.inference_mode()
-    def score_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (B, C, S, S) in [0, 1] -> every score (B,), 'map' (B, S, S) smoothed, 'reconstruction'."""
+    def anomaly_map(self, x: torch.Tensor, x_hat: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """Unsmoothed (B, S, S) map of the given kind (default: the spec's)."""
+        kind = kind or self.spec.map_kind
+        if kind == "residual":
+            return M.residual_map(x, x_hat)
+        if kind == "msgms":
+            return M.msgms_map(x, x_hat)
+        if kind == "elbo_grad":
+            return M.elbo_gradient_map(self.net, x, self.spec.recon_loss)
+        return M.projection_map(self.net, x, self.spec.recon_loss, **self.spec.projection)
+
+    @torch.no_grad()  # not inference_mode: the gradient maps re-enable autograd locally
+    def score_batch(self, x: torch.Tensor, map_kinds: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """x (B, C, S, S) in [0, 1] -> every score in scores.SCORE_NAMES (B,), 'score' (B,),
+        'map' (B, S, S) smoothed, 'reconstruction' (B, C, S, S); plus 'map.<kind>' for extra map kinds."""
         x = x.to(self.device, non_blocking=True)
-        x_hat, mu, log_var = posterior_mean_reconstruction(self.net, x)
-        out = {
-            "recon_error": recon_error(x, x_hat),
-            "neg_elbo": neg_elbo(self.net, x, mu, log_var, self._eps.to(x.device), self.spec.recon_loss),
-            "map": gaussian_blur(residual_map(x, x_hat), self.spec.map_sigma),
-            "reconstruction": x_hat,
-        }
+        x_hat, mu, log_var = S.posterior_mean_reconstruction(self.net, x)
+        out = {"recon_error": S.recon_error(x, x_hat), "l1_error": S.l1_error(x, x_hat), "reconstruction": x_hat}
+        out.update(S.likelihood_scores(self.net, x, mu, log_var, self._eps.to(x.device), self.spec.recon_loss))
+        msgms = M.msgms_map(x, x_hat)
+        out["msgms_error"] = msgms.flatten(1).mean(dim=1)
+        raw = msgms if self.spec.map_kind == "msgms" else self.anomaly_map(x, x_hat)
+        out["map"] = M.gaussian_blur(raw, self.spec.map_sigma)
+        out["map_max"] = S.map_max(out["map"])
+        out["map_topk"] = S.map_topk(out["map"], self.spec.topk_fraction)
+        for kind in map_kinds:
+            out[f"map.{kind}"] = M.gaussian_blur(self.anomaly_map(x, x_hat, kind), self.spec.map_sigma)
         out["score"] = out[self.spec.score]
         return out
 
     # ---- calibration (sklearn style: fitted state ends in '_') ---------------------------------
-    def calibrate(self, normal_scores: dict[str, np.ndarray], alpha: float | None = None) -> float:
-        """Store held-out normal scores (every score kind) and set the conformal threshold for `alpha`."""
+    def calibrate(self, normal_scores: dict[str, np.ndarray], alpha: float | None = None,
+                  normal_maps: np.ndarray | None = None) -> float:
+        """Store held-out normal scores (every score kind), set the image threshold for `alpha` and,
+        given the normal validation maps (N, S, S), the pixel threshold."""
         self.spec.calibration_scores = {k: [float(v) for v in np.asarray(s).ravel()] for k, s in normal_scores.items()}
         if alpha is not None:
             self.spec.alpha = float(alpha)
-        self.spec.threshold = conformal_threshold(self.calibration_scores_, self.spec.alpha)
+        if normal_maps is not None:
+            self.spec.pixel_threshold = pixel_threshold(normal_maps, self.spec.pixel_quantile)
+        self._set_threshold()
         return self.spec.threshold
 
-    def recalibrate_for(self, score: str | None = None, alpha: float | None = None) -> None:
-        """Switch the score and/or alpha; the threshold follows from the stored calibration scores."""
+    def _set_threshold(self) -> None:
+        if self.spec.threshold_method == "manual":
+            if self.spec.manual_threshold is None:
+                raise ValueError("score.threshold_method=manual needs score.manual_threshold")
+            self.spec.threshold = float(self.spec.manual_threshold)
+        elif self.spec.threshold_method == "conformal":
+            self.spec.threshold = conformal_threshold(self.calibration_scores_, self.spec.alpha)
+        else:
+            raise ValueError(f"score.threshold_method must be one of {THRESHOLD_METHODS}, got {self.spec.threshold_method!r}")
+
+    def recalibrate_for(self, score: str | None = None, alpha: float | None = None, method: str | None = None,
+                        manual_threshold: float | None = None) -> None:
+        """Switch the score, alpha or threshold method; the threshold follows from the stored
+        calibration scores (or is the manual value)."""
         if score is not None:
-            if score not in SCORE_NAMES:
-                raise ValueError(f"score.score must be one of {SCORE_NAMES}, got {score!r}")
+            if score not in S.SCORE_NAMES:
+                raise ValueError(f"score.score must be one of {S.SCORE_NAMES}, got {score!r}")
             self.spec.score = score
         if alpha is not None:
             self.spec.alpha = float(alpha)
-        self.spec.threshold = conformal_threshold(self.calibration_scores_, self.spec.alpha)
+        if method is not None:
+            self.spec.threshold_method = method
+        if manual_threshold is not None:
+            self.spec.manual_threshold = float(manual_threshold)
+        self._set_threshold()
 
     @property
     def calibration_scores_(self) -> np.ndarray:

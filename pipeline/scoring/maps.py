@@ -43,3 +43,83 @@ def resize_map(anomaly_map: torch.Tensor, size_hw: tuple[int, int]) -> torch.Ten
         return anomaly_map
     return F.interpolate(anomaly_map[None, None], size=tuple(int(s) for s in size_hw), mode="bilinear",
                          align_corners=False)[0, 0]
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Prewitt gradient magnitude of (B, 1, H, W) images -> (B, 1, H, W)."""
+    kx = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=x.device, dtype=x.dtype) / 3.0
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels)
+    return torch.sqrt(g.pow(2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def msgms_map(x: torch.Tensor, x_hat: torch.Tensor, scales: int = 4, c: float = 0.0026) -> torch.Tensor:
+    """1 - multi-scale gradient-magnitude similarity (Zavrtanik et al., RIAD 2021): (B, C, H, W) -> (B, H, W).
+
+    Compares local structure (edges) rather than intensities, so a blurry but structurally right
+    reconstruction scores low while a missing or extra edge scores high. Written here because no
+    maintained library we use ships MSGMS.
+    """
+    a, b = _gray(x), _gray(x_hat)
+    size = x.shape[-2:]
+    total = torch.zeros_like(a)
+    for scale in range(scales):
+        if scale:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+        gms = (2 * ga * gb + c) / (ga.pow(2) + gb.pow(2) + c)
+        total = total + F.interpolate(gms, size=size, mode="bilinear", align_corners=False)
+    return (1.0 - total / scales).squeeze(1)
+
+
+def elbo_gradient_map(net, x: torch.Tensor, recon_loss: str) -> torch.Tensor:
+    """|d(-ELBO)/dx| * squared residual, averaged over channels: (B, C, H, W) -> (B, H, W).
+
+    The gradient says which pixels the model would most like to change to make the image typical;
+    weighting by the residual keeps it on pixels the reconstruction also disagrees with.
+    Evaluated at the posterior mean (deterministic).
+    """
+    from pipeline.models.loss import kl_divergence, reconstruction_nll
+
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        mu, log_var = net.encode(x)
+        logits = net.decode(mu)
+        loss = reconstruction_nll(logits, x, recon_loss)
+        if log_var is not None:
+            loss = loss + kl_divergence(mu, log_var)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    residual = (x.detach() - torch.sigmoid(logits.detach())).pow(2)
+    return (grad.abs() * residual).mean(dim=1)
+
+
+def projection_map(net, x: torch.Tensor, recon_loss: str, steps: int = 10, step_size: float = 0.05,
+                   l1_weight: float = 1.0) -> torch.Tensor:
+    """|x0 - x_T| after projecting x0 towards the normal manifold (Dehaene et al., ICLR 2020),
+    averaged over channels: (B, C, H, W) -> (B, H, W).
+
+    Each step descends E(x) = -ELBO(x) + l1_weight * |x - x0|_1, with the gradient weighted by the
+    squared residual so that only pixels the model cannot explain move.
+    """
+    from pipeline.models.loss import kl_divergence, reconstruction_nll
+
+    x0 = x.detach()
+    current = x0.clone()
+    pixels = x0[0].numel()
+    for _ in range(steps):
+        with torch.enable_grad():
+            current = current.detach().requires_grad_(True)
+            mu, log_var = net.encode(current)
+            logits = net.decode(mu)
+            energy = reconstruction_nll(logits, current, recon_loss)
+            if log_var is not None:
+                energy = energy + kl_divergence(mu, log_var)
+            energy = energy / pixels + l1_weight * (current - x0).abs().flatten(1).mean(dim=1)
+            (grad,) = torch.autograd.grad(energy.sum(), current)
+        weight = (current.detach() - torch.sigmoid(logits.detach())).pow(2)
+        current = (current.detach() - step_size * pixels * grad * weight).clamp(0.0, 1.0)
+    return (x0 - current).abs().mean(dim=1)

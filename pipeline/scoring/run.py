@@ -16,18 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from scipy import ndimage
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from pipeline.data.builtin import ensure_dataset
 from pipeline.data.datasets import ImageDataset
-from pipeline.data.images import ImageReadError, read_image, read_mask
+from pipeline.data.images import ImageReadError, read_image
 from pipeline.data.layout import Sample, scan_test
 from pipeline.report import figures
-from pipeline.scoring import metrics as M
 from pipeline.scoring.detector import WEIGHTS_FILE, AnomalyDetector, file_sha256
+from pipeline.scoring.evaluate import evaluate, evaluate_output_folder, evaluation_figures
 from pipeline.scoring.maps import resize_map
+from pipeline.scoring.scores import SCORE_NAMES
+from pipeline.scoring.threshold import benjamini_hochberg
 
 log = logging.getLogger(__name__)
 
@@ -76,45 +78,33 @@ def score_dataset(detector: AnomalyDetector, samples: list[Sample], out_dir: Pat
             if keep_maps:
                 kept_maps[index] = full.astype(np.float16)
             rows.append({"index": index, "image_path": sample.rel_path, "defect_type": sample.defect_type,
-                         "label": sample.label, "recon_error": float(out["recon_error"][j]),
-                         "neg_elbo": float(out["neg_elbo"][j])})
+                         "label": sample.label, **{name: float(out[name][j]) for name in SCORE_NAMES},
+                         **defect_regions(full, spec.pixel_threshold)})
         done += len(batch["index"])
         log.info("scored %d/%d images (%.1f images/s)", done, len(samples), done / (time.perf_counter() - started))
     return pd.DataFrame(rows), errors, kept_maps
 
 
-def apply_threshold(frame: pd.DataFrame, detector: AnomalyDetector) -> pd.DataFrame:
+def defect_regions(anomaly_map: np.ndarray, threshold: float | None) -> dict:
+    """Share of pixels above the pixel threshold and their number of connected regions."""
+    if threshold is None:
+        return {"defect_area": float("nan"), "defect_regions": -1}
+    mask = anomaly_map > threshold
+    return {"defect_area": float(mask.mean()), "defect_regions": int(ndimage.label(mask)[1])}
+
+
+def apply_threshold(frame: pd.DataFrame, detector: AnomalyDetector, fdr_q: float | None = None) -> pd.DataFrame:
+    """Add score, threshold, p_value and is_anomaly. Per image: flag when score > threshold (p <= alpha);
+    with `fdr_q`, flag by Benjamini-Hochberg over this batch's p-values instead."""
     frame = frame.copy()
     frame["score"] = frame[detector.spec.score]
     frame["threshold"] = detector.threshold_
     frame["p_value"] = detector.p_values(frame["score"].to_numpy())
-    frame["is_anomaly"] = (frame["score"] > detector.threshold_).astype(int)
+    if fdr_q is None:
+        frame["is_anomaly"] = (frame["score"] > detector.threshold_).astype(int)
+    else:
+        frame["is_anomaly"] = benjamini_hochberg(frame["p_value"].to_numpy(), fdr_q).astype(int)
     return frame
-
-
-def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray]) -> dict:
-    """Image AUROC, pixel AUROC (when masks exist), false-alarm and detection rates at the threshold."""
-    labels, scores, flagged = frame["label"].to_numpy(), frame["score"].to_numpy(), frame["is_anomaly"].to_numpy()
-    result = {"n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
-              "image_auroc": M.image_auroc(labels, scores), "false_alarm_rate": M.false_alarm_rate(labels, flagged),
-              "detection_rate": M.detection_rate(labels, flagged)}
-    for name in ("recon_error", "neg_elbo"):
-        result[f"image_auroc.{name}"] = M.image_auroc(labels, frame[name].to_numpy())
-    if any(s.mask_path is not None for s in samples):
-        masks, pixel_maps = [], []
-        for index in frame["index"]:
-            sample, anomaly_map = samples[index], maps[index]
-            masks.append(read_mask(sample.mask_path, anomaly_map.shape) if sample.mask_path is not None
-                         else np.zeros(anomaly_map.shape, dtype=bool))
-            pixel_maps.append(anomaly_map)
-        result["pixel_auroc"] = M.pixel_auroc(masks, pixel_maps)
-    per_type = {}
-    for defect_type, group in frame[frame["label"] == 1].groupby("defect_type"):
-        both = pd.concat([frame[frame["label"] == 0], group])
-        per_type[defect_type] = {"n": int(len(group)), "image_auroc": M.image_auroc(both["label"], both["score"]),
-                                 "detection_rate": float(group["is_anomaly"].mean())}
-    result["per_defect_type"] = per_type
-    return result
 
 
 def write_overlays(frame: pd.DataFrame, samples: list[Sample], out_dir: Path, detector: AnomalyDetector,
@@ -143,7 +133,8 @@ def run_score(cfg: DictConfig) -> dict:
     detector_dir, provenance = resolve_detector(cfg, str(cfg.score.model), str(root))
     detector = AnomalyDetector.load(detector_dir)
     provenance["weights_sha256"] = file_sha256(detector_dir / WEIGHTS_FILE)
-    detector.recalibrate_for(score=cfg.score.score, alpha=cfg.score.alpha)
+    detector.recalibrate_for(score=cfg.score.score, alpha=cfg.score.alpha, method=cfg.score.threshold_method,
+                             manual_threshold=cfg.score.manual_threshold)
     samples = scan_test(root)
     log.info("scoring %d test images of %s with %s", len(samples), root, provenance["model_source"])
 
@@ -153,15 +144,20 @@ def run_score(cfg: DictConfig) -> dict:
     seconds = time.perf_counter() - started
     if frame.empty:
         raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")
-    frame = apply_threshold(frame, detector)
-    columns = ["image_path", "score", "threshold", "is_anomaly", "p_value", "recon_error", "neg_elbo", "label",
-               "defect_type"]
+    frame = apply_threshold(frame, detector, cfg.score.fdr_q)
+    columns = ["image_path", "score", "threshold", "is_anomaly", "p_value", "defect_area", "defect_regions",
+               *SCORE_NAMES, "label", "defect_type"]
     atomic_write_text(out_dir / "scores.csv", frame[columns].to_csv(index=False))
     atomic_write_text(out_dir / "errors.csv", pd.DataFrame(errors, columns=["image_path", "error"]).to_csv(index=False))
 
     labelled = frame["label"].nunique() > 1 or frame["defect_type"].ne("good").any()
-    metrics = evaluate(frame, samples, maps) if labelled else {"n_images": len(frame)}
+    metrics = evaluate(frame, samples, maps, cfg.score.aupro_fpr_limit) if labelled else {"n_images": len(frame)}
     metrics.update({"threshold": detector.threshold_, "alpha": detector.spec.alpha, "score": detector.spec.score,
+                    "map": detector.spec.map_kind, "threshold_method": detector.spec.threshold_method,
+                    "false_alarm_control": f"benjamini-hochberg q={cfg.score.fdr_q}" if cfg.score.fdr_q is not None
+                    else f"per-image p <= alpha={detector.spec.alpha}",
+                    "pixel_threshold": detector.spec.pixel_threshold,
+                    "n_calibration": len(detector.calibration_scores_),
                     "n_flagged": int(frame["is_anomaly"].sum()), "n_errors": len(errors),
                     "images_per_second": len(samples) / seconds, **provenance})
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
@@ -169,10 +165,11 @@ def run_score(cfg: DictConfig) -> dict:
     normal_maps = [maps[i] for i in frame.loc[frame["label"] == 0, "index"]] or list(maps.values())
     vmax = float(np.quantile(np.concatenate([m.ravel() for m in normal_maps]).astype(np.float32), 0.999)) * 2
     overlays = write_overlays(frame, samples, out_dir, detector, vmax, cfg.score.max_overlays)
-    figures.score_histogram(frame["score"].to_numpy(), frame["label"].to_numpy() if labelled else None,
-                            detector.threshold_, out_dir / "figures" / "score_histogram.png", detector.spec.score)
-    if metrics.get("image_auroc") is not None:
-        figures.roc_figure(frame["label"].to_numpy(), frame["score"].to_numpy(), out_dir / "figures" / "roc.png")
+    if labelled:
+        evaluation_figures(frame, detector.threshold_, detector.spec.score, out_dir / "figures")
+    else:
+        figures.score_histogram(frame["score"].to_numpy(), None, detector.threshold_,
+                                out_dir / "figures" / "score_histogram.png", detector.spec.score)
 
     if cfg.tracking.enabled:
         from pipeline.tracking.scoring_run import log_scoring_run
@@ -180,4 +177,20 @@ def run_score(cfg: DictConfig) -> dict:
         metrics["run_id"] = log_scoring_run(cfg, out_dir, detector, provenance, metrics, frame, overlays, str(root))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     metrics["output_dir"] = str(out_dir)
+    return metrics
+
+
+def run_evaluate(cfg: DictConfig) -> dict:
+    """Metrics and figures for an existing score output folder; logged into its scoring run if any."""
+    root = ensure_dataset(cfg.data, cfg.seed)
+    out_dir = Path(cfg.score.output_dir).expanduser().resolve()
+    if not (out_dir / "scores.csv").is_file():
+        raise FileNotFoundError(f"{out_dir / 'scores.csv'} not found: run `python -m pipeline score` first "
+                                "(or set score.output_dir)")
+    metrics = evaluate_output_folder(out_dir, scan_test(root), cfg.score.aupro_fpr_limit)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+    if cfg.tracking.enabled and metrics.get("run_id"):
+        from pipeline.tracking.scoring_run import log_evaluation
+
+        log_evaluation(cfg, metrics["run_id"], out_dir, metrics)
     return metrics

@@ -1,13 +1,24 @@
-"""Per-sample anomaly scores (higher = more anomalous) as pure functions of a network and a batch."""
+"""Per-sample anomaly scores (higher = more anomalous) as pure functions of a network and a batch.
+
+Reconstruction scores use the posterior-mean reconstruction x_hat = sigmoid(decode(mu)); likelihood
+scores (negative ELBO, negative IWAE bound) use K shared Monte Carlo draws `eps` (K, L): every image
+sees the same draws (common random numbers), so an image's score does not depend on which batch or
+which process scored it.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from pipeline.models.loss import kl_divergence, reconstruction_nll
 from pipeline.models.vae import ConvAutoencoder
 
-SCORE_NAMES = ("recon_error", "neg_elbo")
+RECONSTRUCTION_SCORES = ("recon_error", "l1_error", "msgms_error")
+LIKELIHOOD_SCORES = ("neg_elbo", "neg_iwae", "kl")
+MAP_SCORES = ("map_max", "map_topk")
+SCORE_NAMES = RECONSTRUCTION_SCORES + LIKELIHOOD_SCORES + MAP_SCORES
 
 
 def posterior_mean_reconstruction(net: ConvAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -21,16 +32,77 @@ def recon_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).pow(2).flatten(1).mean(dim=1)
 
 
-def neg_elbo(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
-             eps: torch.Tensor, recon_loss: str) -> torch.Tensor:
-    """Monte Carlo negative ELBO: mean_k -log p(x|z_k) + KL(q(z|x) || p(z)), (B,).
+def l1_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per image: (B, C, H, W) x2 -> (B,)."""
+    return (x - x_hat).abs().flatten(1).mean(dim=1)
 
-    eps (K, L) are standard-normal draws shared by every image (common random numbers), so an image's
-    score does not depend on which batch or which process scored it. For the autoencoder (no
-    posterior) it is -log p(x|mu).
+
+def _sampled_log_weights(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
+                         eps: torch.Tensor, recon_loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x|z_k) (K, B) and log p(z_k) - log q(z_k|x) (K, B) for z_k = mu + eps_k * sigma."""
+    sigma = torch.exp(0.5 * log_var)
+    log_lik, log_ratio = [], []
+    for e in eps:  # one decode per draw keeps peak memory at one batch
+        z = mu + e * sigma  # (B, L)
+        log_lik.append(-reconstruction_nll(net.decode(z), x, recon_loss))
+        # log N(z; 0, I) - log N(z; mu, sigma^2): the 0.5*log(2*pi) terms cancel.
+        log_ratio.append((-0.5 * z.pow(2) + 0.5 * e.pow(2) + 0.5 * log_var).sum(dim=1))
+    return torch.stack(log_lik), torch.stack(log_ratio)
+
+
+def likelihood_scores(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
+                      eps: torch.Tensor, recon_loss: str) -> dict[str, torch.Tensor]:
+    """neg_elbo, neg_iwae and kl from one pass of K decodes, each (B,).
+
+    neg_elbo = mean_k -log p(x|z_k) + KL(q(z|x) || p(z)) in closed form (the training objective);
+    neg_iwae = -log mean_k p(x|z_k) p(z_k) / q(z_k|x). For the autoencoder (no posterior) both are
+    -log p(x|mu) and kl is 0.5 |mu|^2.
     """
     if log_var is None:
-        return reconstruction_nll(net.decode(mu), x, recon_loss)
-    sigma = torch.exp(0.5 * log_var)
-    nll = torch.stack([reconstruction_nll(net.decode(mu + e * sigma), x, recon_loss) for e in eps])  # (K, B)
-    return nll.mean(dim=0) + kl_divergence(mu, log_var)
+        nll = reconstruction_nll(net.decode(mu), x, recon_loss)
+        return {"neg_elbo": nll, "neg_iwae": nll, "kl": kl_score(mu, None)}
+    log_lik, log_ratio = _sampled_log_weights(net, x, mu, log_var, eps, recon_loss)  # (K, B) each
+    kl = kl_divergence(mu, log_var)
+    return {"neg_elbo": -log_lik.mean(dim=0) + kl,
+            "neg_iwae": -(torch.logsumexp(log_lik + log_ratio, dim=0) - math.log(eps.shape[0])),
+            "kl": kl}
+
+
+def neg_elbo(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
+             eps: torch.Tensor, recon_loss: str) -> torch.Tensor:
+    """Monte Carlo negative ELBO (see likelihood_scores), (B,)."""
+    return likelihood_scores(net, x, mu, log_var, eps, recon_loss)["neg_elbo"]
+
+
+def neg_iwae(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
+             eps: torch.Tensor, recon_loss: str) -> torch.Tensor:
+    """Negative importance-weighted bound, (B,): -log mean_k p(x|z_k) p(z_k) / q(z_k|x).
+
+    It is never above the negative ELBO estimated from the same draws (Jensen) and tightens towards
+    -log p(x) as K grows (Burda et al., 2016)."""
+    return likelihood_scores(net, x, mu, log_var, eps, recon_loss)["neg_iwae"]
+
+
+def neg_elbo_sampled(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
+                     eps: torch.Tensor, recon_loss: str) -> torch.Tensor:
+    """Negative ELBO with the KL estimated from the same draws as neg_iwae (for comparing the two)."""
+    log_lik, log_ratio = _sampled_log_weights(net, x, mu, log_var, eps, recon_loss)
+    return -(log_lik + log_ratio).mean(dim=0)
+
+
+def kl_score(mu: torch.Tensor, log_var: torch.Tensor | None) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) alone: how far the code of x lies from what the prior expects, (B,)."""
+    return kl_divergence(mu, log_var) if log_var is not None else 0.5 * mu.pow(2).sum(dim=1)
+
+
+def map_max(maps: torch.Tensor) -> torch.Tensor:
+    """Largest value of each (smoothed) anomaly map: (B, H, W) -> (B,)."""
+    return maps.flatten(1).amax(dim=1)
+
+
+def map_topk(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the top `fraction` of each map's pixels: (B, H, W) -> (B,). Sensitive to small defects
+    that an image mean dilutes, less noisy than the single largest pixel."""
+    flat = maps.flatten(1)
+    k = max(1, int(round(flat.shape[1] * fraction)))
+    return flat.topk(k, dim=1).values.mean(dim=1)

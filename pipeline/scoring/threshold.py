@@ -40,3 +40,38 @@ def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np
     scores = np.asarray(scores, dtype=np.float64)
     at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
     return (1.0 + at_least) / (calibration.size + 1.0)
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Boolean flags controlling the false-discovery rate of a batch at level q (Benjamini-Hochberg)."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.size == 0:
+        return np.zeros(0, dtype=bool)
+    return false_discovery_control(p, method="bh") <= q
+
+
+def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold (flag when score > threshold) with the best F1 on labelled validation data.
+
+    Needs both normal and anomalous images; unlike anomalib's adaptive threshold it refuses, rather
+    than silently falling back, when validation holds only good images."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels)
+    if labels.min(initial=0) == labels.max(initial=0):
+        raise ValueError("an F1-optimal threshold needs labelled anomalies and normal images in validation")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = thresholds[int(np.argmax(f1))]  # sklearn flags score >= t; we flag score > threshold
+    below = np.asarray(scores)[np.asarray(scores) < best]
+    return float(below.max()) if below.size else float(np.nextafter(best, -np.inf))
+
+
+def pixel_threshold(normal_maps: np.ndarray, quantile: float) -> float:
+    """A pixel-level threshold: the `quantile` of all pixels of the normal validation maps."""
+    values = np.asarray(normal_maps, dtype=np.float32).ravel()
+    if values.size == 0:
+        raise ValueError("no normal maps to set a pixel threshold from")
+    return float(np.quantile(values, quantile))

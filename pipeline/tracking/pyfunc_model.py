@@ -41,7 +41,9 @@ class DetectorPyfunc(PythonModel):
             "threshold": detector.threshold_,
             "is_anomaly": (scores > detector.threshold_).astype(int),
         })
-        for name in ("recon_error", "neg_elbo"):
+        from pipeline.scoring.scores import SCORE_NAMES
+
+        for name in SCORE_NAMES:
             frame[name] = out[name].cpu().numpy()
         return frame
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from pipeline.scoring.detector import AnomalyDetector
 from pipeline.tracking.runs import start_run
-from pipeline.tracking.store import redact_uri, tracking_uri
+from pipeline.tracking.store import open_store, redact_uri, tracking_uri
 
 
 def log_scoring_run(cfg: DictConfig, out_dir: Path, detector: AnomalyDetector, provenance: dict, metrics: dict,
@@ -27,17 +27,8 @@ def log_scoring_run(cfg: DictConfig, out_dir: Path, detector: AnomalyDetector, p
                            "n_calibration": len(detector.calibration_scores_)}.items():
             client.log_param(run_id, key, str(value))
         client.set_tag(run_id, "weights_sha256", provenance["weights_sha256"])
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
-                client.log_metric(run_id, key, float(value))
-        for defect_type, values in metrics.get("per_defect_type", {}).items():
-            for key, value in values.items():
-                if value is not None:
-                    client.log_metric(run_id, f"{defect_type}.{key}", float(value))
-        for name in ("scores.csv", "errors.csv", "metrics.json"):
-            client.log_artifact(run_id, str(out_dir / name))
-        if (out_dir / "figures").is_dir():
-            client.log_artifacts(run_id, str(out_dir / "figures"), artifact_path="figures")
+        _log_metrics(client, run_id, out_dir, metrics)
+        client.log_artifact(run_id, str(out_dir / "errors.csv"))
         if overlays:  # one upload for the folder, not one call per image
             client.log_artifacts(run_id, str(out_dir / "overlays"), artifact_path="overlays")
         client.set_terminated(run_id, "FINISHED")
@@ -45,3 +36,23 @@ def log_scoring_run(cfg: DictConfig, out_dir: Path, detector: AnomalyDetector, p
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _log_metrics(client, run_id: str, out_dir: Path, metrics: dict) -> None:
+    """Numeric metrics (per defect type as '<type>.<metric>'), the tables and the figures."""
+    values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for defect_type, entry in metrics.get("per_defect_type", {}).items():
+        values.update({f"{defect_type}.{k}": v for k, v in entry.items() if v is not None})
+    for key, value in values.items():
+        if value is not None and np.isfinite(value):
+            client.log_metric(run_id, key, float(value))
+    for name in ("scores.csv", "metrics.json"):
+        client.log_artifact(run_id, str(out_dir / name))
+    if (out_dir / "figures").is_dir():
+        client.log_artifacts(run_id, str(out_dir / "figures"), artifact_path="figures")
+
+
+def log_evaluation(cfg: DictConfig, run_id: str, out_dir: Path, metrics: dict) -> None:
+    """Add a re-evaluation's metrics and figures to an existing scoring run."""
+    client = open_store(cfg)
+    _log_metrics(client, run_id, out_dir, metrics)

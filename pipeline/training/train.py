@@ -22,6 +22,7 @@ from pipeline.data.datamodule import InspectionDataModule
 from pipeline.data.images import ReadOptions
 from pipeline.models.vae import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
+from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.training.callbacks import EpochHistory
 from pipeline.training.module import VAELightningModule
 
@@ -41,17 +42,20 @@ def build_spec(cfg: DictConfig, datamodule: InspectionDataModule) -> DetectorSpe
         model_kind=cfg.model.kind, in_channels=cfg.data.channels, image_size=cfg.data.image_size,
         latent_dim=cfg.model.latent_dim, hidden_channels=list(cfg.model.hidden_channels),
         recon_loss=cfg.model.recon_loss, score=cfg.score.score, mc_samples=cfg.score.mc_samples,
-        map_sigma=cfg.score.map_sigma, seed=cfg.seed, max_image_pixels=options.max_pixels,
+        map_kind=cfg.score.map, map_sigma=cfg.score.map_sigma, topk_fraction=cfg.score.topk_fraction,
+        projection=dict(cfg.score.projection), pixel_quantile=cfg.score.pixel_quantile,
+        threshold_method=cfg.score.threshold_method, manual_threshold=cfg.score.manual_threshold,
+        seed=cfg.seed, max_image_pixels=options.max_pixels,
         strict_channels=options.strict_channels,
         expected_size=list(options.expected_size) if options.expected_size else None, alpha=cfg.score.alpha)
 
 
 def score_images(detector: AnomalyDetector, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    """Every per-sample score of in-memory images (N, C, S, S), as numpy arrays (N,)."""
+    """Every per-sample score (N,) and the smoothed maps ('map', (N, S, S)) of in-memory images (N, C, S, S)."""
     collected: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         out = detector.score_batch(images[start:start + batch_size])
-        for name in ("recon_error", "neg_elbo"):
+        for name in (*SCORE_NAMES, "map"):
             collected.setdefault(name, []).append(out[name].cpu())
     return {name: torch.cat(parts).numpy() for name, parts in collected.items()}
 
@@ -104,7 +108,8 @@ def run_train(cfg: DictConfig) -> dict:
     load_best_weights(net, checkpoint.best_model_path or checkpoint.last_model_path)
     detector = AnomalyDetector(net.cpu(), build_spec(cfg, datamodule))
     calibration = score_images(detector, datamodule.val_images, cfg.data.batch_size)
-    threshold = detector.calibrate(calibration)
+    normal_maps = calibration.pop("map")
+    threshold = detector.calibrate(calibration, normal_maps=normal_maps)
     detector.spec.extra = {"data_root": str(root), "run_id": str(run_id), "n_train": len(datamodule.train_samples),
                            "n_calibration": len(datamodule.val_samples), "best_epoch": _best_epoch(history)}
     detector_dir = detector.save(out_dir / "detector")

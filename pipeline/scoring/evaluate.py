@@ -1,0 +1,99 @@
+"""Evaluation of scored, labelled test images: image- and pixel-level metrics, per defect type, and
+the figures that go with them. `python -m pipeline evaluate` re-runs it on a score output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import f1_score, precision_recall_curve
+
+from pipeline.data.images import read_mask
+from pipeline.data.layout import Sample
+from pipeline.report import figures
+from pipeline.scoring import metrics as M
+from pipeline.scoring.aupro import aupro
+from pipeline.scoring.scores import SCORE_NAMES
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The best F1 over all thresholds (an upper bound on what any threshold could reach)."""
+    if labels.min(initial=0) == labels.max(initial=0):
+        return None
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+
+
+def masks_for(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """Ground-truth masks (bool, the map's size) in frame order; good images and unmasked ones: empty."""
+    result = []
+    for index in frame["index"]:
+        sample, shape = samples[index], maps[index].shape
+        result.append(read_mask(sample.mask_path, shape) if sample.mask_path is not None else np.zeros(shape, bool))
+    return result
+
+
+def _pixel_metrics(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float) -> dict:
+    return {"pixel_auroc": M.pixel_auroc(masks, maps), "aupro": aupro(masks, maps, fpr_limit)}
+
+
+def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray], fpr_limit: float = 0.3) -> dict:
+    """Metrics of a thresholded score table (columns: index, label, defect_type, score, is_anomaly, every
+    score name); `maps` by sample index at original resolution, used when any sample has a mask."""
+    labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
+    flagged = frame["is_anomaly"].to_numpy()
+    has_both = labels.min(initial=0) != labels.max(initial=0)
+    result = {"n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
+              "image_auroc": M.image_auroc(labels, scores), "image_f1": float(f1_score(labels, flagged)) if has_both else None,
+              "image_f1_max": f1_max(labels, scores), "false_alarm_rate": M.false_alarm_rate(labels, flagged),
+              "detection_rate": M.detection_rate(labels, flagged)}
+    for name in SCORE_NAMES:
+        if name in frame:
+            result[f"image_auroc.{name}"] = M.image_auroc(labels, frame[name].to_numpy())
+    with_masks = any(samples[i].mask_path is not None for i in frame["index"])
+    masks = masks_for(frame, samples, maps) if with_masks else None
+    if masks is not None:
+        result.update(_pixel_metrics(masks, [maps[i] for i in frame["index"]], fpr_limit))
+    normal = frame["label"].to_numpy() == 0
+    per_type = {}
+    for defect_type in sorted(frame.loc[~normal, "defect_type"].unique()):
+        rows = normal | (frame["defect_type"] == defect_type).to_numpy()
+        entry = {"n": int((~normal & rows).sum()), "image_auroc": M.image_auroc(labels[rows], scores[rows]),
+                 "detection_rate": float(flagged[~normal & rows].mean())}
+        if masks is not None:
+            positions = np.flatnonzero(rows)
+            entry.update(_pixel_metrics([masks[p] for p in positions],
+                                        [maps[frame["index"].iloc[p]] for p in positions], fpr_limit))
+        per_type[defect_type] = entry
+    result["per_defect_type"] = per_type
+    return result
+
+
+def evaluation_figures(frame: pd.DataFrame, threshold: float, score_name: str, folder: Path) -> list[Path]:
+    """Histogram with the threshold, ROC and PR curves, per-defect-type box plots."""
+    labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
+    paths = [figures.score_histogram(scores, labels, threshold, folder / "score_histogram.png", score_name)]
+    if labels.min(initial=0) != labels.max(initial=0):
+        paths.append(figures.roc_figure(labels, scores, folder / "roc.png"))
+        paths.append(figures.pr_figure(labels, scores, folder / "pr.png"))
+    paths.append(figures.box_by_group(frame, "defect_type", "score", threshold, folder / "scores_by_defect_type.png"))
+    return paths
+
+
+def evaluate_output_folder(out_dir: Path, samples: list[Sample], fpr_limit: float) -> dict:
+    """Re-evaluate a score output folder (scores.csv + maps/) against the dataset's labels and masks."""
+    frame = pd.read_csv(out_dir / "scores.csv")
+    by_path = {s.rel_path: i for i, s in enumerate(samples)}
+    missing = sorted(set(frame["image_path"]) - set(by_path))
+    if missing:
+        raise ValueError(f"{out_dir / 'scores.csv'} lists images that are not in the dataset, e.g. {missing[0]}")
+    frame["index"] = frame["image_path"].map(by_path)
+    maps = {by_path[p]: np.load(out_dir / "maps" / f"{p}.npy").astype(np.float32) for p in frame["image_path"]}
+    result = evaluate(frame, samples, maps, fpr_limit)
+    threshold = float(frame["threshold"].iloc[0]) if len(frame) else float("nan")
+    evaluation_figures(frame, threshold, "score", out_dir / "figures")
+    previous = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
+    return {**previous, **result}

@@ -1,0 +1,147 @@
+"""Every score and map, the IWAE bound, AUPRO on hand-computed cases, BH, F1 and pixel thresholds."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models.vae import ConvVAE
+from pipeline.scoring import maps as M
+from pipeline.scoring import scores as S
+from pipeline.scoring.aupro import aupro
+from pipeline.scoring.detector import MAP_KINDS, AnomalyDetector, DetectorSpec
+from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, f1_optimal_threshold,
+                                        pixel_threshold)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return ConvVAE(1, 16, 3, [4, 8]).eval()
+
+
+def test_iwae_bound_is_above_the_elbo_of_the_same_draws(net):
+    x = torch.rand(6, 1, 16, 16)
+    mu, log_var = net.encode(x)
+    eps = torch.randn(7, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        iwae = S.neg_iwae(net, x, mu, log_var, eps, "bce")
+        elbo = S.neg_elbo_sampled(net, x, mu, log_var, eps, "bce")
+    assert torch.all(iwae <= elbo + 1e-4)  # log-mean-exp >= mean-log (Jensen)
+
+
+def test_iwae_bound_tightens_with_more_samples(net):
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        mu, log_var = net.encode(x)
+        log_var = log_var + 1.0  # a wider posterior makes the gap visible
+        means = []
+        for k in (1, 5, 50):
+            draws = [S.neg_iwae(net, x, mu, log_var, torch.randn(k, 3, generator=torch.Generator().manual_seed(s)), "bce")
+                     for s in range(40)]
+            means.append(torch.stack(draws).mean().item())
+    assert means[0] > means[1] > means[2]
+
+
+def test_likelihood_scores_share_one_pass(net):
+    x = torch.rand(3, 1, 16, 16)
+    eps = torch.randn(4, 3)
+    with torch.no_grad():
+        mu, log_var = net.encode(x)
+        both = S.likelihood_scores(net, x, mu, log_var, eps, "mse")
+        torch.testing.assert_close(both["neg_elbo"], S.neg_elbo(net, x, mu, log_var, eps, "mse"))
+        torch.testing.assert_close(both["kl"], S.kl_score(mu, log_var))
+
+
+def test_map_scores():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 0, :5] = torch.arange(1.0, 6.0)
+    assert S.map_max(maps).tolist() == [5.0, 0.0]
+    assert S.map_topk(maps, 0.02).tolist() == [4.5, 0.0]  # top 2 of 100 pixels: (5 + 4) / 2
+
+
+def test_msgms_map_is_zero_for_identical_images_and_high_on_a_missing_edge():
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:24, 8:24] = 1.0
+    assert torch.allclose(M.msgms_map(x, x), torch.zeros(1, 32, 32), atol=1e-5)
+    blank = torch.zeros_like(x)
+    m = M.msgms_map(x, blank)
+    assert m[0, 8, 16] > 0.5 and m[0, 16, 16] < m[0, 8, 16]  # the edge, not the flat inside
+
+
+@pytest.mark.parametrize("kind", MAP_KINDS)
+def test_every_map_kind_has_the_input_shape_and_is_finite(net, kind):
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", mc_samples=2, map_kind=kind,
+                        projection={"steps": 2, "step_size": 0.05, "l1_weight": 1.0})
+    out = AnomalyDetector(net, spec).score_batch(torch.rand(3, 1, 16, 16))
+    assert out["map"].shape == (3, 16, 16) and torch.isfinite(out["map"]).all()
+    for name in S.SCORE_NAMES:
+        assert out[name].shape == (3,) and torch.isfinite(out[name]).all(), name
+
+
+def test_gradient_maps_light_up_where_the_input_was_changed():
+    torch.manual_seed(0)
+    net = ConvVAE(1, 16, 3, [4, 8]).eval()
+    x = torch.full((1, 1, 16, 16), 0.5)
+    x[..., 4:7, 4:7] = 0.9  # not 1.0: the projection clamps to [0, 1] and could not move it
+    for kind in ("elbo_grad", "projection"):
+        spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_kind=kind, map_sigma=0.0)
+        m = AnomalyDetector(net, spec).score_batch(x)["map"][0]
+        assert m[4:7, 4:7].mean() > m[10:, 10:].mean(), kind
+
+
+def test_aupro_hand_computed_cases():
+    rng = np.random.default_rng(0)
+    normal = rng.random((50, 50))
+    mask = np.zeros((50, 50), bool)
+    mask[:5, :5] = True    # region A: always found
+    mask[-5:, -5:] = True  # region B: never found before every normal pixel is
+    anomaly_map = normal.copy()
+    anomaly_map[:5, :5] = 2.0
+    anomaly_map[-5:, -5:] = -1.0
+    assert aupro([mask], [anomaly_map], 0.3, num_thresholds=500) == pytest.approx(0.5, abs=1e-6)
+    # A region scored like the normal pixels: PRO(fpr) = fpr, area up to 0.3 = 0.045, normalized 0.15.
+    big = rng.random((400, 400))
+    region = np.zeros_like(big, bool)
+    region[:200] = True
+    assert aupro([region], [big], 0.3, num_thresholds=2000) == pytest.approx(0.15, abs=0.01)
+    assert aupro([np.zeros((4, 4), bool)], [np.zeros((4, 4))]) is None
+
+
+def test_conformal_p_values_are_uniform_on_exchangeable_normals():
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(3)
+    p = np.array([conformal_p_values(rng.normal(size=199), rng.normal(size=1))[0] for _ in range(2000)])
+    # Discrete uniform on {1/200, ..., 1}: compare with the continuous uniform (continuity-corrected).
+    assert kstest(p - 0.5 / 200, "uniform").pvalue > 0.01
+    assert abs(np.mean(p <= 0.05) - 0.05) < 0.015
+
+
+def test_benjamini_hochberg_by_hand():
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205])
+    # BH at q=0.05 with m=8: largest k with p_(k) <= k/8*0.05 is k=2 (0.008 <= 0.0125; 0.039 > 0.01875).
+    assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 6
+    assert benjamini_hochberg(np.array([]), 0.1).size == 0
+
+
+def test_f1_optimal_threshold_separates_perfectly_separable_scores():
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.9])
+    t = f1_optimal_threshold(labels, scores)
+    assert ((scores > t) == labels.astype(bool)).all()
+    with pytest.raises(ValueError, match="labelled anomalies"):
+        f1_optimal_threshold(np.zeros(3), scores[:3])
+
+
+def test_pixel_threshold_is_the_quantile_of_normal_pixels():
+    maps = np.arange(1000, dtype=float).reshape(10, 10, 10)
+    assert pixel_threshold(maps, 0.5) == pytest.approx(499.5)
+
+
+def test_manual_threshold(net):
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", threshold_method="manual", manual_threshold=0.3)
+    detector = AnomalyDetector(net, spec)
+    detector.calibrate({name: np.arange(10.0) for name in S.SCORE_NAMES})
+    assert detector.threshold_ == 0.3
+    detector.recalibrate_for(method="conformal", alpha=0.1)
+    assert detector.threshold_ == 9.0  # k = ceil(11 * 0.9) = 10 -> the largest of 0..9
