@@ -29,12 +29,15 @@ def test_reparameterization_passes_gradients_to_mu_and_log_var():
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
+@pytest.mark.parametrize("layout", ["dense", "spatial"])
 @pytest.mark.parametrize("channels,size", [(1, 32), (3, 64)])
-def test_network_reconstructs_input_shape(kind, channels, size):
-    net = build_network(kind, channels, size, latent_dim=6, hidden_channels=[8, 16, 32])
+def test_network_reconstructs_input_shape(kind, layout, channels, size):
+    net = build_network(kind, channels, size, latent_dim=6, hidden_channels=[8, 16, 32], latent_layout=layout)
     out = net(torch.rand(2, channels, size, size))
     assert out.logits.shape == (2, channels, size, size)
-    assert out.mu.shape == (2, 6)
+    side = size // 8
+    assert net.latent_size == (6 if layout == "dense" else 6 * side * side)
+    assert out.mu.shape == (2, net.latent_size)
     assert (out.log_var is None) == (kind == "ae")
 
 

@@ -1,8 +1,13 @@
 """Convolutional VAE and a plain autoencoder of the same backbone.
 
-Encoder: stride-2 4x4 convolutions (each halves the side) -> flatten -> linear heads.
-Decoder: linear -> reshape -> stride-2 4x4 transposed convolutions back to the input size.
+Encoder: stride-2 4x4 convolutions (each halves the side) -> heads for the code.
+Decoder: the code back to the bottleneck -> stride-2 4x4 transposed convolutions to the input size.
 The decoder returns logits; `torch.sigmoid(logits)` is the reconstruction in [0, 1].
+
+Two code layouts: `dense` (flatten + linear heads: one global vector of `latent_dim` numbers) and
+`spatial` (1x1-convolution heads: `latent_dim` numbers per bottleneck cell, so a part shifted by a
+few pixels or a texture seen at another phase stays easy to represent). Codes are always handed
+around flattened, (B, latent_size).
 """
 
 from __future__ import annotations
@@ -47,27 +52,38 @@ class ConvAutoencoder(nn.Module):
     variational = False
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, latent_dim: int = 32,
-                 hidden_channels: Sequence[int] = (32, 64, 128, 256)):
+                 hidden_channels: Sequence[int] = (32, 64, 128, 256), latent_layout: str = "dense"):
         super().__init__()
         factor = 2 ** len(hidden_channels)
         if image_size % factor:
             raise ValueError(f"image_size {image_size} must be divisible by 2**len(hidden_channels) = {factor}")
+        if latent_layout not in ("dense", "spatial"):
+            raise ValueError(f"model.latent_layout must be 'dense' or 'spatial', got {latent_layout!r}")
         self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, latent_dim
-        self.hidden_channels = tuple(hidden_channels)
-        self._bottleneck = (hidden_channels[-1], image_size // factor, image_size // factor)  # (C, h, w)
-        flat = hidden_channels[-1] * (image_size // factor) ** 2
-        self.encoder = nn.Sequential(_encoder(in_channels, hidden_channels), nn.Flatten())
-        self.fc_mu = nn.Linear(flat, latent_dim)
-        self.fc_decode = nn.Linear(latent_dim, flat)
+        self.hidden_channels, self.latent_layout = tuple(hidden_channels), latent_layout
+        side = image_size // factor
+        self._bottleneck = (hidden_channels[-1], side, side)  # (C, h, w)
+        self._code_shape = (latent_dim,) if latent_layout == "dense" else (latent_dim, side, side)
+        self.latent_size = latent_dim if latent_layout == "dense" else latent_dim * side * side
+        self.encoder = _encoder(in_channels, hidden_channels)
+        self.fc_mu = self._head_in()
+        self.fc_decode = (nn.Linear(latent_dim, hidden_channels[-1] * side * side) if latent_layout == "dense"
+                          else nn.Conv2d(latent_dim, hidden_channels[-1], 1))
         self.decoder = _decoder(in_channels, hidden_channels)
 
+    def _head_in(self) -> nn.Module:
+        channels, side = self._bottleneck[0], self._bottleneck[1]
+        if self.latent_layout == "dense":
+            return nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, self.latent_dim))
+        return nn.Sequential(nn.Conv2d(channels, self.latent_dim, 1), nn.Flatten())
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, C, H, W) -> (mu (B, L), log_var (B, L) or None)."""
+        """(B, C, H, W) -> (mu (B, latent_size), log_var (B, latent_size) or None)."""
         return self.fc_mu(self.encoder(x)), None
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> logits (B, C, H, W)."""
-        h = self.fc_decode(z).view(z.shape[0], *self._bottleneck)
+        """(B, latent_size) -> logits (B, C, H, W)."""
+        h = self.fc_decode(z.view(z.shape[0], *self._code_shape)).view(z.shape[0], *self._bottleneck)
         return self.decoder(h)
 
     def forward(self, x: torch.Tensor) -> Reconstruction:
@@ -81,12 +97,12 @@ class ConvVAE(ConvAutoencoder):
     variational = True
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, latent_dim: int = 32,
-                 hidden_channels: Sequence[int] = (32, 64, 128, 256)):
-        super().__init__(in_channels, image_size, latent_dim, hidden_channels)
-        self.fc_log_var = nn.Linear(self.fc_mu.in_features, latent_dim)
+                 hidden_channels: Sequence[int] = (32, 64, 128, 256), latent_layout: str = "dense"):
+        super().__init__(in_channels, image_size, latent_dim, hidden_channels, latent_layout)
+        self.fc_log_var = self._head_in()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
+        h = self.encoder(x)  # (B, C, h, w)
         return self.fc_mu(h), self.fc_log_var(h)
 
     @staticmethod
@@ -103,9 +119,9 @@ class ConvVAE(ConvAutoencoder):
 
 
 def build_network(kind: str, in_channels: int, image_size: int, latent_dim: int,
-                  hidden_channels: Sequence[int]) -> ConvAutoencoder:
+                  hidden_channels: Sequence[int], latent_layout: str = "dense") -> ConvAutoencoder:
     """The network named by `model.kind` (vae | ae)."""
     classes = {"vae": ConvVAE, "ae": ConvAutoencoder}
     if kind not in classes:
         raise ValueError(f"model.kind must be one of {sorted(classes)}, got {kind!r}")
-    return classes[kind](in_channels, image_size, latent_dim, list(hidden_channels))
+    return classes[kind](in_channels, image_size, latent_dim, list(hidden_channels), latent_layout)

@@ -42,6 +42,7 @@ class DetectorSpec:
     latent_dim: int
     hidden_channels: list[int]
     recon_loss: str
+    latent_layout: str = "dense"        # dense | spatial (see models/vae.py)
     score: str = "recon_error"          # which score is *the* score (one of scores.SCORE_NAMES)
     mc_samples: int = 8                 # K for the Monte Carlo negative ELBO / IWAE
     map_kind: str = "residual"          # which per-pixel map (MAP_KINDS)
@@ -76,7 +77,7 @@ class AnomalyDetector:
         self.net = net.eval()
         self.spec = spec
         # Shared Monte Carlo draws (K, L): see scores.neg_elbo.
-        self._eps = torch.randn(spec.mc_samples, spec.latent_dim, generator=torch.Generator().manual_seed(spec.seed))
+        self._eps = torch.randn(spec.mc_samples, net.latent_size, generator=torch.Generator().manual_seed(spec.seed))
 
     # ---- scoring ------------------------------------------------------------------------------
     @property
@@ -187,7 +188,8 @@ class AnomalyDetector:
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: not a detector folder")
         spec = DetectorSpec(**json.loads(spec_file.read_text()))
-        net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels)
+        net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels,
+                            spec.latent_layout)
         # weights_only: never unpickle arbitrary objects from a model file.
         net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True))
         return cls(net, spec)

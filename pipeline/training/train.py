@@ -41,7 +41,7 @@ def build_spec(cfg: DictConfig, datamodule: InspectionDataModule) -> DetectorSpe
     return DetectorSpec(
         model_kind=cfg.model.kind, in_channels=cfg.data.channels, image_size=cfg.data.image_size,
         latent_dim=cfg.model.latent_dim, hidden_channels=list(cfg.model.hidden_channels),
-        recon_loss=cfg.model.recon_loss, score=cfg.score.score, mc_samples=cfg.score.mc_samples,
+        latent_layout=cfg.model.latent_layout, recon_loss=cfg.model.recon_loss, score=cfg.score.score, mc_samples=cfg.score.mc_samples,
         map_kind=cfg.score.map, map_sigma=cfg.score.map_sigma, topk_fraction=cfg.score.topk_fraction,
         projection=dict(cfg.score.projection), pixel_quantile=cfg.score.pixel_quantile,
         threshold_method=cfg.score.threshold_method, manual_threshold=cfg.score.manual_threshold,
@@ -85,7 +85,7 @@ def run_train(cfg: DictConfig) -> dict:
     root = ensure_dataset(cfg.data, cfg.seed)
     datamodule = build_datamodule(cfg, root)
     net = build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
-                        cfg.model.hidden_channels)
+                        cfg.model.hidden_channels, cfg.model.latent_layout)
     module = VAELightningModule(net, cfg.model.recon_loss, cfg.model.beta, cfg.model.kl_warmup_epochs,
                                 cfg.model.lr, cfg.model.weight_decay)
     logger = training_run.make_logger(cfg, root) if cfg.tracking.enabled else None
