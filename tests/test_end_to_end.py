@@ -49,6 +49,14 @@ def test_train_then_score_writes_results_and_tracks_runs(tmp_path, tiny_dataset,
     logged = {a.path for a in client.list_artifacts(score_run.info.run_id)}
     assert {"scores.csv", "metrics.json", "figures"} <= logged
 
+    # `evaluate` recomputes the metrics from the output folder and logs them into the same run.
+    assert main(["evaluate", *overrides]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["image_auroc"] == metrics["image_auroc"]
+    assert evaluated["aupro"] is not None and set(evaluated["per_defect_type"]) == {"scratch"}
+    assert {"figures/roc.png", "figures/pr.png", "figures/scores_by_defect_type.png"} <= {
+        a.path for a in client.list_artifacts(score_run.info.run_id, "figures")}
+
     # The detector downloaded from the run scores like the one that was trained.
     detector = AnomalyDetector.load(train_summary["detector_dir"])
     assert detector.threshold_ == train_summary["threshold"]
