@@ -42,14 +42,13 @@ class DetectorScoring(pl.LightningModule):
 
 
 class RankScoresWriter(BasePredictionWriter):
-    """Writes this rank's maps as it goes and its rows at the end; rank 0 learns the files to merge."""
+    """Writes this rank's maps as it goes and its rows at the end, then waits for the other ranks."""
 
     def __init__(self, samples: list[Sample], out_dir: Path, fingerprint: str):
         super().__init__(write_interval="batch")
         self.samples, self.out_dir, self.fingerprint = samples, out_dir, fingerprint
         self.rows: list[dict] = []
-        self.job = ""
-        self.files: list[Path] | None = None
+        self.job = uuid.uuid4().hex[:12]  # names this job's files; rank 0's value is broadcast in setup
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Every rank resolved the detector and listed the test images on its own: refuse to score
@@ -58,7 +57,7 @@ class RankScoresWriter(BasePredictionWriter):
         if not trainer.strategy.reduce_boolean_decision(reference == self.fingerprint, all=True):
             raise RuntimeError("distributed scoring: the ranks disagree on the detector weights or the list of "
                                "test images (a model or dataset changed while the job started); run it again")
-        self.job = trainer.strategy.broadcast(uuid.uuid4().hex[:12], src=0)  # names this job's files
+        self.job = trainer.strategy.broadcast(self.job, src=0)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -77,12 +76,13 @@ class RankScoresWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         folder = self.out_dir / RANKS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.job}-rank{trainer.global_rank}.parquet"
+        path = self.rank_file(trainer.global_rank)
         columns = ["index", "image_path", "defect_type", "label", "error", "recon_error", "neg_elbo"]
         pd.DataFrame(self.rows, columns=columns).to_parquet(path, index=False)
         trainer.strategy.barrier("rank_scores_written")  # rank 0 must not merge before every file exists
-        if trainer.is_global_zero:
-            self.files = [folder / f"{self.job}-rank{rank}.parquet" for rank in range(trainer.world_size)]
+
+    def rank_file(self, rank: int) -> Path:
+        return self.out_dir / RANKS_DIR / f"{self.job}-rank{rank}.parquet"
 
 
 def predict_distributed(cfg: DictConfig, detector: AnomalyDetector, samples: list[Sample], out_dir: Path,
@@ -98,4 +98,5 @@ def predict_distributed(cfg: DictConfig, detector: AnomalyDetector, samples: lis
                          enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=t.enable_progress_bar)
     trainer.predict(DetectorScoring(detector), dataloaders=loader, return_predictions=False)
-    return writer.files if trainer.is_global_zero else None
+    # With ddp_spawn this process only launched the ranks; it still knows the job's file names.
+    return [writer.rank_file(rank) for rank in range(trainer.world_size)] if trainer.is_global_zero else None
