@@ -124,6 +124,7 @@ def write_overlays(frame: pd.DataFrame, samples: list[Sample], out_dir: Path, de
 
 
 def run_score(cfg: DictConfig) -> dict:
+    from pipeline.scoring.distributed import score_distributed, wants_distributed
     from pipeline.tracking.runs import resolve_detector
 
     root = ensure_dataset(cfg.data, cfg.seed)
@@ -139,8 +140,14 @@ def run_score(cfg: DictConfig) -> dict:
     log.info("scoring %d test images of %s with %s", len(samples), root, provenance["model_source"])
 
     started = time.perf_counter()
-    frame, errors, maps = score_dataset(detector, samples, out_dir, cfg.data.batch_size, cfg.data.num_workers,
-                                        keep_maps=True)
+    if wants_distributed(cfg.trainer):  # several processes: each scores a shard, rank 0 merges
+        scored = score_distributed(cfg, detector, samples, out_dir, provenance["weights_sha256"])
+        if scored is None:  # a rank > 0: rank 0 writes the results and the one MLflow run
+            return {}
+        frame, errors, maps = scored
+    else:
+        frame, errors, maps = score_dataset(detector, samples, out_dir, cfg.data.batch_size, cfg.data.num_workers,
+                                            keep_maps=True)
     seconds = time.perf_counter() - started
     if frame.empty:
         raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")

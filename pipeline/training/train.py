@@ -24,7 +24,10 @@ from pipeline.models.vae import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.training.callbacks import EpochHistory
+from pipeline.training.distributed import (DistributedRunInfo, build_strategy, launch_rank,
+                                           resolve_precision)
 from pipeline.training.module import VAELightningModule
+from pipeline.training.throughput import EpochThroughput
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,9 @@ def load_best_weights(net: torch.nn.Module, checkpoint_path: str) -> None:
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger) -> pl.Trainer:
     t = cfg.trainer
     return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_epochs=t.max_epochs, min_epochs=min(t.min_epochs, t.max_epochs),
+        accelerator=t.accelerator, devices=t.devices, strategy=build_strategy(t), num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator),
+        max_epochs=t.max_epochs, min_epochs=min(t.min_epochs, t.max_epochs),
         log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
         callbacks=callbacks, logger=logger if logger is not None else False, enable_model_summary=False,
@@ -88,14 +92,18 @@ def run_train(cfg: DictConfig) -> dict:
                         cfg.model.hidden_channels, cfg.model.latent_layout)
     module = VAELightningModule(net, cfg.model.recon_loss, cfg.model.beta, cfg.model.kl_warmup_epochs,
                                 cfg.model.lr, cfg.model.weight_decay)
-    logger = training_run.make_logger(cfg, root) if cfg.tracking.enabled else None
+    # Only rank 0 may create the MLflow run: under DDP this function also runs in every other rank
+    # (Lightning re-runs the command, or torchrun/srun started it), before any process group exists.
+    rank = launch_rank(cfg.trainer)
+    logger = training_run.make_logger(cfg, root) if cfg.tracking.enabled and rank == 0 else None
     run_id = logger.run_id if logger is not None else time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(cfg.output_root) / "train" / cfg.data.name / str(run_id)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
                                  mode="min", save_top_k=1, save_last=True)
     history = EpochHistory()
+    throughput = EpochThroughput()
     callbacks = [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience),
-                 checkpoint, history]
+                 checkpoint, history, throughput, DistributedRunInfo(cfg, logger.run_id if logger else None)]
     trainer = build_trainer(cfg, callbacks, logger)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -116,7 +124,8 @@ def run_train(cfg: DictConfig) -> dict:
     summary = {"run_id": run_id, "threshold": threshold, "detector_dir": str(detector_dir),
                "train_seconds": train_seconds, "epochs": trainer.current_epoch,
                "n_train": len(datamodule.train_samples), "n_calibration": len(datamodule.val_samples),
-               "skipped_images": [str(e) for e in datamodule.skipped]}
+               "skipped_images": [str(e) for e in datamodule.skipped],
+               "world_size": trainer.world_size, "train_images_per_second": throughput.steady_rate()}
     if logger is not None:
         summary.update(training_run.log_results(cfg, logger.run_id, detector, datamodule, history.history,
                                                 summary, out_dir, to_flat_dict(cfg)))

@@ -1,0 +1,119 @@
+"""Real multi-process DDP on CPU (gloo): training and scoring launched from the CLI in a subprocess, since
+`strategy=ddp` re-runs the command line for the second rank (inside pytest it would re-run pytest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import main
+from pipeline.config import compose
+from pipeline.models.vae import build_network
+from pipeline.scoring.detector import AnomalyDetector
+from pipeline.scoring.threshold import conformal_threshold
+from pipeline.training.train import build_datamodule, build_spec, load_best_weights, score_images
+from tests.conftest import _part, tiny_overrides, write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def run_cli(*args: str) -> dict:
+    """`python -m pipeline ...` in a fresh process from the project root; its JSON summary."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def ddp_job(tmp_path_factory):
+    """A tiny dataset with one unreadable test file, and a detector trained on it by 2 gloo processes."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    root, rng = tmp / "tiny", np.random.default_rng(1)
+    # 23 training images: 5 held out for validation, which 2 ranks can only shard evenly by padding one.
+    for i in range(23):
+        write_png(root / "train" / "good" / f"{i:03d}.png", _part(rng, 48))
+    for i in range(6):
+        write_png(root / "test" / "good" / f"{i:03d}.png", _part(rng, 48))
+        scratched = _part(rng, 48)
+        scratched[10 + 4 * i:12 + 4 * i, 8:40] = 255
+        write_png(root / "test" / "scratch" / f"{i:03d}.png", scratched)
+    (root / "test" / "good" / "broken.png").write_bytes(b"not a png")  # 13 test files: uneven shards
+    overrides = tiny_overrides(tmp, f"data.root={root}", "tracking.system_metrics_interval=1")
+    summary = run_cli("train", *overrides, *DDP)
+    return tmp, overrides, summary
+
+
+def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold(ddp_job):
+    tmp, overrides, summary = ddp_job
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vae-training")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["run_id"]]  # rank 1 created no run of its own
+    run = runs[0]
+    assert run.info.status == "FINISHED" and summary["world_size"] == 2
+    params = run.data.params
+    assert params["distributed.world_size"] == "2" and params["distributed.devices_per_node"] == "2"
+    assert params["distributed.strategy"] == "DDPStrategy" and params["distributed.process_group_backend"] == "gloo"
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
+    assert any(k.startswith("system/system_memory") for k in run.data.metrics)
+    assert run.data.metrics["perf/train_images_per_second"] > 0
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-vae'")] == ["1"]
+    assert len(list((tmp / "outputs" / "train" / "tiny").iterdir())) == 1  # one output folder, rank 0's
+
+    # The best checkpoint loads and holds the weights the detector was saved with.
+    cfg = compose(overrides)
+    net = build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
+                        cfg.model.hidden_channels)
+    load_best_weights(net, str(Path(summary["detector_dir"]).parent / "checkpoints" / "best.ckpt"))
+    saved = AnomalyDetector.load(summary["detector_dir"])
+    for name, tensor in saved.net.state_dict().items():
+        assert torch.equal(tensor, net.state_dict()[name]), name
+
+    # Here, in one process, on the full validation split: the same threshold the DDP job logged.
+    datamodule = build_datamodule(cfg, Path(cfg.data.root))
+    datamodule.setup("fit")
+    assert summary["n_calibration"] == len(datamodule.val_images) == 5
+    detector = AnomalyDetector(net, build_spec(cfg, datamodule))
+    scores = score_images(detector, datamodule.val_images, batch_size=2)[cfg.score.score]
+    expected = conformal_threshold(scores, cfg.score.alpha)
+    assert summary["threshold"] == pytest.approx(expected, rel=1e-6)
+    assert run.data.metrics["threshold"] == pytest.approx(expected, rel=1e-6)
+    assert len(saved.spec.calibration_scores[cfg.score.score]) == 5  # every validation image once
+
+
+def test_distributed_scoring_scores_every_image_once_like_one_process(ddp_job, capsys):
+    tmp, overrides, _ = ddp_job
+    single_dir, ddp_dir = tmp / "scored-1", tmp / "scored-2"
+    assert main(["score", *overrides, f"score.output_dir={single_dir}"]) == 0
+    single_metrics = json.loads(capsys.readouterr().out)
+    ddp_metrics = run_cli("score", *overrides, f"score.output_dir={ddp_dir}", *DDP)
+
+    single, ddp = pd.read_csv(single_dir / "scores.csv"), pd.read_csv(ddp_dir / "scores.csv")
+    assert len(ddp) == 12 and ddp["image_path"].is_unique  # one row per readable image
+    assert list(ddp["image_path"]) == list(single["image_path"])
+    for column in ("score", "recon_error", "neg_elbo", "p_value"):
+        np.testing.assert_allclose(ddp[column], single[column], rtol=1e-5, atol=1e-7)
+    assert (ddp["is_anomaly"] == single["is_anomaly"]).all()
+    errors = pd.read_csv(ddp_dir / "errors.csv")
+    assert list(errors["image_path"]) == ["test/good/broken.png"]
+    for rel in ddp["image_path"]:
+        np.testing.assert_allclose(np.load(ddp_dir / "maps" / f"{rel}.npy").astype(np.float32),
+                                   np.load(single_dir / "maps" / f"{rel}.npy").astype(np.float32), atol=1e-3)
+    assert not (ddp_dir / ".ranks").exists()  # per-rank scratch files merged and removed
+    assert ddp_metrics["image_auroc"] == pytest.approx(single_metrics["image_auroc"])
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    scoring = client.search_runs([client.get_experiment_by_name("vae-scoring").experiment_id])
+    assert sorted(r.info.run_id for r in scoring) == sorted([single_metrics["run_id"], ddp_metrics["run_id"]])
