@@ -22,6 +22,7 @@ from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
 from pipeline.scoring.detector import AnomalyDetector
 from pipeline.scoring.maps import resize_map
+from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.training.distributed import build_strategy
 
 RANKS_DIR = ".ranks"
@@ -37,7 +38,7 @@ class DetectorScoring(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = self.detector.score_batch(batch["image"])  # images (B, C, S, S)
-        return {"recon_error": out["recon_error"].cpu(), "neg_elbo": out["neg_elbo"].cpu(),  # (B,)
+        return {**{name: out[name].cpu() for name in SCORE_NAMES},  # (B,) each
                 "map": out["map"].float().cpu()}  # (B, S, S)
 
 
@@ -61,23 +62,25 @@ class RankScoresWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
-        from pipeline.scoring.run import map_file, save_map
+        from pipeline.scoring.run import defect_regions, map_file, save_map
 
         for j, index in enumerate(batch["index"].tolist()):
             sample, error = self.samples[index], batch["error"][j]
             row = {"index": index, "image_path": sample.rel_path, "defect_type": sample.defect_type,
-                   "label": sample.label, "error": error, "recon_error": float("nan"), "neg_elbo": float("nan")}
+                   "label": sample.label, "error": error, **{name: float("nan") for name in SCORE_NAMES},
+                   "defect_area": float("nan"), "defect_regions": -1}
             if not error:
                 full = resize_map(prediction["map"][j], tuple(batch["orig_hw"][j].tolist())).numpy()  # (H, W)
                 save_map(map_file(self.out_dir, sample), full)
-                row.update(recon_error=float(prediction["recon_error"][j]), neg_elbo=float(prediction["neg_elbo"][j]))
+                row.update({name: float(prediction[name][j]) for name in SCORE_NAMES})
+                row.update(defect_regions(full, pl_module.detector.spec.pixel_threshold))
             self.rows.append(row)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         folder = self.out_dir / RANKS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         path = self.rank_file(trainer.global_rank)
-        columns = ["index", "image_path", "defect_type", "label", "error", "recon_error", "neg_elbo"]
+        columns = ["index", "image_path", "defect_type", "label", "error", *SCORE_NAMES, "defect_area", "defect_regions"]
         pd.DataFrame(self.rows, columns=columns).to_parquet(path, index=False)
         trainer.strategy.barrier("rank_scores_written")  # rank 0 must not merge before every file exists
 
