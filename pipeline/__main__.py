@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DatasetLayoutError, ImageReadError, FileNotFoundError, FileExistsError, LookupError, ValueError) as err:
+    except (DatasetLayoutError, ImageReadError, FileNotFoundError, FileExistsError, LookupError, ValueError,
+            FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if summary:

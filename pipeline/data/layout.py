@@ -35,9 +35,20 @@ class Sample:
         return int(self.defect_type != GOOD)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    # Sorted so that splits and outputs do not depend on the file system's listing order.
-    return sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix())
+def _images_in(folder: Path, root: Path | None = None) -> list[Path]:
+    """Image files under `folder`, sorted (so splits and outputs do not depend on the file system's
+    listing order). A symlink that leads outside `root` is skipped with a warning: reads never leave
+    the configured folder."""
+    root = (root or folder).resolve()
+    images = []
+    for path in sorted(folder.rglob("*"), key=lambda p: p.as_posix()):
+        if not is_image_file(path):
+            continue
+        if not path.resolve().is_relative_to(root):
+            log.warning("skipping %s: it links outside %s", path, root)
+            continue
+        images.append(path)
+    return images
 
 
 def _mask_for(root: Path, defect_type: str, image: Path, class_dir: Path) -> Path | None:
@@ -54,7 +65,7 @@ def scan_train(root: Path | str) -> list[Sample]:
     good = root / "train" / GOOD
     if not good.is_dir():
         raise DatasetLayoutError(f"{good} is missing: the MVTec AD layout needs <root>/train/good/ with normal images")
-    images = _images_in(good)
+    images = _images_in(good, root)
     if not images:
         raise DatasetLayoutError(f"{good} holds no images (.png .jpg .jpeg .bmp .tif .tiff)")
     return [Sample(p, p.relative_to(root).as_posix(), GOOD, None) for p in images]
@@ -71,7 +82,7 @@ def scan_test(root: Path | str) -> list[Sample]:
         raise DatasetLayoutError(f"{test} is missing: the MVTec AD layout needs <root>/test/<good|defect_type>/")
     samples: list[Sample] = []
     for class_dir in sorted(p for p in test.iterdir() if p.is_dir()):
-        images = _images_in(class_dir)
+        images = _images_in(class_dir, root)
         if not images:
             log.warning("%s is an empty class folder: no images to score there", class_dir)
             continue

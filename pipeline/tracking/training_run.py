@@ -16,19 +16,26 @@ from pipeline.tracking.runs import log_detector_model
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
 
 
-def make_logger(cfg: DictConfig, data_root: Path) -> MLFlowLogger:
+def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> MLFlowLogger:
     """Lightning's MLFlowLogger on our store; the experiment is created up front with an absolute
-    artifact location, and the run is created now so that its id is known before `fit`."""
+    artifact location, and the run is created now so that its id is known before `fit`. With
+    `run_id` (a resumed training) the logger continues that run instead of starting another."""
     client = open_store(cfg)
     experiment_id(client, cfg, cfg.tracking.train_experiment)
+    if run_id is not None and not _is_run_id(run_id):
+        run_id = None  # a checkpoint of a run that was not tracked: start a new run
     logger = MLFlowLogger(
         experiment_name=cfg.tracking.train_experiment, tracking_uri=tracking_uri(cfg),
         run_name=f"train-{cfg.data.name}-{cfg.model.kind}",
         tags={"data_root": str(data_root), "dataset": cfg.data.name, "model_kind": cfg.model.kind,
               "stage": "train"},
-        save_dir=None)
+        save_dir=None, run_id=run_id)
     _ = logger.experiment, logger.run_id  # create the run now (rank 0 only under DDP)
     return logger
+
+
+def _is_run_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _params(flat_config: dict[str, object]) -> dict[str, str]:
@@ -42,8 +49,12 @@ def log_results(cfg: DictConfig, run_id: str, detector: AnomalyDetector, datamod
                 summary: dict, out_dir: Path, flat_config: dict[str, object]) -> dict:
     """Log config, threshold, figures and the model into the training run; returns registry info."""
     client = open_store(cfg)
+    logged = client.get_run(run_id).data.params  # a resumed run has them already; MLflow refuses changes
     for key, value in _params(flat_config).items():
-        client.log_param(run_id, key, value[:6000])
+        if key not in logged:
+            client.log_param(run_id, key, value[:6000])
+        elif logged[key] != value[:6000]:
+            client.set_tag(run_id, f"resumed_with.{key}", value[:5000])
     spec = detector.spec
     calibration = detector.calibration_scores_
     client.log_metric(run_id, "threshold", float(detector.threshold_) if np.isfinite(detector.threshold_) else 1e30)

@@ -25,3 +25,23 @@ class EpochHistory(pl.Callback):
             if name.startswith(prefixes) and not name.endswith("kl_weight"):
                 self.history.setdefault(name, []).append((trainer.current_epoch, float(value)))
 
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where and what is kept."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop at the first NaN/inf training loss with a clear message (Lightning would otherwise go on
+    and only EarlyStopping would notice, an epoch later). The checkpoints written so far are the
+    last good ones and are left as they are."""
+
+    def __init__(self, checkpoint_dir: str):
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(loss.isfinite()):
+            raise NonFiniteLossError(
+                f"training stopped: the loss became {float(loss)} at epoch {trainer.current_epoch}, batch {batch_idx} "
+                f"(try a lower model.lr or check the data); the last good checkpoints are kept in {self.checkpoint_dir}")

@@ -23,7 +23,7 @@ from pipeline.data.images import ReadOptions
 from pipeline.models.vae import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 from pipeline.scoring.scores import SCORE_NAMES
-from pipeline.training.callbacks import EpochHistory
+from pipeline.training.callbacks import EpochHistory, StopOnNonFiniteLoss
 from pipeline.training.distributed import (DistributedRunInfo, build_strategy, launch_rank,
                                            resolve_precision)
 from pipeline.training.module import VAELightningModule
@@ -95,18 +95,22 @@ def run_train(cfg: DictConfig) -> dict:
     # Only rank 0 may create the MLflow run: under DDP this function also runs in every other rank
     # (Lightning re-runs the command, or torchrun/srun started it), before any process group exists.
     rank = launch_rank(cfg.trainer)
-    logger = training_run.make_logger(cfg, root) if cfg.tracking.enabled and rank == 0 else None
-    run_id = logger.run_id if logger is not None else time.strftime("%Y%m%d-%H%M%S")
+    resume = Path(cfg.train.resume).expanduser().resolve() if cfg.train.resume else None
+    resumed_run = resumed_run_id(resume) if resume is not None else None
+    logger = (training_run.make_logger(cfg, root, run_id=resumed_run)
+              if cfg.tracking.enabled and rank == 0 else None)
+    run_id = logger.run_id if logger is not None else resumed_run or time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(cfg.output_root) / "train" / cfg.data.name / str(run_id)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
                                  mode="min", save_top_k=1, save_last=True)
     history = EpochHistory()
     throughput = EpochThroughput()
     callbacks = [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience),
-                 checkpoint, history, throughput, DistributedRunInfo(cfg, logger.run_id if logger else None)]
+                 checkpoint, history, throughput, DistributedRunInfo(cfg, logger.run_id if logger else None),
+                 StopOnNonFiniteLoss(str(out_dir / "checkpoints"))]
     trainer = build_trainer(cfg, callbacks, logger)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
@@ -130,6 +134,15 @@ def run_train(cfg: DictConfig) -> dict:
         summary.update(training_run.log_results(cfg, logger.run_id, detector, datamodule, history.history,
                                                 summary, out_dir, to_flat_dict(cfg)))
     return summary
+
+
+def resumed_run_id(checkpoint: Path) -> str:
+    """The run a checkpoint belongs to: our checkpoints live in <output_root>/train/<dataset>/<run id>/checkpoints/."""
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"train.resume={checkpoint}: no such checkpoint file")
+    if checkpoint.parent.name != "checkpoints":
+        raise ValueError(f"train.resume={checkpoint} is not in a run's checkpoints/ folder; cannot tell which run it continues")
+    return checkpoint.parent.parent.name
 
 
 def _best_epoch(history: EpochHistory) -> int | None:
