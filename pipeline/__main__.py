@@ -17,6 +17,7 @@ commands:
   data    generate the built-in dataset (data=builtin, default) or the digits tasks (data=digits)
   train   train a detector on data.root, calibrate its threshold, log it to MLflow
   score   score the test split of data.root with a trained detector (score.model=latest by default)
+  inspect judge every new image in inspect.inbox with the champion model (exit codes: see README)
   config  print the composed configuration
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
@@ -42,6 +43,12 @@ def _score(cfg) -> dict:
     return run_score(cfg)
 
 
+def _inspect(cfg) -> dict:
+    from pipeline.inspection.run import inspect_command
+
+    return inspect_command(cfg)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -49,7 +56,7 @@ def _config(cfg) -> dict:
     return {}
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "config": _config}
+COMMANDS = {"data": _data, "train": _train, "score": _score, "inspect": _inspect, "config": _config}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if summary:
         print(json.dumps(summary, indent=1, default=str))
-    return 0
+    return int(summary.get("exit_code", 0)) if summary else 0  # commands with their own exit codes (inspect)
 
 
 if __name__ == "__main__":
