@@ -18,6 +18,7 @@ commands:
   train   train a detector on data.root, calibrate its threshold, log it to MLflow
   score   score the test split of data.root with a trained detector (score.model=latest by default)
   evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
+  inspect judge every new image in inspect.inbox with the champion model (exit codes: see README)
   config  print the composed configuration
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
@@ -49,6 +50,12 @@ def _evaluate(cfg) -> dict:
     return run_evaluate(cfg)
 
 
+def _inspect(cfg) -> dict:
+    from pipeline.inspection.run import inspect_command
+
+    return inspect_command(cfg)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -56,7 +63,8 @@ def _config(cfg) -> dict:
     return {}
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config}
+COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "inspect": _inspect,
+            "config": _config}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if summary:
         print(json.dumps(summary, indent=1, default=str))
-    return 0
+    return int(summary.get("exit_code", 0)) if summary else 0  # commands with their own exit codes (inspect)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""The model an inspection judges with: the registry's champion by default, cached on local disk.
+
+`models:/<name>@<alias>` is resolved to a concrete version on every run (so a promotion takes effect
+on the next batch) and the version's detector folder is cached under <output_dir>/models/<name>/v<N>/.
+When MLflow cannot be reached, the version used last time for the same spec is taken from the cache,
+with a warning, so a tracking-server outage never stops the line's inspection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, AnomalyDetector, file_sha256
+
+log = logging.getLogger(__name__)
+
+LAST_USED = "last_used.json"
+
+
+def configure_client(cfg: DictConfig) -> None:
+    """For a scheduled job, unless the environment says otherwise: short MLflow HTTP timeouts and
+    retries (an outage sends batches to the outbox instead of stalling the line), and no run URLs
+    printed to stdout (stdout carries the job's JSON summary)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.inspect.mlflow_request_timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.inspect.mlflow_request_retries))
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def model_spec(cfg: DictConfig) -> str:
+    spec = str(cfg.inspect.model)
+    return f"models:/{cfg.tracking.registered_model}@champion" if spec == "champion" else spec
+
+
+def _copy_detector(src: Path, dst: Path) -> None:
+    """Copy the two files of a detector folder into `dst` atomically (rename of a complete folder)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
+    for name in (DETECTOR_FILE, WEIGHTS_FILE):
+        shutil.copy2(src / name, tmp / name)
+    try:
+        os.rename(tmp, dst)
+    except OSError:  # already cached by an earlier run
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remember(cache: Path, spec: str, entry: dict) -> None:
+    path = cache / LAST_USED
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[spec] = entry
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, path)
+
+
+def _from_cache(cache: Path, spec: str, err: Exception) -> tuple[Path, str, dict]:
+    path = cache / LAST_USED
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if spec not in known:
+        raise LookupError(f"cannot resolve inspect.model={spec} (MLflow unreachable: {err}) and no earlier "
+                          f"inspection cached it under {cache}") from err
+    entry = known[spec]
+    log.warning("MLflow unreachable (%s): judging with the cached %s, the model %s resolved to last time",
+                str(err).splitlines()[0][:200], entry["version"], spec)
+    return Path(entry["dir"]), entry["version"], {**entry["provenance"], "model_from_cache": True}
+
+
+def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetector, str, dict]:
+    """(detector, version label for the ledger, provenance) for cfg.inspect.model."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.runs import resolve_detector
+    from pipeline.tracking.store import tracking_uri
+
+    spec = model_spec(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    alias = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", spec)
+    pinned = re.fullmatch(r"models:/([^/@]+)/(\d+)", spec)
+    if not (alias or pinned):  # a folder, run id or runs:/ URI: no registry version to cache by
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            folder, provenance = resolve_detector(cfg, spec, str(cfg.data.root), download_to=Path(tmp))
+            sha = file_sha256(folder / WEIGHTS_FILE)
+            detector = AnomalyDetector.load(folder)
+        return detector, f"{provenance['model_source']}#{sha[:12]}", {**provenance, "weights_sha256": sha}
+    try:
+        if alias:
+            name = alias.group(1)
+            version = str(MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(name, alias.group(2)).version)
+        else:
+            name, version = pinned.group(1), pinned.group(2)
+        target = cache / name / f"v{version}"
+        if not (target / DETECTOR_FILE).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                folder, _ = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root), download_to=Path(tmp))
+                _copy_detector(folder, target)
+    except LookupError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to reach the registry falls back to the cache
+        if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":  # reachable, but no such model
+            raise LookupError(f"inspect.model={spec}: {str(err).splitlines()[0]} (train a model first, or set "
+                              "inspect.model=<model URI, run id or detector folder>)") from err
+        folder, label, provenance = _from_cache(cache, spec, err)
+        return AnomalyDetector.load(folder), label, provenance
+    label = f"{name}/v{version}"
+    provenance = {"model_source": f"models:/{name}/{version}", "model_spec": spec, "registered_model": name,
+                  "model_registry_version": version, "weights_sha256": file_sha256(target / WEIGHTS_FILE)}
+    _remember(cache, spec, {"dir": str(target), "version": label, "provenance": provenance})
+    return AnomalyDetector.load(target), label, provenance
