@@ -28,11 +28,12 @@ from pipeline.inspection.inbox import InboxFile
 from pipeline.inspection.panels import review_panel
 from pipeline.scoring.detector import AnomalyDetector
 from pipeline.scoring.run import apply_threshold, map_file, score_dataset
+from pipeline.scoring.scores import SCORE_NAMES
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["batch_id", "image_path", "score", "threshold", "p_value", "q_value", "is_anomaly", "recon_error",
-                 "neg_elbo", "model_version", "inspected_at", "sha256", "file_size", "file_mtime_ns"]
+SCORE_COLUMNS = ["batch_id", "image_path", "score", "threshold", "p_value", "q_value", "is_anomaly", "defect_area",
+                 "defect_regions", *SCORE_NAMES, "model_version", "inspected_at", "sha256", "file_size", "file_mtime_ns"]
 ERROR_COLUMNS = ["batch_id", "image_path", "reason", "sha256", "file_size", "file_mtime_ns"]
 VMAX_SAMPLE = 32  # maps of unflagged images used to fix the heat-map colour scale of a batch's panels
 

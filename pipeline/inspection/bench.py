@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.config import compose, project_root
 from pipeline.models.vae import build_network
+from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 
 
@@ -30,11 +31,12 @@ def make_detector(cfg, folder: Path) -> AnomalyDetector:
     torch.manual_seed(0)
     spec = DetectorSpec(model_kind=cfg.model.kind, in_channels=cfg.data.channels, image_size=cfg.data.image_size,
                         latent_dim=cfg.model.latent_dim, hidden_channels=list(cfg.model.hidden_channels),
-                        recon_loss=cfg.model.recon_loss, mc_samples=cfg.score.mc_samples, alpha=0.01)
+                        latent_layout=cfg.model.latent_layout, recon_loss=cfg.model.recon_loss, score=cfg.score.score,
+                        map_kind=cfg.score.map, mc_samples=cfg.score.mc_samples, alpha=0.01)
     detector = AnomalyDetector(build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
-                                             cfg.model.hidden_channels), spec)
+                                             cfg.model.hidden_channels, cfg.model.latent_layout), spec)
     rng = np.random.default_rng(0)
-    detector.calibrate({"recon_error": rng.uniform(0.0, 0.01, 200), "neg_elbo": rng.uniform(0, 100, 200)})
+    detector.calibrate({name: rng.uniform(0.0, 0.01, 200) for name in SCORE_NAMES})
     detector.save(folder)
     return detector
 
