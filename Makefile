@@ -12,7 +12,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score inspect ui test clean clean-all
+.PHONY: help setup data train score inspect ui test audit clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 
 test: $(STAMP) ## run the test suite
 	$(VENV)/bin/pytest -q
+
+audit: $(STAMP) ## audit installed dependencies for known vulnerabilities (says so when the database is unreachable)
+	$(PY) scripts/audit.py
 
 clean: ## remove outputs/ and caches (keeps data/ and the MLflow store)
 	rm -rf outputs .pytest_cache

@@ -108,3 +108,24 @@ def test_detector_round_trip_and_recalibration(tmp_path):
     assert loaded.threshold_ == threshold
     loaded.recalibrate_for(score="neg_elbo", alpha=0.2)
     assert loaded.threshold_ == conformal_threshold(out["neg_elbo"].numpy(), 0.2)
+
+
+def test_a_tampered_weights_file_is_refused(tmp_path):
+    from pipeline.scoring.detector import TamperedModelError, file_sha256
+
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce")
+    folder = AnomalyDetector(ConvVAE(1, 16, 3, [4, 8]), spec).save(tmp_path / "det")
+    good_sha = file_sha256(folder / "weights.pt")
+    AnomalyDetector.load(folder, expected_sha256=good_sha)  # intact: loads
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    state["fc_mu.1.weight"] += 1.0  # dense head: Flatten, Linear
+    torch.save(state, folder / "weights.pt")
+    with pytest.raises(TamperedModelError, match="does not match the one recorded in detector.json"):
+        AnomalyDetector.load(folder)
+    # Rewriting detector.json to match does not help when the registry's checksum is given.
+    import json
+    meta = json.loads((folder / "detector.json").read_text())
+    meta["weights_sha256"] = file_sha256(folder / "weights.pt")
+    (folder / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(TamperedModelError, match="recorded in the registry"):
+        AnomalyDetector.load(folder, expected_sha256=good_sha)

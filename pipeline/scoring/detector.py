@@ -61,6 +61,7 @@ class DetectorSpec:
     calibration_scores: dict[str, list[float]] = field(default_factory=dict)  # score name -> normal val scores
     threshold: float | None = None
     extra: dict = field(default_factory=dict)  # provenance: data root, run id, ...
+    weights_sha256: str | None = None   # checksum of weights.pt, verified before the weights are loaded
 
     @property
     def read_options(self) -> ReadOptions:
@@ -178,21 +179,35 @@ class AnomalyDetector:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         torch.save(state, folder / WEIGHTS_FILE)
+        self.spec.weights_sha256 = file_sha256(folder / WEIGHTS_FILE)
         (folder / DETECTOR_FILE).write_text(json.dumps(asdict(self.spec), indent=1, allow_nan=True))
         return folder
 
     @classmethod
-    def load(cls, folder: Path | str, map_location: str | torch.device = "cpu") -> "AnomalyDetector":
+    def load(cls, folder: Path | str, map_location: str | torch.device = "cpu",
+             expected_sha256: str | None = None) -> "AnomalyDetector":
+        """Load a saved detector. The weights' checksum must match the one recorded in detector.json
+        and, when given, `expected_sha256` (e.g. recorded in the model registry at training time):
+        a tampered or corrupted model file is refused before anything is deserialized."""
         folder = Path(folder)
         spec_file = folder / DETECTOR_FILE
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: not a detector folder")
         spec = DetectorSpec(**json.loads(spec_file.read_text()))
+        actual = file_sha256(folder / WEIGHTS_FILE)
+        for source, expected in (("detector.json", spec.weights_sha256), ("the registry", expected_sha256)):
+            if expected is not None and expected != actual:
+                raise TamperedModelError(f"{folder / WEIGHTS_FILE}: checksum {actual[:12]}... does not match the one "
+                                         f"recorded in {source} ({expected[:12]}...): refusing to load a modified model")
         net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels,
                             spec.latent_layout)
         # weights_only: never unpickle arbitrary objects from a model file.
         net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True))
         return cls(net, spec)
+
+
+class TamperedModelError(ValueError):
+    """A model file whose checksum differs from the one recorded when it was trained."""
 
 
 def file_sha256(path: Path | str) -> str:
