@@ -136,3 +136,15 @@ def test_load_images_with_no_readable_image_is_an_error(tmp_path):
     from pipeline.data.layout import Sample
     with pytest.raises(ImageReadError, match="no readable image"):
         load_images([Sample(tmp_path / "a.png", "a.png", "good", None)], 16, ReadOptions())
+
+
+def test_symlinks_out_of_the_dataset_are_not_followed(tiny_dataset, tmp_path, caplog):
+    outside = write_png(tmp_path / "secret" / "outside.png", np.zeros((48, 48), np.uint8))
+    (tiny_dataset / "train" / "good" / "link.png").symlink_to(outside)
+    (tiny_dataset / "test" / "good" / "dirlink").symlink_to(outside.parent, target_is_directory=True)
+    inside = tiny_dataset / "train" / "good" / "000.png"
+    (tiny_dataset / "train" / "good" / "alias.png").symlink_to(inside)  # stays inside: allowed
+    names = {s.rel_path for s in scan_train(tiny_dataset)}
+    assert "train/good/link.png" not in names and "train/good/alias.png" in names
+    assert all("dirlink" not in s.rel_path for s in scan_test(tiny_dataset))
+    assert "links outside" in caplog.text
