@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, permissions, ...: say which file; partial outputs were never renamed into place
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
     if summary:
         print(json.dumps(summary, indent=1, default=str))
     return int(summary.get("exit_code", 0)) if summary else 0  # commands with their own exit codes (inspect)

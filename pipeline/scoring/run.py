@@ -34,20 +34,26 @@ from pipeline.scoring.threshold import benjamini_hochberg
 log = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file; on failure
+    (e.g. a full disk) the temporary file is removed and the previous file, if any, stays intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def save_map(path: Path, anomaly_map: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, anomaly_map.astype(np.float16))
-    os.replace(tmp, path)
+    _atomic_write(path, lambda handle: np.save(handle, anomaly_map.astype(np.float16)))
 
 
 def map_file(out_dir: Path, sample: Sample) -> Path:
