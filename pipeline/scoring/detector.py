@@ -23,7 +23,7 @@ from pipeline.data.images import ReadOptions
 from pipeline.models.vae import ConvAutoencoder, build_network
 from pipeline.scoring.maps import gaussian_blur, residual_map
 from pipeline.scoring.scores import SCORE_NAMES, neg_elbo, posterior_mean_reconstruction, recon_error
-from pipeline.scoring.threshold import conformal_p_values, conformal_threshold
+from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, pixel_threshold
 
 DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
@@ -50,6 +50,8 @@ class DetectorSpec:
     threshold_method: str = "conformal"
     calibration_scores: dict[str, list[float]] = field(default_factory=dict)  # score name -> normal val scores
     threshold: float | None = None
+    pixel_threshold: float | None = None  # map value above which a pixel is outlined as defect (review panels)
+    pixel_quantile: float | None = None   # the quantile of normal validation map pixels it was set to
     extra: dict = field(default_factory=dict)  # provenance: data root, run id, ...
 
     @property
@@ -108,6 +110,12 @@ class AnomalyDetector:
         if alpha is not None:
             self.spec.alpha = float(alpha)
         self.spec.threshold = conformal_threshold(self.calibration_scores_, self.spec.alpha)
+
+    def calibrate_pixels(self, normal_maps: np.ndarray, quantile: float) -> float:
+        """Set the pixel threshold from held-out normal maps (N, S, S): their `quantile` over all pixels."""
+        self.spec.pixel_threshold = pixel_threshold(normal_maps, quantile)
+        self.spec.pixel_quantile = float(quantile)
+        return self.spec.pixel_threshold
 
     @property
     def calibration_scores_(self) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import PACKAGE_DIR
 from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256
+from pipeline.tracking import registry
 from pipeline.tracking.store import experiment_id, open_store, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -59,27 +59,41 @@ def find_latest_training_run(client: MlflowClient, cfg: DictConfig, data_root: s
 
 
 def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | None = None) -> tuple[Path, dict]:
-    """A local detector folder for `spec` plus provenance (run id, model URI, ...).
+    """A local detector folder for `spec` plus provenance (model source, name, version, run id).
 
-    spec: 'latest' | a local folder | 'models:/...' or 'runs:/...' URI | a training run id.
+    spec: 'latest' (the newest registered version of tracking.registered_model; the newest training run
+    on `data_root` when nothing is registered) | 'champion' or '@<alias>' | a version number |
+    a 'models:/...' or 'runs:/...' URI | a training run id | a local detector or model folder.
     """
+    spec = str(spec)
     local = Path(spec).expanduser()
-    if spec != "latest" and local.is_dir():
+    if spec not in ("latest", registry.CHAMPION) and not spec.isdigit() and local.is_dir():
         found = _find_detector(local)
         return found, {"model_source": str(found.resolve())}
     client = open_store(cfg)
     download_to = Path(download_to or tempfile.mkdtemp(prefix="detector-"))
-    if spec == "latest" or re.fullmatch(r"[0-9a-f]{32}", spec):
+    name = cfg.tracking.registered_model
+    uri = registry.registry_uri(client, name, spec)
+    if uri is not None:
+        provenance = {"model_source": uri, **registry.describe(client, uri)}
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_to),
+                                                   tracking_uri=tracking_uri(cfg))
+        return _find_detector(Path(path)), provenance
+    if spec == "latest" or registry.RUN_ID.fullmatch(spec):
         run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="detector",
                                                    dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
-        return _find_detector(Path(path)), {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
-    if spec.startswith(("models:/", "runs:/")):
+        provenance = {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
+        version = registry.version_of_run(client, name, run_id)
+        if version is not None:
+            provenance.update(model_name=name, model_version=version)
+        return _find_detector(Path(path)), provenance
+    if spec.startswith("runs:/"):
         path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(download_to),
                                                    tracking_uri=tracking_uri(cfg))
         return _find_detector(Path(path)), {"model_source": spec}
-    raise ValueError(f"score.model={spec!r} is neither 'latest', an existing folder, a models:/ or runs:/ URI, "
-                     "nor a 32-character run id")
+    raise ValueError(f"model={spec!r} is neither 'latest', 'champion', a version number, an existing folder, "
+                     "a models:/ or runs:/ URI, nor a 32-character run id")
 
 
 def _find_detector(folder: Path) -> Path:

@@ -56,6 +56,12 @@ def score_images(detector: AnomalyDetector, images: torch.Tensor, batch_size: in
     return {name: torch.cat(parts).numpy() for name, parts in collected.items()}
 
 
+def normal_maps(detector: AnomalyDetector, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Anomaly maps (N, S, S) of in-memory normal images, for the pixel threshold."""
+    parts = [detector.score_batch(images[i:i + batch_size])["map"].cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(parts).numpy()
+
+
 def load_best_weights(net: torch.nn.Module, checkpoint_path: str) -> None:
     """Copy the network weights out of a Lightning checkpoint without unpickling arbitrary objects."""
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -105,6 +111,8 @@ def run_train(cfg: DictConfig) -> dict:
     detector = AnomalyDetector(net.cpu(), build_spec(cfg, datamodule))
     calibration = score_images(detector, datamodule.val_images, cfg.data.batch_size)
     threshold = detector.calibrate(calibration)
+    detector.calibrate_pixels(normal_maps(detector, datamodule.val_images, cfg.data.batch_size),
+                              cfg.score.pixel_quantile)
     detector.spec.extra = {"data_root": str(root), "run_id": str(run_id), "n_train": len(datamodule.train_samples),
                            "n_calibration": len(datamodule.val_samples), "best_epoch": _best_epoch(history)}
     detector_dir = detector.save(out_dir / "detector")
