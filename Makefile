@@ -47,7 +47,7 @@ browser: ## install Debian's chromium for the browser test (apt-get; needs root 
 	scripts/install-browser.sh
 
 e2e: $(STAMP) browser ## browser test: headless chromium checks the flagged-sample gallery in the MLflow UI
-	PIPELINE_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q -m e2e tests/e2e
+	PIPELINE_REQUIRE_BROWSER=1 E2E_SCREENSHOT_DIR=$(CURDIR)/outputs/e2e $(VENV)/bin/pytest -q -m e2e tests/e2e
 
 promote: $(STAMP) ## give a registered version the alias champion (ARGS="3 data.category=bracket"; default: newest)
 	$(PY) -m pipeline promote $(ARGS)

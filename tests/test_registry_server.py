@@ -90,11 +90,11 @@ def test_review_records_verdicts_as_table_and_tags_then_calibrate_feeds_false_al
     run_id = served["score_newest"]["run_id"]
     flagged = _flagged(served)
     assert len(flagged) >= 2, "alpha=0.5 should flag several images"
-    # The reviewer calls the top flag a defect and a flagged good image (else the weakest flag) a false alarm.
+    # The reviewer calls a flagged good image (else the weakest flag) a false alarm and the top other flag a defect.
     goods = flagged[flagged["image_path"].str.startswith("test/good/")]
     normal = goods.iloc[0] if len(goods) else flagged.iloc[-1]
-    defect_id, normal_id = flagged["sample_id"].iloc[0], normal["sample_id"]
-    assert defect_id != normal_id
+    normal_id = normal["sample_id"]
+    defect_id = flagged.loc[flagged["sample_id"] != normal_id, "sample_id"].iloc[0]
 
     args = ["review", run_id, *served["overrides"](f"review.set=[{defect_id}:true_defect,{normal_id}:f]",
                                                    "review.interactive=false")]
