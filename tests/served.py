@@ -38,6 +38,10 @@ def cli(*args: str) -> dict:
 
 
 def overrides(folder: Path, *extra: str) -> list[str]:
+    # tracking.uri is taken from MLFLOW_TRACKING_URI (set below), as a user would; other tests in the same
+    # process may change that variable (Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which
+    # rewrites it), so later commands re-point it at the server first.
+    os.environ["MLFLOW_TRACKING_URI"] = (folder / "server" / "url").read_text()
     return [*TINY, SERVED_ALPHA, f"output_root={folder / 'outputs'}", f"tracking.store_dir={folder / 'unused-mlruns'}",
             f"data.root={folder / 'tiny'}", *extra]
 
@@ -47,6 +51,7 @@ def served_pipeline(folder: Path):
     make_tiny_dataset(folder / "tiny")
     with mlflow_server(folder / "server") as url, pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", url)
+        (folder / "server" / "url").write_text(url)
         first = cli("train", *overrides(folder))
         second = cli("train", *overrides(folder, "seed=1"))  # other weights than version 1
         newest = cli("score", *overrides(folder, f"score.output_dir={folder / 'scored-newest'}"))

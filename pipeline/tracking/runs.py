@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -25,18 +27,36 @@ MODEL_REQUIREMENTS = ["torch>=2.4", "mlflow>=3.5,<4", "numpy>=1.26", "pandas>=2.
                       "pytorch-lightning>=2.5,<2.7", "scikit-learn>=1.4", "scipy>=1.11"]
 
 
+@contextmanager
+def fluent_store(uri: str):
+    """Point MLflow's fluent API (log_model, register_model) at `uri` for the block, then restore the
+    previous URI and MLFLOW_TRACKING_URI: set_tracking_uri also sets that variable, which would otherwise
+    leak into every later command composed in the same process."""
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, registered_model: str | None) -> dict:
     """Log the detector folder as plain artifacts (`detector/`) and as a pyfunc model (`model`), and
     register a new model version; the very first version becomes the champion."""
     client.log_artifacts(run_id, str(detector_dir), artifact_path="detector")
-    with mlflow.start_run(run_id=run_id):
+    with fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"detector": str(detector_dir)},
             code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS)
     result = {"model_uri": info.model_uri, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
     client.set_tag(run_id, "weights_sha256", result["weights_sha256"])
     if registered_model:
-        version = mlflow.register_model(info.model_uri, registered_model)
+        with fluent_store(client.tracking_uri):
+            version = mlflow.register_model(info.model_uri, registered_model)
         result["registered_model"], result["version"] = registered_model, version.version
         client.set_model_version_tag(registered_model, version.version, "weights_sha256", result["weights_sha256"])
         if str(version.version) == "1":
@@ -76,24 +96,29 @@ def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Pa
     uri = registry.registry_uri(client, name, spec)
     if uri is not None:
         provenance = {"model_source": uri, **registry.describe(client, uri)}
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_to),
-                                                   tracking_uri=tracking_uri(cfg))
+        path = _download(cfg, artifact_uri=uri, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
         return _find_detector(Path(path)), provenance
     if spec == "latest" or registry.RUN_ID.fullmatch(spec):
         run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="detector",
-                                                   dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
+        path = _download(cfg, run_id=run_id, artifact_path="detector", dst_path=str(download_to),
+                         tracking_uri=tracking_uri(cfg))
         provenance = {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
         version = registry.version_of_run(client, name, run_id)
         if version is not None:
             provenance.update(model_name=name, model_version=version)
         return _find_detector(Path(path)), provenance
     if spec.startswith("runs:/"):
-        path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(download_to),
-                                                   tracking_uri=tracking_uri(cfg))
+        path = _download(cfg, artifact_uri=spec, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
         return _find_detector(Path(path)), {"model_source": spec}
     raise ValueError(f"model={spec!r} is neither 'latest', 'champion', a version number, an existing folder, "
                      "a models:/ or runs:/ URI, nor a 32-character run id")
+
+
+def _download(cfg: DictConfig, **kwargs) -> str:
+    """download_artifacts on the configured store; models:/ URIs resolve through the fluent registry URI,
+    which may point elsewhere when another command ran in this process (Lightning sets it)."""
+    with fluent_store(tracking_uri(cfg)):
+        return mlflow.artifacts.download_artifacts(**kwargs)
 
 
 def _find_detector(folder: Path) -> Path:

@@ -21,19 +21,25 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the React app slowly
 
 
-@pytest.fixture
-def browser_page(tmp_path):
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Session-scoped so that it is checked before the (session-scoped, slow) served pipeline is built."""
     if not CHROMIUM.is_file():
         message = f"{CHROMIUM} not found: run scripts/install-browser.sh (or `make e2e`)"
         if os.environ.get("PIPELINE_REQUIRE_BROWSER") == "1":
             pytest.fail(message)
         pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture
+def browser_page(chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         # A persistent context is how Playwright takes a fresh --user-data-dir of our choosing.
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=FLAGS,
             viewport={"width": 1400, "height": 1000})
         try:
             yield context.new_page()
@@ -50,7 +56,7 @@ def _rendered(page, selector: str, expected: int) -> list[int]:
     return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
 
 
-def test_mlflow_ui_shows_the_gallery_of_flagged_samples(served, browser_page, tmp_path):
+def test_mlflow_ui_shows_the_gallery_of_flagged_samples(chromium, served, browser_page, tmp_path):
     client = MlflowClient(served["url"])
     run_id = served["score_newest"]["run_id"]
     run = client.get_run(run_id)
