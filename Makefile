@@ -12,10 +12,10 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score inspect ui test audit clean clean-all
+.PHONY: help setup data train score inspect ui test audit clean clean-all promote review e2e browser
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,11 +43,23 @@ ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 	mkdir -p mlruns
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## run the test suite (the browser test too when chromium is installed)
 	$(VENV)/bin/pytest -q
 
 audit: $(STAMP) ## audit installed dependencies for known vulnerabilities (says so when the database is unreachable)
 	$(PY) scripts/audit.py
+
+browser: ## install Debian's chromium for the browser test (apt-get; needs root or sudo)
+	scripts/install-browser.sh
+
+e2e: $(STAMP) browser ## browser test: headless chromium checks the flagged-sample gallery in the MLflow UI
+	PIPELINE_REQUIRE_BROWSER=1 E2E_SCREENSHOT_DIR=$(CURDIR)/outputs/e2e $(VENV)/bin/pytest -q -m e2e tests/e2e
+
+promote: $(STAMP) ## give a registered version the alias champion (ARGS="3 data.category=bracket"; default: newest)
+	$(PY) -m pipeline promote $(ARGS)
+
+review: $(STAMP) ## show a scoring run's flagged samples and record verdicts (ARGS="<run id> review.set=[id:verdict]")
+	$(PY) -m pipeline review $(ARGS)
 
 clean: ## remove outputs/ and caches (keeps data/ and the MLflow store)
 	rm -rf outputs .pytest_cache

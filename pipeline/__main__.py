@@ -19,6 +19,11 @@ commands:
   score   score the test split of data.root with a trained detector (score.model=latest by default)
   evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
   inspect judge every new image in inspect.inbox with the champion model (exit codes: see README)
+  promote [version]   give a registered version (default: the newest) the alias `champion`
+  review <run>        show a scoring run's flagged samples; record verdicts (review.set=[id:verdict,...],
+                      review.verdicts=file.csv, or a prompt when stdin is a terminal)
+  calibrate           add reviewed false alarms to the calibration set; logs a new model version
+  export              write the detector as ONNX (export.model=latest) and check it against PyTorch
   config  print the composed configuration
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
@@ -56,6 +61,31 @@ def _inspect(cfg) -> dict:
     return inspect_command(cfg)
 
 
+def _promote(cfg) -> dict:
+    from pipeline.tracking.registry import promote
+    from pipeline.tracking.store import open_store
+
+    return promote(open_store(cfg), cfg.tracking.registered_model, cfg.promote.version)
+
+
+def _review(cfg) -> dict:
+    from pipeline.review.command import run_review
+
+    return run_review(cfg)
+
+
+def _calibrate(cfg) -> dict:
+    from pipeline.review.calibrate import run_calibrate
+
+    return run_calibrate(cfg)
+
+
+def _export(cfg) -> dict:
+    from pipeline.export.onnx import run_export
+
+    return run_export(cfg)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -64,7 +94,9 @@ def _config(cfg) -> dict:
 
 
 COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "inspect": _inspect,
-            "config": _config}
+            "config": _config, "promote": _promote, "review": _review, "calibrate": _calibrate, "export": _export}
+# Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
+POSITIONAL = {"promote": "promote.version", "review": "review.run"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.data.layout import DatasetLayoutError
 
     command, overrides = argv[0], argv[1:]
+    if command in POSITIONAL and overrides and "=" not in overrides[0]:
+        overrides[0] = f"{POSITIONAL[command]}='{overrides[0]}'"
     try:
         cfg = compose(overrides)
         summary = COMMANDS[command](cfg)

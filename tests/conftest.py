@@ -48,7 +48,11 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     """<tmp>/tiny: 24 train/good, 6 test/good, 6 test/scratch with masks, size 48x48 grayscale."""
-    root, size, rng = tmp_path / "tiny", 48, np.random.default_rng(0)
+    return make_tiny_dataset(tmp_path / "tiny")
+
+
+def make_tiny_dataset(root: Path) -> Path:
+    size, rng = 48, np.random.default_rng(0)
     for i in range(24):
         write_png(root / "train" / "good" / f"{i:03d}.png", _part(rng, size))
     for i in range(6):
@@ -60,3 +64,13 @@ def tiny_dataset(tmp_path) -> Path:
         write_png(root / "test" / "scratch" / f"{i:03d}.png", image)
         write_png(root / "ground_truth" / "scratch" / f"{i:03d}_mask.png", mask)
     return root
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """Train twice, promote and score through a real `mlflow server` (MLFLOW_TRACKING_URI points at it);
+    shared by the registry/review tests and the browser test. See tests/served.py."""
+    from tests.served import served_pipeline
+
+    with served_pipeline(tmp_path_factory.mktemp("served")) as state:
+        yield state

@@ -50,7 +50,7 @@ class DetectorSpec:
     topk_fraction: float = 0.01         # share of map pixels averaged by the map_topk score
     projection: dict = field(default_factory=lambda: {"steps": 10, "step_size": 0.05, "l1_weight": 1.0})
     pixel_quantile: float = 0.999       # quantile of normal validation map pixels used as pixel threshold
-    pixel_threshold: float | None = None
+    pixel_threshold: float | None = None  # map value above which a pixel counts as defect (masks, areas, panel outlines)
     seed: int = 0                       # seeds the shared Monte Carlo draws
     max_image_pixels: int = 50_000_000
     strict_channels: bool = True

@@ -25,6 +25,7 @@ from pipeline.data.datasets import ImageDataset
 from pipeline.data.images import ImageReadError, read_image
 from pipeline.data.layout import Sample, scan_test
 from pipeline.report import figures
+from pipeline.review.flagged import flagged_panels
 from pipeline.scoring.detector import WEIGHTS_FILE, AnomalyDetector, file_sha256
 from pipeline.scoring.evaluate import evaluate, evaluate_output_folder, evaluation_figures
 from pipeline.scoring.maps import resize_map
@@ -178,6 +179,7 @@ def run_score(cfg: DictConfig) -> dict:
     normal_maps = [maps[i] for i in frame.loc[frame["label"] == 0, "index"]] or list(maps.values())
     vmax = float(np.quantile(np.concatenate([m.ravel() for m in normal_maps]).astype(np.float32), 0.999)) * 2
     overlays = write_overlays(frame, samples, out_dir, detector, vmax, cfg.score.max_overlays)
+    flagged = flagged_panels(detector, frame, samples, out_dir, vmax, cfg.review.max_panels, cfg.review.tile_size)
     if labelled:
         evaluation_figures(frame, detector.threshold_, detector.spec.score, out_dir / "figures")
     else:
@@ -187,7 +189,8 @@ def run_score(cfg: DictConfig) -> dict:
     if cfg.tracking.enabled:
         from pipeline.tracking.scoring_run import log_scoring_run
 
-        metrics["run_id"] = log_scoring_run(cfg, out_dir, detector, provenance, metrics, frame, overlays, str(root))
+        metrics["run_id"] = log_scoring_run(cfg, out_dir, detector, provenance, metrics, frame, overlays, str(root),
+                                            flagged=flagged)
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     metrics["output_dir"] = str(out_dir)
     return metrics

@@ -34,6 +34,17 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
     return float(scores[k - 1])
 
 
+def pixel_threshold(normal_maps: np.ndarray | list[np.ndarray], quantile: float) -> float:
+    """The `quantile` of every pixel value of held-out normal anomaly maps: a pixel above it is part of the
+    outlined defect region (about (1 - quantile) of normal pixels exceed it)."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"score.pixel_quantile must be in (0, 1), got {quantile}")
+    values = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in normal_maps])
+    if values.size == 0:
+        raise ValueError("no normal anomaly maps to compute the pixel threshold from")
+    return float(np.quantile(values, quantile))
+
+
 def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """p = (1 + #{calibration >= s}) / (n + 1) for every score s; small p = unusual for a normal image."""
     calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())

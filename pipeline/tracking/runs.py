@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import PACKAGE_DIR
 from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256
+from pipeline.tracking import registry
 from pipeline.tracking.store import experiment_id, open_store, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -25,18 +27,36 @@ MODEL_REQUIREMENTS = ["torch>=2.4", "mlflow>=3.5,<4", "numpy>=1.26", "pandas>=2.
                       "pytorch-lightning>=2.5,<2.7", "scikit-learn>=1.4", "scipy>=1.11"]
 
 
+@contextmanager
+def fluent_store(uri: str):
+    """Point MLflow's fluent API (log_model, register_model) at `uri` for the block, then restore the
+    previous URI and MLFLOW_TRACKING_URI: set_tracking_uri also sets that variable, which would otherwise
+    leak into every later command composed in the same process."""
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, registered_model: str | None) -> dict:
     """Log the detector folder as plain artifacts (`detector/`) and as a pyfunc model (`model`), and
     register a new model version; the very first version becomes the champion."""
     client.log_artifacts(run_id, str(detector_dir), artifact_path="detector")
-    with mlflow.start_run(run_id=run_id):
+    with fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"detector": str(detector_dir)},
             code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS)
     result = {"model_uri": info.model_uri, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
     client.set_tag(run_id, "weights_sha256", result["weights_sha256"])
     if registered_model:
-        version = mlflow.register_model(info.model_uri, registered_model)
+        with fluent_store(client.tracking_uri):
+            version = mlflow.register_model(info.model_uri, registered_model)
         result["registered_model"], result["version"] = registered_model, version.version
         client.set_model_version_tag(registered_model, version.version, "weights_sha256", result["weights_sha256"])
         if str(version.version) == "1":
@@ -59,27 +79,46 @@ def find_latest_training_run(client: MlflowClient, cfg: DictConfig, data_root: s
 
 
 def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | None = None) -> tuple[Path, dict]:
-    """A local detector folder for `spec` plus provenance (run id, model URI, ...).
+    """A local detector folder for `spec` plus provenance (model source, name, version, run id).
 
-    spec: 'latest' | a local folder | 'models:/...' or 'runs:/...' URI | a training run id.
+    spec: 'latest' (the newest registered version of tracking.registered_model; the newest training run
+    on `data_root` when nothing is registered) | 'champion' or '@<alias>' | a version number |
+    a 'models:/...' or 'runs:/...' URI | a training run id | a local detector or model folder.
     """
+    spec = str(spec)
     local = Path(spec).expanduser()
-    if spec != "latest" and local.is_dir():
+    if spec not in ("latest", registry.CHAMPION) and not spec.isdigit() and local.is_dir():
         found = _find_detector(local)
         return found, {"model_source": str(found.resolve())}
     client = open_store(cfg)
     download_to = Path(download_to or tempfile.mkdtemp(prefix="detector-"))
-    if spec == "latest" or re.fullmatch(r"[0-9a-f]{32}", spec):
+    name = cfg.tracking.registered_model
+    uri = registry.registry_uri(client, name, spec)
+    if uri is not None:
+        provenance = {"model_source": uri, **registry.describe(client, uri)}
+        path = _download(cfg, artifact_uri=uri, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
+        return _find_detector(Path(path)), provenance
+    if spec == "latest" or registry.RUN_ID.fullmatch(spec):
         run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="detector",
-                                                   dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
-        return _find_detector(Path(path)), {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
-    if spec.startswith(("models:/", "runs:/")):
-        path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(download_to),
-                                                   tracking_uri=tracking_uri(cfg))
+        path = _download(cfg, run_id=run_id, artifact_path="detector", dst_path=str(download_to),
+                         tracking_uri=tracking_uri(cfg))
+        provenance = {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
+        version = registry.version_of_run(client, name, run_id)
+        if version is not None:
+            provenance.update(model_name=name, model_version=version)
+        return _find_detector(Path(path)), provenance
+    if spec.startswith("runs:/"):
+        path = _download(cfg, artifact_uri=spec, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
         return _find_detector(Path(path)), {"model_source": spec}
-    raise ValueError(f"score.model={spec!r} is neither 'latest', an existing folder, a models:/ or runs:/ URI, "
-                     "nor a 32-character run id")
+    raise ValueError(f"model={spec!r} is neither 'latest', 'champion', a version number, an existing folder, "
+                     "a models:/ or runs:/ URI, nor a 32-character run id")
+
+
+def _download(cfg: DictConfig, **kwargs) -> str:
+    """download_artifacts on the configured store; models:/ URIs resolve through the fluent registry URI,
+    which may point elsewhere when another command ran in this process (Lightning sets it)."""
+    with fluent_store(tracking_uri(cfg)):
+        return mlflow.artifacts.download_artifacts(**kwargs)
 
 
 def _find_detector(folder: Path) -> Path:

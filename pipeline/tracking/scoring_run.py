@@ -9,17 +9,22 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.scoring.detector import AnomalyDetector
+from pipeline.tracking.review_log import log_flagged
 from pipeline.tracking.runs import start_run
 from pipeline.tracking.store import open_store, redact_uri, tracking_uri
 
 
 def log_scoring_run(cfg: DictConfig, out_dir: Path, detector: AnomalyDetector, provenance: dict, metrics: dict,
-                    frame: pd.DataFrame, overlays: list[Path], data_root: str) -> str:
+                    frame: pd.DataFrame, overlays: list[Path], data_root: str,
+                    flagged: pd.DataFrame | None = None) -> str:
     """One run in the scoring experiment; returns its id."""
     tags = {"stage": "score", "data_root": data_root, "dataset": cfg.data.name,
             "model_source": provenance["model_source"], "tracking_uri": redact_uri(tracking_uri(cfg))}
     if "model_run_id" in provenance:
         tags["model_run_id"] = provenance["model_run_id"]
+    for key in ("model_name", "model_version"):  # which registered version judged these parts
+        if key in provenance:
+            tags[key] = str(provenance[key])
     client, run_id = start_run(cfg, cfg.tracking.score_experiment, f"score-{cfg.data.name}", tags)
     try:
         for key, value in {"score": detector.spec.score, "alpha": detector.spec.alpha,
@@ -31,6 +36,8 @@ def log_scoring_run(cfg: DictConfig, out_dir: Path, detector: AnomalyDetector, p
         client.log_artifact(run_id, str(out_dir / "errors.csv"))
         if overlays:  # one upload for the folder, not one call per image
             client.log_artifacts(run_id, str(out_dir / "overlays"), artifact_path="overlays")
+        if flagged is not None:
+            log_flagged(client, run_id, flagged, int(metrics.get("n_flagged", len(flagged))))
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")

@@ -1,0 +1,1 @@
+"""Review of flagged samples: panels, the flagged-samples table, verdicts and their feedback."""
