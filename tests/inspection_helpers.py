@@ -13,6 +13,7 @@ import torch
 from pipeline.data.images import to_model_tensor
 from pipeline.models.vae import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
+from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY, _part, write_png
 
 SIZE = 48
@@ -27,7 +28,7 @@ def make_detector(folder: Path, n_calibration: int = 30) -> Path:
     detector = AnomalyDetector(build_network("vae", 1, 32, 4, [8, 16]), spec)
     images = torch.stack([to_model_tensor(_part(rng, SIZE)[:, :, None], 32) for _ in range(n_calibration)])
     out = detector.score_batch(images)
-    detector.calibrate({k: out[k].numpy() for k in ("recon_error", "neg_elbo")})
+    detector.calibrate({k: out[k].numpy() for k in SCORE_NAMES})
     return detector.save(folder)
 
 
