@@ -12,7 +12,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score ui test clean clean-all
+.PHONY: help setup data train score ui test clean clean-all bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ train: $(STAMP) ## train one detector per built-in category (ARGS=overrides, CAT
 
 score: $(STAMP) ## score each category's test split with its newest detector; results in outputs/score/
 	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline score data.category=$$c $(ARGS); done
+
+bench: $(STAMP) ## speed, memory and detection quality -> BENCHMARKS.md (QUICK=1: a few minutes)
+	$(PY) -m pipeline bench $(if $(QUICK),bench.quick=true) $(ARGS)
 
 ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 	mkdir -p mlruns

@@ -19,6 +19,7 @@ commands:
   score   score the test split of data.root with a trained detector (score.model=latest by default)
   evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
   config  print the composed configuration
+  bench   measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
 """
@@ -56,7 +57,14 @@ def _config(cfg) -> dict:
     return {}
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config}
+def _bench(cfg) -> dict:
+    from pipeline.bench.run import run_bench
+
+    return run_bench(cfg)
+
+
+COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config,
+            "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,8 +77,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger) -> pl.T
         num_sanity_val_steps=0)
 
 
-def run_train(cfg: DictConfig) -> dict:
-    """Train, calibrate and log one detector; returns a summary (run id, threshold, paths)."""
+def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict:
+    """Train, calibrate and log one detector; returns a summary (run id, threshold, paths).
+    `extra_callbacks` ride along in the Trainer (the benchmark times epochs with one)."""
     from pipeline.tracking import training_run
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -95,7 +96,7 @@ def run_train(cfg: DictConfig) -> dict:
                                  mode="min", save_top_k=1, save_last=True)
     history = EpochHistory()
     callbacks = [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience),
-                 checkpoint, history]
+                 checkpoint, history, *(extra_callbacks or [])]
     trainer = build_trainer(cfg, callbacks, logger)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
