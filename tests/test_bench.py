@@ -35,7 +35,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     md, js = tmp_path / "B.md", tmp_path / "B.json"
     overrides = ["bench.quick=true", f"bench.overrides=[{','.join(repr(o) for o in product)}]",
                  "bench.sizes.quick.digits=[]", "bench.categories=[tiny]", "bench.sizes.quick.train_epochs=2",
-                 "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0", "bench.pyod_vae_epochs=2",
+                 "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0", "bench.sizes.quick.pyod_vae_epochs=2",
                  "bench.iforest_trees=20", "bench.speed_tracking=false", f"bench.markdown={md}", f"bench.json={js}",
                  f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0

@@ -136,7 +136,7 @@ def training_split(cfg: DictConfig, root: Path):
     return datamodule.train_images.numpy(), datamodule.read_options
 
 
-def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig) -> dict:
+def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig, sizes: DictConfig) -> dict:
     """Product VAE, plain AE and the baselines on one dataset (category or digits task)."""
     root = ensure_dataset(vae_cfg.data, vae_cfg.seed)
     train_images, options = training_split(vae_cfg, root)
@@ -151,7 +151,7 @@ def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig)
                  "iforest": B.PixelIsolationForest(bench.iforest_trees, vae_cfg.seed)}
     reason = B.pyod_unavailable_reason()
     if reason is None:
-        baselines["pyod_vae"] = B.PyODVAE(bench.pyod_vae_epochs, vae_cfg.seed)
+        baselines["pyod_vae"] = B.PyODVAE(sizes.pyod_vae_epochs, vae_cfg.seed)
     result["baselines"] = {name: evaluate_baseline(name, det, train_images, split, fpr_limit)
                            for name, det in baselines.items()}
     if reason is not None:

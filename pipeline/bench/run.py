@@ -60,7 +60,7 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     for name, data in tasks:
         vae = compose([*base, *data, *_isolated(work, f"quality-{name}-vae")])
         ae = compose([*base, *data, "model=ae", *_isolated(work, f"quality-{name}-ae")])
-        results[name] = quality.evaluate_dataset(vae, ae, bench)
+        results[name] = quality.evaluate_dataset(vae, ae, bench, sizes)
     return results
 
 
