@@ -74,11 +74,12 @@ def method_metrics(split: TestSplit, scores: np.ndarray, maps: np.ndarray | torc
 
 def detector_outputs(detector: AnomalyDetector, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
     """Every score (N,) and every map kind 'map.<kind>' (N, S, S) for in-memory images."""
-    extra = tuple(MAP_KINDS)
+    extra = tuple(k for k in MAP_KINDS if k != detector.spec.map_kind)  # the default kind is out["map"]
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         out = detector.score_batch(images[start:start + batch_size], map_kinds=extra)
-        for key in (*SCORE_NAMES, *(f"map.{k}" for k in extra)):
+        out[f"map.{detector.spec.map_kind}"] = out["map"]
+        for key in (*SCORE_NAMES, *(f"map.{k}" for k in MAP_KINDS)):
             parts.setdefault(key, []).append(out[key].float().cpu())
     return {key: torch.cat(chunks).numpy() for key, chunks in parts.items()}
 

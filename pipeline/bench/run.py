@@ -7,6 +7,7 @@ hard-codes a model or score setting. Outputs go to a work folder; MLflow goes to
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -85,7 +86,10 @@ def run_bench(cfg: DictConfig) -> dict:
     context = report.machine_context(bench.quick)
     started = time.perf_counter()
     try:
-        results = {"speed": measure_speed(bench, sizes, work), "quality": measure_quality(bench, sizes, work)}
+        results = {"speed": measure_speed(bench, sizes, work)}
+        # The quality phase is long: keep the speed figures on disk should it be interrupted.
+        Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1, default=float))
+        results["quality"] = measure_quality(bench, sizes, work)
         results["wall_time"] = (measure_wall_time(bench, work) if sizes.wall_time
                                 else {"skipped": "not run in quick mode (bench.sizes.quick.wall_time=false)"})
     finally:
