@@ -12,7 +12,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score inspect ui test audit clean clean-all promote review e2e browser
+.PHONY: help setup data train score inspect ui test audit clean clean-all promote review e2e browser bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ score: $(STAMP) ## score each category's test split with its newest detector; re
 
 inspect: $(STAMP) ## judge new images in data/inbox with the champion model; results in data/inspection/ (ARGS=overrides)
 	$(PY) -m pipeline inspect $(ARGS)
+
+bench: $(STAMP) ## speed, memory and detection quality -> BENCHMARKS.md (QUICK=1: a few minutes)
+	$(PY) -m pipeline bench $(if $(QUICK),bench.quick=true) $(ARGS)
 
 ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 	mkdir -p mlruns

@@ -25,6 +25,7 @@ commands:
   calibrate           add reviewed false alarms to the calibration set; logs a new model version
   export              write the detector as ONNX (export.model=latest) and check it against PyTorch
   config  print the composed configuration
+  bench   measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
 """
@@ -93,8 +94,15 @@ def _config(cfg) -> dict:
     return {}
 
 
+def _bench(cfg) -> dict:
+    from pipeline.bench.run import run_bench
+
+    return run_bench(cfg)
+
+
 COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "inspect": _inspect,
-            "config": _config, "promote": _promote, "review": _review, "calibrate": _calibrate, "export": _export}
+            "config": _config, "promote": _promote, "review": _review, "calibrate": _calibrate, "export": _export,
+            "bench": _bench}
 # Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
 POSITIONAL = {"promote": "promote.version", "review": "review.run"}
 

@@ -37,17 +37,27 @@ def l1_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).abs().flatten(1).mean(dim=1)
 
 
+DECODE_CHUNK = 256  # images per decoder call when the K draws are decoded together (bounds peak memory)
+
+
 def _sampled_log_weights(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
                          eps: torch.Tensor, recon_loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(x|z_k) (K, B) and log p(z_k) - log q(z_k|x) (K, B) for z_k = mu + eps_k * sigma."""
     sigma = torch.exp(0.5 * log_var)
-    log_lik, log_ratio = [], []
-    for e in eps:  # one decode per draw keeps peak memory at one batch
-        z = mu + e * sigma  # (B, L)
-        log_lik.append(-reconstruction_nll(net.decode(z), x, recon_loss))
-        # log N(z; 0, I) - log N(z; mu, sigma^2): the 0.5*log(2*pi) terms cancel.
-        log_ratio.append((-0.5 * z.pow(2) + 0.5 * e.pow(2) + 0.5 * log_var).sum(dim=1))
-    return torch.stack(log_lik), torch.stack(log_ratio)
+    z = mu.unsqueeze(0) + eps.unsqueeze(1) * sigma.unsqueeze(0)  # (K, B, L)
+    # log N(z; 0, I) - log N(z; mu, sigma^2): the 0.5*log(2*pi) terms cancel.
+    log_ratio = (-0.5 * z.pow(2) + 0.5 * eps.pow(2).unsqueeze(1) + 0.5 * log_var.unsqueeze(0)).sum(dim=2)
+    # Several draws per decoder call: one call on (k*B) codes costs about half the CPU time of k calls
+    # on B codes (small batches leave the convolutions under-used); chunks keep peak memory bounded.
+    per_call = max(1, DECODE_CHUNK // max(1, x.shape[0]))
+    log_lik = []
+    for start in range(0, eps.shape[0], per_call):
+        zk = z[start:start + per_call]  # (k, B, L)
+        k = zk.shape[0]
+        logits = net.decode(zk.reshape(k * x.shape[0], -1))  # (k*B, C, H, W)
+        target = x.unsqueeze(0).expand(k, *x.shape).reshape(logits.shape)
+        log_lik.append(-reconstruction_nll(logits, target, recon_loss).view(k, x.shape[0]))
+    return torch.cat(log_lik), log_ratio
 
 
 def likelihood_scores(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,

@@ -79,10 +79,3 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     below = np.asarray(scores)[np.asarray(scores) < best]
     return float(below.max()) if below.size else float(np.nextafter(best, -np.inf))
 
-
-def pixel_threshold(normal_maps: np.ndarray, quantile: float) -> float:
-    """A pixel-level threshold: the `quantile` of all pixels of the normal validation maps."""
-    values = np.asarray(normal_maps, dtype=np.float32).ravel()
-    if values.size == 0:
-        raise ValueError("no normal maps to set a pixel threshold from")
-    return float(np.quantile(values, quantile))

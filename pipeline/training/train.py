@@ -81,8 +81,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger) -> pl.T
         num_sanity_val_steps=0)
 
 
-def run_train(cfg: DictConfig) -> dict:
-    """Train, calibrate and log one detector; returns a summary (run id, threshold, paths)."""
+def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict:
+    """Train, calibrate and log one detector; returns a summary (run id, threshold, paths).
+    `extra_callbacks` ride along in the Trainer (the benchmark times epochs with one)."""
     from pipeline.tracking import training_run
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -107,7 +108,7 @@ def run_train(cfg: DictConfig) -> dict:
     throughput = EpochThroughput()
     callbacks = [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience),
                  checkpoint, history, throughput, DistributedRunInfo(cfg, logger.run_id if logger else None),
-                 StopOnNonFiniteLoss(str(out_dir / "checkpoints"))]
+                 StopOnNonFiniteLoss(str(out_dir / "checkpoints")), *(extra_callbacks or [])]
     trainer = build_trainer(cfg, callbacks, logger)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)

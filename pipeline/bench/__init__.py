@@ -1,0 +1,1 @@
+"""Benchmark harness: speed, memory and detection quality of the product beside baselines."""

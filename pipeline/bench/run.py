@@ -1,0 +1,102 @@
+"""`python -m pipeline bench`: assemble the speed, memory and quality measurements into one report.
+
+Every product configuration is composed from conf/ (the defaults as they are when the bench runs,
+plus `bench.overrides` and, in quick mode, `bench.sizes.quick.quality_overrides`); nothing here
+hard-codes a model or score setting. Outputs go to a work folder; MLflow goes to a store inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline.bench import memory, quality, report, speed
+from pipeline.config import compose, project_root
+from pipeline.data.layout import scan_test
+from pipeline.scoring.detector import AnomalyDetector
+
+log = logging.getLogger(__name__)
+
+
+def _isolated(work: Path, tag: str) -> list[str]:
+    """Overrides that keep a product run's files and MLflow store inside the work folder."""
+    return [f"output_root={work / tag}", f"tracking.store_dir={work / tag / 'mlruns'}", "tracking.uri=null"]
+
+
+def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
+    epochs = int(sizes.train_epochs)
+    cfg = compose([*bench.overrides, f"data.category={bench.categories[0]}", f"trainer.max_epochs={epochs}",
+                   f"trainer.min_epochs={epochs}", f"trainer.early_stopping_patience={epochs + 1}",
+                   *_isolated(work, "speed"), f"tracking.enabled={str(bool(bench.speed_tracking)).lower()}"])
+    training = speed.training_throughput(cfg)
+    detector = AnomalyDetector.load(training["detector_dir"])
+    samples = scan_test(cfg.data.root)
+    if sizes.score_images:
+        samples = samples[:int(sizes.score_images)]
+    scoring = speed.scoring_throughput(detector, samples, work / "speed-scoring", cfg.data.batch_size,
+                                       cfg.data.num_workers, bench.warmup_batches)
+    n = int(sizes.memory_n)
+    peaks = [memory.measure(Path(training["detector_dir"]), Path(cfg.data.root), count, cfg.data.batch_size,
+                            work / f"memory-{count}") for count in (n, 10 * n)]
+    return {"dataset": cfg.data.name, "torch_threads": torch.get_num_threads(),
+            "training": training, "scoring": scoring, "memory": peaks}
+
+
+def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
+    base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false",
+            "trainer.enable_progress_bar=false"]
+    tasks = [(c, ["data=builtin", f"data.category={c}"]) for c in bench.categories]
+    tasks += [(f"digit_{d}", ["data=digits", f"data.normal_digit={d}"]) for d in sizes.digits]
+    results = {}
+    for name, data in tasks:
+        vae = compose([*base, *data, *_isolated(work, f"quality-{name}-vae")])
+        ae = compose([*base, *data, "model=ae", *_isolated(work, f"quality-{name}-ae")])
+        results[name] = quality.evaluate_dataset(vae, ae, bench, sizes)
+    return results
+
+
+def measure_wall_time(bench: DictConfig, work: Path) -> dict:
+    """`make train && make score` as the Makefile runs them (one command per category), at the
+    default settings; only the output folder and the MLflow store are moved into the work folder."""
+    isolated = _isolated(work, "wall")
+    commands = [[sys.executable, "-m", "pipeline", step, f"data.category={c}", *isolated]
+                for step in ("train", "score") for c in bench.categories]
+    started = time.perf_counter()
+    for command in commands:
+        subprocess.run(command, cwd=project_root(), check=True, capture_output=True)
+    return {"seconds": time.perf_counter() - started,
+            "commands": [" ".join(["python", *c[1:5]]) for c in commands]}
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    bench = cfg.bench
+    sizes = bench.sizes.quick if bench.quick else bench.sizes.full
+    work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    context = report.machine_context(bench.quick)
+    started = time.perf_counter()
+    try:
+        results = {"speed": measure_speed(bench, sizes, work)}
+        # The quality phase is long: keep the speed figures on disk should it be interrupted.
+        Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1, default=float))
+        results["quality"] = measure_quality(bench, sizes, work)
+        results["wall_time"] = (measure_wall_time(bench, work) if sizes.wall_time
+                                else {"skipped": "not run in quick mode (bench.sizes.quick.wall_time=false)"})
+    finally:
+        if not bench.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    context["bench_seconds"] = time.perf_counter() - started
+    context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    written = report.write(results, context, Path(bench.markdown), Path(bench.json),
+                           bench.alpha_false_alarm)
+    return {"markdown": str(written[0]), "json": str(written[1]), "seconds": context["bench_seconds"]}

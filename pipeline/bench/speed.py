@@ -1,0 +1,191 @@
+"""Throughput of the pipeline against the raw model, measured in the same process and run.
+
+Training: the real `run_train` (Lightning, checkpoints, MLflow to a throw-away store) vs a minimal
+PyTorch loop over the same in-memory images, same network, loss, optimizer and batch size, doing the
+same per-epoch work (one pass over the training images, one validation pass). The first epoch of each
+is warm-up and not counted.
+
+Scoring: `score_dataset` end to end (read and decode files, every score, maps, write .npy) vs
+`score_batch` on in-memory tensors (the same computations, no I/O) and vs a bare encoder+decoder
+forward; plus the time of each stage on the same images so the bottleneck is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from pipeline.data.datasets import ImageDataset
+from pipeline.data.layout import Sample
+from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
+from pipeline.models.vae import build_network
+from pipeline.scoring.detector import AnomalyDetector
+from pipeline.scoring.maps import resize_map
+from pipeline.scoring.run import defect_regions, map_file, save_map, score_dataset
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> tuple[float, float]:
+    """(wall, CPU) clocks. CPU time of this process (all its threads) is far less disturbed than wall
+    time when other jobs share the cores, so every figure is reported in both."""
+    return time.perf_counter(), time.process_time()
+
+
+class EpochTimer(pl.Callback):
+    """Wall-clock and CPU time of each epoch, validation and checkpointing included."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.marks.append(_now())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.marks.append(_now())
+
+    @property
+    def epochs(self) -> list[tuple[float, float]]:
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _counted(epochs: list[tuple[float, float]], n_images: int) -> dict:
+    """Throughput over the epochs after the first (warm-up); epochs = [(wall, cpu) seconds]."""
+    timed = epochs[1:] or epochs
+    wall, cpu = sum(e[0] for e in timed), sum(e[1] for e in timed)
+    return {"epoch_seconds": [round(e[0], 3) for e in epochs],
+            "images_per_second": n_images * len(timed) / max(wall, 1e-9),
+            "images_per_cpu_second": n_images * len(timed) / max(cpu, 1e-9)}
+
+
+def pipeline_training(cfg: DictConfig) -> tuple[dict, dict]:
+    """Run the real training entry point; returns (throughput, run_train summary)."""
+    from pipeline.training.train import run_train
+
+    timer = EpochTimer()
+    summary = run_train(cfg, extra_callbacks=[timer])
+    return _counted(timer.epochs, summary["n_train"]), summary
+
+
+def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.Tensor, epochs: int) -> dict:
+    """The minimal loop: the same network, loss, Adam and batch size over in-memory tensors."""
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    net = build_network(m.kind, cfg.data.channels, cfg.data.image_size, m.latent_dim, m.hidden_channels,
+                        m.latent_layout)
+    optimizer = torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    batch, n = cfg.data.batch_size, len(train_images)
+    steps = n // batch if n > batch else 1  # drop_last, as the datamodule does
+
+    def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = net.encode(x)
+        if log_var is None:
+            return reconstruction_nll(net.decode(mu), x, m.recon_loss).mean(), x.new_zeros(())
+        z = net.reparameterize(mu, log_var)
+        return reconstruction_nll(net.decode(z), x, m.recon_loss).mean(), kl_divergence(mu, log_var).mean()
+
+    seconds = []
+    for epoch in range(epochs):
+        started = _now()
+        net.train()
+        order = torch.randperm(n)
+        for step in range(steps):
+            x = train_images[order[step * batch:(step + 1) * batch]]  # (B, C, S, S)
+            recon, kl = losses(x)
+            loss = recon + kl_weight(epoch, m.beta, m.kl_warmup_epochs) * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            for start in range(0, len(val_images), batch):
+                losses(val_images[start:start + batch])
+        ended = _now()
+        seconds.append((ended[0] - started[0], ended[1] - started[1]))
+    return _counted(seconds, n)
+
+
+def training_throughput(cfg: DictConfig) -> dict:
+    """Pipeline vs raw loop on the same data; efficiency = pipeline / raw images per second."""
+    from pipeline.training.train import build_datamodule
+
+    piped, summary = pipeline_training(cfg)
+    datamodule = build_datamodule(cfg, Path(cfg.data.root))
+    datamodule.setup("fit")
+    raw = raw_training(cfg, datamodule.train_images, datamodule.val_images, cfg.trainer.max_epochs)
+    return {"pipeline": piped, "raw": raw, "n_train": summary["n_train"], "batch_size": cfg.data.batch_size,
+            "epochs": cfg.trainer.max_epochs, "efficiency": piped["images_per_second"] / raw["images_per_second"],
+            "efficiency_cpu": piped["images_per_cpu_second"] / raw["images_per_cpu_second"],
+            "detector_dir": summary["detector_dir"]}
+
+
+def _rate(n: int, started: tuple[float, float]) -> dict:
+    wall, cpu = (now - then for now, then in zip(_now(), started))
+    return {"seconds": wall, "cpu_seconds": cpu, "images_per_second": n / max(wall, 1e-9),
+            "images_per_cpu_second": n / max(cpu, 1e-9)}
+
+
+def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) -> None:
+    """Encoder + posterior-mean decoder only: the least any scorer must compute."""
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            mu, _ = detector.net.encode(images[start:start + batch])
+            torch.sigmoid(detector.net.decode(mu))
+
+
+def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: Path, batch: int,
+                       num_workers: int, warmup_batches: int) -> dict:
+    """End-to-end scoring vs in-memory computation, and the cost of each stage, on the same images."""
+    warm = samples[:max(1, warmup_batches) * batch]
+    score_dataset(detector, warm, work / "warmup", batch, num_workers)
+
+    started = _now()
+    score_dataset(detector, samples, work / "end_to_end", batch, num_workers, keep_maps=False)
+    end_to_end = _rate(len(samples), started)
+
+    # Stage 1, decode: read every file through the same Dataset and DataLoader, no model.
+    started = _now()
+    decoded, sizes = [], []
+    for item in DataLoader(ImageDataset(samples, detector.spec.image_size, detector.spec.read_options),
+                           batch_size=batch, shuffle=False, num_workers=num_workers):
+        decoded.append(item["image"])
+        sizes += [tuple(hw) for hw in item["orig_hw"].tolist()]
+    decode = _rate(len(samples), started)
+    images = torch.cat(decoded)  # (N, C, S, S)
+
+    # Stage 2, forward: every score and the map on in-memory tensors (what score_batch does per batch).
+    started = _now()
+    maps = [detector.score_batch(images[s:s + batch])["map"].float().cpu() for s in range(0, len(images), batch)]
+    forward = _rate(len(samples), started)
+    maps = torch.cat(maps)  # (N, S, S)
+
+    started = _now()
+    bare_forward(detector, images, batch)
+    bare = _rate(len(samples), started)
+
+    # Stage 3, maps: resize to the original resolution and find defect regions, per image.
+    started = _now()
+    full = [resize_map(m, hw).numpy() for m, hw in zip(maps, sizes)]
+    for f in full:
+        defect_regions(f, detector.spec.pixel_threshold)
+    map_stage = _rate(len(samples), started)
+
+    # Stage 4, writing: one float16 .npy per image.
+    started = _now()
+    for sample, f in zip(samples, full):
+        save_map(map_file(work / "stage_write", sample), f)
+    write = _rate(len(samples), started)
+
+    return {"n_images": len(samples), "batch_size": batch, "num_workers": num_workers,
+            "end_to_end": end_to_end, "raw_same_work": forward, "raw_bare_forward": bare,
+            **{f"ratio_{name}{suffix}": end_to_end[key] / raw[key]
+               for name, raw in (("same_work", forward), ("bare_forward", bare))
+               for suffix, key in (("", "images_per_second"), ("_cpu", "images_per_cpu_second"))},
+            "stages": {"decode": decode, "forward": forward, "maps": map_stage, "write": write}}
