@@ -61,6 +61,7 @@ class DetectorSpec:
     calibration_scores: dict[str, list[float]] = field(default_factory=dict)  # score name -> normal val scores
     threshold: float | None = None
     extra: dict = field(default_factory=dict)  # provenance: data root, run id, ...
+    categories: list[str] | None = None  # conditional models: category names in label order (label = index)
 
     @property
     def read_options(self) -> ReadOptions:
@@ -189,7 +190,7 @@ class AnomalyDetector:
             raise FileNotFoundError(f"{spec_file} not found: not a detector folder")
         spec = DetectorSpec(**json.loads(spec_file.read_text()))
         net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels,
-                            spec.latent_layout)
+                            spec.latent_layout, n_classes=len(spec.categories or []))
         # weights_only: never unpickle arbitrary objects from a model file.
         net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True))
         return cls(net, spec)
