@@ -18,6 +18,8 @@ commands:
   train   train a detector on data.root, calibrate its threshold, log it to MLflow
   score   score the test split of data.root with a trained detector (score.model=latest by default)
   evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
+  report  latent-space report of a detector (score.model=latest): latent map, manifold, walk GIF, KL per dim
+  sweep   train and compare a grid, Hydra sweep syntax: sweep model.beta=0.5,1,2 model.latent_dim=2,10,20,64
   config  print the composed configuration
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
@@ -49,6 +51,18 @@ def _evaluate(cfg) -> dict:
     return run_evaluate(cfg)
 
 
+def _report(cfg) -> dict:
+    from pipeline.report.run import run_report
+
+    return run_report(cfg)
+
+
+def _sweep(overrides: list[str]) -> dict:
+    from pipeline.training.sweep import run_sweep
+
+    return run_sweep(overrides)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -56,7 +70,9 @@ def _config(cfg) -> dict:
     return {}
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config}
+COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "config": _config,
+            "report": _report, "sweep": _sweep}
+RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     command, overrides = argv[0], argv[1:]
     try:
-        cfg = compose(overrides)
-        summary = COMMANDS[command](cfg)
+        if command in RAW_OVERRIDE_COMMANDS:
+            summary = COMMANDS[command](overrides)
+        else:
+            summary = COMMANDS[command](compose(overrides))
     except (ConfigError, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
