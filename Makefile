@@ -12,7 +12,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score ui test clean clean-all
+.PHONY: help setup data train score report sweep ui test clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ train: $(STAMP) ## train one detector per built-in category (ARGS=overrides, CAT
 
 score: $(STAMP) ## score each category's test split with its newest detector; results in outputs/score/
 	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline score data.category=$$c $(ARGS); done
+
+report: $(STAMP) ## latent-space report of each category's newest detector; in outputs/report/
+	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline report data.category=$$c $(ARGS); done
+
+sweep: $(STAMP) ## beta x latent-size sweep (sweep.params, ARGS=overrides), MLflow experiment vae-sweep
+	$(PY) -m pipeline sweep $(ARGS)
 
 ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 	mkdir -p mlruns
