@@ -155,7 +155,7 @@ def test_denoising_corrupts_training_inputs_only_and_targets_the_clean_image():
     for kind in ("none", "mask"):
         module = VAELightningModule(net, denoise_kind=kind, denoise_level=0.9, kl_warmup_epochs=0)
         torch.manual_seed(1)
-        losses[kind] = float(module.training_step(batch, 0))
+        losses[kind] = float(module.training_step(batch, 0).detach())
         torch.manual_seed(1)
         recon, _ = module._losses(x, c=batch[2])
         losses[f"{kind}.val"] = float(recon)
