@@ -12,7 +12,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score inspect ui test audit clean clean-all promote review e2e browser bench
+.PHONY: help setup data train score inspect report sweep ui test audit clean clean-all promote review e2e browser bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ inspect: $(STAMP) ## judge new images in data/inbox with the champion model; res
 
 bench: $(STAMP) ## speed, memory and detection quality -> BENCHMARKS.md (QUICK=1: a few minutes)
 	$(PY) -m pipeline bench $(if $(QUICK),bench.quick=true) $(ARGS)
+
+report: $(STAMP) ## latent-space report of each category's newest detector; in outputs/report/
+	@set -e; for c in $(CATEGORIES); do $(PY) -m pipeline report data.category=$$c $(ARGS); done
+
+sweep: $(STAMP) ## beta x latent-size sweep (sweep.params, ARGS=overrides), MLflow experiment vae-sweep
+	$(PY) -m pipeline sweep $(ARGS)
 
 ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
 	mkdir -p mlruns

@@ -24,6 +24,8 @@ commands:
                       review.verdicts=file.csv, or a prompt when stdin is a terminal)
   calibrate           add reviewed false alarms to the calibration set; logs a new model version
   export              write the detector as ONNX (export.model=latest) and check it against PyTorch
+  report  latent-space report of a detector (score.model=latest): latent map, manifold, walk GIF, KL per dim
+  sweep   train and compare a grid, Hydra sweep syntax: sweep model.beta=0.5,1,2 model.latent_dim=2,10,20,64
   config  print the composed configuration
   bench   measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
 
@@ -87,6 +89,18 @@ def _export(cfg) -> dict:
     return run_export(cfg)
 
 
+def _report(cfg) -> dict:
+    from pipeline.report.run import run_report
+
+    return run_report(cfg)
+
+
+def _sweep(overrides: list[str]) -> dict:
+    from pipeline.training.sweep import run_sweep
+
+    return run_sweep(overrides)
+
+
 def _config(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -102,9 +116,10 @@ def _bench(cfg) -> dict:
 
 COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "inspect": _inspect,
             "config": _config, "promote": _promote, "review": _review, "calibrate": _calibrate, "export": _export,
-            "bench": _bench}
+            "bench": _bench, "report": _report, "sweep": _sweep}
 # Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
 POSITIONAL = {"promote": "promote.version", "review": "review.run"}
+RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if command in POSITIONAL and overrides and "=" not in overrides[0]:
         overrides[0] = f"{POSITIONAL[command]}='{overrides[0]}'"
     try:
-        cfg = compose(overrides)
-        summary = COMMANDS[command](cfg)
+        if command in RAW_OVERRIDE_COMMANDS:
+            summary = COMMANDS[command](overrides)
+        else:
+            summary = COMMANDS[command](compose(overrides))
     except (ConfigError, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

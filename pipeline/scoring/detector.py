@@ -62,6 +62,7 @@ class DetectorSpec:
     threshold: float | None = None
     extra: dict = field(default_factory=dict)  # provenance: data root, run id, ...
     weights_sha256: str | None = None   # checksum of weights.pt, verified before the weights are loaded
+    categories: list[str] | None = None  # conditional models: category names in label order (label = index)
 
     @property
     def read_options(self) -> ReadOptions:
@@ -200,7 +201,7 @@ class AnomalyDetector:
                 raise TamperedModelError(f"{folder / WEIGHTS_FILE}: checksum {actual[:12]}... does not match the one "
                                          f"recorded in {source} ({expected[:12]}...): refusing to load a modified model")
         net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels,
-                            spec.latent_layout)
+                            spec.latent_layout, n_classes=len(spec.categories or []))
         # weights_only: never unpickle arbitrary objects from a model file.
         net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True))
         return cls(net, spec)

@@ -134,6 +134,10 @@ def run_score(cfg: DictConfig) -> dict:
     from pipeline.scoring.distributed import score_distributed, wants_distributed
     from pipeline.tracking.runs import resolve_detector
 
+    if cfg.data.get("categories"):  # several categories, one conditional model (model=cvae)
+        from pipeline.scoring.conditional import run_score_conditional
+
+        return run_score_conditional(cfg)
     root = ensure_dataset(cfg.data, cfg.seed)
     out_dir = Path(cfg.score.output_dir).expanduser().resolve()
     if out_dir == root or root in out_dir.parents:

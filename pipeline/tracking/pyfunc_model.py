@@ -3,7 +3,8 @@ when the model is loaded (`mlflow.pyfunc.load_model`). The weights and detector.
 artifact `detector`; the `pipeline` package comes along as code.
 
 Input: a DataFrame with an `image_path` column (files are read with the detector's preprocessing),
-or an array (N, C, S, S) of preprocessed images in [0, 1].
+or an array (N, C, S, S) of preprocessed images in [0, 1]. A conditional detector (model=cvae) needs
+a DataFrame with a `category` column as well.
 Output: a DataFrame with score, p_value, is_anomaly, threshold and every individual score.
 """
 
@@ -33,7 +34,7 @@ class DetectorPyfunc(PythonModel):
             images = torch.stack([to_model_tensor(a, detector.spec.image_size) for a in arrays])
         else:
             images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        out = detector.score_batch(images)
+        out = _score(detector, images, model_input)
         scores = out["score"].cpu().numpy().astype(np.float64)
         frame = pd.DataFrame({
             "score": scores,
@@ -46,6 +47,24 @@ class DetectorPyfunc(PythonModel):
         for name in SCORE_NAMES:
             frame[name] = out[name].cpu().numpy()
         return frame
+
+
+def _score(detector, images, model_input):
+    """detector.score_batch, under each image's category for a conditional detector (column `category`)."""
+    if not detector.spec.categories:
+        return detector.score_batch(images)
+    import torch
+
+    from pipeline.models.cvae import conditioned
+
+    if not isinstance(model_input, pd.DataFrame) or "category" not in model_input:
+        raise ValueError(f"a conditional detector needs a `category` column (one of {detector.spec.categories})")
+    unknown = sorted(set(model_input["category"]) - set(detector.spec.categories))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; the detector knows {detector.spec.categories}")
+    labels = torch.tensor([detector.spec.categories.index(c) for c in model_input["category"]])
+    with conditioned(detector.net, labels):
+        return detector.score_batch(images)
 
 
 mlflow.models.set_model(DetectorPyfunc())

@@ -20,6 +20,7 @@ from pipeline.config import to_flat_dict
 from pipeline.data.builtin import ensure_dataset
 from pipeline.data.datamodule import InspectionDataModule
 from pipeline.data.images import ReadOptions
+from pipeline.models.cvae import conditioned
 from pipeline.models.vae import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 from pipeline.scoring.scores import SCORE_NAMES
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig, root: Path) -> InspectionDataModule:
     options = ReadOptions(channels=cfg.data.channels, max_pixels=cfg.data.max_image_pixels,
                           strict_channels=cfg.data.strict_channels)
+    if cfg.data.get("categories"):  # several categories (data=builtin_all): labelled, for model=cvae
+        from pipeline.data.conditional import ConditionalDataModule, category_roots
+
+        return ConditionalDataModule(category_roots(cfg.data, cfg.seed), cfg.data.image_size, options,
+                                     cfg.data.val_fraction, cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
+                                     strict_size=cfg.data.strict_size)
     return InspectionDataModule(root, cfg.data.image_size, options, cfg.data.val_fraction, cfg.data.batch_size,
                                 cfg.data.num_workers, cfg.seed, strict_size=cfg.data.strict_size)
 
@@ -50,14 +57,18 @@ def build_spec(cfg: DictConfig, datamodule: InspectionDataModule) -> DetectorSpe
         threshold_method=cfg.score.threshold_method, manual_threshold=cfg.score.manual_threshold,
         seed=cfg.seed, max_image_pixels=options.max_pixels,
         strict_channels=options.strict_channels,
-        expected_size=list(options.expected_size) if options.expected_size else None, alpha=cfg.score.alpha)
+        expected_size=list(options.expected_size) if options.expected_size else None, alpha=cfg.score.alpha,
+        categories=list(datamodule.categories) if hasattr(datamodule, "categories") else None)
 
 
-def score_images(detector: AnomalyDetector, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    """Every per-sample score (N,) and the smoothed maps ('map', (N, S, S)) of in-memory images (N, C, S, S)."""
+def score_images(detector: AnomalyDetector, images: torch.Tensor, batch_size: int,
+                 labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Every per-sample score (N,) and the smoothed maps ('map', (N, S, S)) of in-memory images (N, C, S, S);
+    `labels` (N,): the category of each image for a conditional network."""
     collected: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
-        out = detector.score_batch(images[start:start + batch_size])
+        with conditioned(detector.net, None if labels is None else labels[start:start + batch_size]):
+            out = detector.score_batch(images[start:start + batch_size])
         for name in (*SCORE_NAMES, "map"):
             collected.setdefault(name, []).append(out[name].cpu())
     return {name: torch.cat(parts).numpy() for name, parts in collected.items()}
@@ -90,9 +101,10 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     root = ensure_dataset(cfg.data, cfg.seed)
     datamodule = build_datamodule(cfg, root)
     net = build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
-                        cfg.model.hidden_channels, cfg.model.latent_layout)
+                        cfg.model.hidden_channels, cfg.model.latent_layout,
+                        n_classes=len(cfg.data.get("categories") or []))
     module = VAELightningModule(net, cfg.model.recon_loss, cfg.model.beta, cfg.model.kl_warmup_epochs,
-                                cfg.model.lr, cfg.model.weight_decay)
+                                cfg.model.lr, cfg.model.weight_decay, cfg.model.denoise.kind, cfg.model.denoise.level)
     # Only rank 0 may create the MLflow run: under DDP this function also runs in every other rank
     # (Lightning re-runs the command, or torchrun/srun started it), before any process group exists.
     rank = launch_rank(cfg.trainer)
@@ -120,7 +132,8 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     # split, so the threshold never depends on how a distributed sampler sharded or padded it.
     load_best_weights(net, checkpoint.best_model_path or checkpoint.last_model_path)
     detector = AnomalyDetector(net.cpu(), build_spec(cfg, datamodule))
-    calibration = score_images(detector, datamodule.val_images, cfg.data.batch_size)
+    val_labels = getattr(datamodule, "val_labels", None)  # (N,) categories, conditional models only
+    calibration = score_images(detector, datamodule.val_images, cfg.data.batch_size, val_labels)
     normal_maps = calibration.pop("map")
     threshold = detector.calibrate(calibration, normal_maps=normal_maps)
     detector.spec.extra = {"data_root": str(root), "run_id": str(run_id), "n_train": len(datamodule.train_samples),
@@ -132,8 +145,14 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
                "skipped_images": [str(e) for e in datamodule.skipped],
                "world_size": trainer.world_size, "train_images_per_second": throughput.steady_rate()}
     if logger is not None:
-        summary.update(training_run.log_results(cfg, logger.run_id, detector, datamodule, history.history,
-                                                summary, out_dir, to_flat_dict(cfg)))
+        with conditioned(detector.net, None if val_labels is None else val_labels[:8]):  # the 8 shown images
+            summary.update(training_run.log_results(cfg, logger.run_id, detector, datamodule, history.history,
+                                                    summary, out_dir, to_flat_dict(cfg)))
+    if cfg.report.enabled:
+        from pipeline.report.run import write_report
+
+        summary["report"] = write_report(cfg, detector, datamodule, root, out_dir / "report",
+                                         logger.run_id if logger is not None else None)
     return summary
 
 
