@@ -59,7 +59,7 @@ def test_grid_expands_like_hydra_multirun():
 
 def test_sweep_lands_in_one_experiment_with_a_comparison(tmp_path, tiny_dataset, capsys):
     overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"sweep.output_dir={tmp_path / 'sweep'}",
-                               "sweep.scores=[recon_error,neg_elbo]")
+                               "sweep.scores=[recon_error,neg_elbo]", "score.score=recon_error")
     assert main(["sweep", *overrides, "model.beta=0.5,2", "model.latent_dim=3"]) == 0
     result = json.loads(capsys.readouterr().out)
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")

@@ -20,8 +20,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     calls = {"n": 0}
     original = module.VAELightningModule._losses
 
-    def poisoned(self, x):
-        recon, kl = original(self, x)
+    def poisoned(self, x, *args, **kwargs):
+        recon, kl = original(self, x, *args, **kwargs)
         calls["n"] += 1
         # Training batches 1-3 (epoch 0) are fine; from epoch 1 on the loss is NaN.
         return (recon * float("nan"), kl) if self.current_epoch >= 1 and self.training else (recon, kl)

@@ -50,6 +50,8 @@ def _sampled_log_weights(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor
     # Several draws per decoder call: one call on (k*B) codes costs about half the CPU time of k calls
     # on B codes (small batches leave the convolutions under-used); chunks keep peak memory bounded.
     per_call = max(1, DECODE_CHUNK // max(1, x.shape[0]))
+    if getattr(net, "conditional", False):
+        per_call = 1  # a conditional decoder holds one category label per image of the batch
     log_lik = []
     for start in range(0, eps.shape[0], per_call):
         zk = z[start:start + per_call]  # (k, B, L)
