@@ -76,6 +76,16 @@ def msgms_map(x: torch.Tensor, x_hat: torch.Tensor, scales: int = 4, c: float = 
     return (1.0 - total / scales).squeeze(1)
 
 
+def _neg_elbo_at_mean(net, x: torch.Tensor, recon_loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-ELBO of x decoded at the posterior mean (deterministic), (B,), and the decoder logits."""
+    from pipeline.models.loss import kl_divergence, reconstruction_nll
+
+    mu, log_var = net.encode(x)
+    logits = net.decode(mu)
+    loss = reconstruction_nll(logits, x, recon_loss)
+    return (loss + kl_divergence(mu, log_var) if log_var is not None else loss), logits
+
+
 def elbo_gradient_map(net, x: torch.Tensor, recon_loss: str) -> torch.Tensor:
     """|d(-ELBO)/dx| * squared residual, averaged over channels: (B, C, H, W) -> (B, H, W).
 
@@ -83,15 +93,9 @@ def elbo_gradient_map(net, x: torch.Tensor, recon_loss: str) -> torch.Tensor:
     weighting by the residual keeps it on pixels the reconstruction also disagrees with.
     Evaluated at the posterior mean (deterministic).
     """
-    from pipeline.models.loss import kl_divergence, reconstruction_nll
-
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        mu, log_var = net.encode(x)
-        logits = net.decode(mu)
-        loss = reconstruction_nll(logits, x, recon_loss)
-        if log_var is not None:
-            loss = loss + kl_divergence(mu, log_var)
+        loss, logits = _neg_elbo_at_mean(net, x, recon_loss)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     residual = (x.detach() - torch.sigmoid(logits.detach())).pow(2)
     return (grad.abs() * residual).mean(dim=1)
@@ -105,19 +109,13 @@ def projection_map(net, x: torch.Tensor, recon_loss: str, steps: int = 10, step_
     Each step descends E(x) = -ELBO(x) + l1_weight * |x - x0|_1, with the gradient weighted by the
     squared residual so that only pixels the model cannot explain move.
     """
-    from pipeline.models.loss import kl_divergence, reconstruction_nll
-
     x0 = x.detach()
     current = x0.clone()
     pixels = x0[0].numel()
     for _ in range(steps):
         with torch.enable_grad():
             current = current.detach().requires_grad_(True)
-            mu, log_var = net.encode(current)
-            logits = net.decode(mu)
-            energy = reconstruction_nll(logits, current, recon_loss)
-            if log_var is not None:
-                energy = energy + kl_divergence(mu, log_var)
+            energy, logits = _neg_elbo_at_mean(net, current, recon_loss)
             energy = energy / pixels + l1_weight * (current - x0).abs().flatten(1).mean(dim=1)
             (grad,) = torch.autograd.grad(energy.sum(), current)
         weight = (current.detach() - torch.sigmoid(logits.detach())).pow(2)
