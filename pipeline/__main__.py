@@ -5,6 +5,7 @@ Each command composes the config from conf/ and hands it to one stage's entry po
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -40,65 +41,11 @@ def _data(cfg) -> dict:
     return {"generated": [str(p) for p in written], "folder": str(generated_parent(cfg.data.kind))}
 
 
-def _train(cfg) -> dict:
-    from pipeline.training.train import run_train
-
-    return run_train(cfg)
-
-
-def _score(cfg) -> dict:
-    from pipeline.scoring.run import run_score
-
-    return run_score(cfg)
-
-
-def _evaluate(cfg) -> dict:
-    from pipeline.scoring.run import run_evaluate
-
-    return run_evaluate(cfg)
-
-
-def _inspect(cfg) -> dict:
-    from pipeline.inspection.run import inspect_command
-
-    return inspect_command(cfg)
-
-
 def _promote(cfg) -> dict:
     from pipeline.tracking.registry import promote
     from pipeline.tracking.store import open_store
 
     return promote(open_store(cfg), cfg.tracking.registered_model, cfg.promote.version)
-
-
-def _review(cfg) -> dict:
-    from pipeline.review.command import run_review
-
-    return run_review(cfg)
-
-
-def _calibrate(cfg) -> dict:
-    from pipeline.review.calibrate import run_calibrate
-
-    return run_calibrate(cfg)
-
-
-def _export(cfg) -> dict:
-    from pipeline.export.onnx import run_export
-
-    return run_export(cfg)
-
-
-def _report(cfg) -> dict:
-    from pipeline.report.run import run_report
-
-    return run_report(cfg)
-
-
-def _sweep(overrides: list[str]) -> dict:
-    from pipeline.training.sweep import run_sweep
-
-    return run_sweep(overrides)
 
 
 def _config(cfg) -> dict:
@@ -108,15 +55,29 @@ def _config(cfg) -> dict:
     return {}
 
 
-def _bench(cfg) -> dict:
-    from pipeline.bench.run import run_bench
+# Each stage's entry point, imported only when its command runs (importing torch, Lightning and MLflow
+# for `--help` or a config error would cost seconds).
+ENTRY_POINTS = {
+    "train": "pipeline.training.train:run_train",
+    "score": "pipeline.scoring.run:run_score",
+    "evaluate": "pipeline.scoring.run:run_evaluate",
+    "inspect": "pipeline.inspection.run:inspect_command",
+    "review": "pipeline.review.command:run_review",
+    "calibrate": "pipeline.review.calibrate:run_calibrate",
+    "export": "pipeline.export.onnx:run_export",
+    "report": "pipeline.report.run:run_report",
+    "sweep": "pipeline.training.sweep:run_sweep",
+    "bench": "pipeline.bench.run:run_bench",
+}
 
-    return run_bench(cfg)
+
+def _entry_point(command: str):
+    module, function = ENTRY_POINTS[command].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
-COMMANDS = {"data": _data, "train": _train, "score": _score, "evaluate": _evaluate, "inspect": _inspect,
-            "config": _config, "promote": _promote, "review": _review, "calibrate": _calibrate, "export": _export,
-            "bench": _bench, "report": _report, "sweep": _sweep}
+COMMANDS = {"data": _data, "config": _config, "promote": _promote,
+            **{name: (lambda arg, name=name: _entry_point(name)(arg)) for name in ENTRY_POINTS}}
 # Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
 POSITIONAL = {"promote": "promote.version", "review": "review.run"}
 RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config

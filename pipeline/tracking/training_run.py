@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.report import figures
 from pipeline.scoring.detector import AnomalyDetector
+from pipeline.tracking.registry import RUN_ID
 from pipeline.tracking.runs import log_detector_model
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
 
@@ -22,7 +23,7 @@ def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> 
     `run_id` (a resumed training) the logger continues that run instead of starting another."""
     client = open_store(cfg)
     experiment_id(client, cfg, cfg.tracking.train_experiment)
-    if run_id is not None and not _is_run_id(run_id):
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
         run_id = None  # a checkpoint of a run that was not tracked: start a new run
     logger = MLFlowLogger(
         experiment_name=cfg.tracking.train_experiment, tracking_uri=tracking_uri(cfg),
@@ -32,10 +33,6 @@ def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> 
         save_dir=None, run_id=run_id)
     _ = logger.experiment, logger.run_id  # create the run now (rank 0 only under DDP)
     return logger
-
-
-def _is_run_id(text: str) -> bool:
-    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _params(flat_config: dict[str, object]) -> dict[str, str]:
