@@ -25,8 +25,8 @@ def test_exported_onnx_model_scores_like_the_torch_detector(tmp_path, tiny_datas
     assert detector_json["threshold"] == torch_detector.spec.threshold
     images, _, _ = load_images(scan_test(tiny_dataset), 32, torch_detector.spec.read_options)  # (12, 1, 32, 32)
     expected = torch_detector.score_batch(images)
-    got = onnx_score_batch(onnx_session(tmp_path / "onnx" / "model.onnx"), images.numpy(), detector_json["map_sigma"])
+    got = onnx_score_batch(onnx_session(tmp_path / "onnx" / "model.onnx"), images.numpy(), detector_json)
     np.testing.assert_allclose(got["recon_error"], expected["recon_error"].numpy(), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(got["map"], expected["map"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["map"], expected["map"].numpy(), rtol=1e-4, atol=1e-4)  # z-maps amplify rounding
     flagged_torch = expected["recon_error"].numpy() > torch_detector.threshold_
     np.testing.assert_array_equal(got["recon_error"] > torch_detector.threshold_, flagged_torch)

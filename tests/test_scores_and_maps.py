@@ -72,10 +72,44 @@ def test_msgms_map_is_zero_for_identical_images_and_high_on_a_missing_edge():
 def test_every_map_kind_has_the_input_shape_and_is_finite(net, kind):
     spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", mc_samples=2, map_kind=kind,
                         projection={"steps": 2, "step_size": 0.05, "l1_weight": 1.0})
-    out = AnomalyDetector(net, spec).score_batch(torch.rand(3, 1, 16, 16))
+    detector = AnomalyDetector(net, spec)
+    detector.fit_map_statistics(torch.rand(10, 1, 16, 16), batch_size=4)  # the z-maps need them
+    out = detector.score_batch(torch.rand(3, 1, 16, 16))
     assert out["map"].shape == (3, 16, 16) and torch.isfinite(out["map"]).all()
     for name in S.SCORE_NAMES:
         assert out[name].shape == (3,) and torch.isfinite(out[name]).all(), name
+
+
+def test_standardized_maps_by_hand():
+    maps = torch.tensor([[[1.0, 10.0]], [[3.0, 30.0]]])  # two normal (1, 2) maps
+    mean, std = M.pixel_statistics(maps)
+    assert torch.allclose(mean, torch.tensor([[2.0, 20.0]])) and torch.allclose(std, torch.tensor([[2 ** 0.5, 200 ** 0.5]]))
+    z = M.standardize_map(torch.tensor([[[2.0 + 2 ** 0.5, 20.0]]]), mean, std, floor_fraction=0.0)
+    assert torch.allclose(z, torch.tensor([[[1.0, 0.0]]]))  # one std above the mean; exactly the mean
+    floored = M.standardize_map(torch.tensor([[[2.0 + 2 ** 0.5, 20.0]]]), mean, std, floor_fraction=1.0)
+    assert floored[0, 0, 0] < 1.0  # the floor only ever shrinks the z-value
+
+
+def test_z_map_evens_out_pixels_that_vary_among_normal_images(net):
+    """A pixel that is noisy on every normal image lights up the plain map, not the z-map; a
+    detector trained before the statistics existed says so instead of scoring."""
+    torch.manual_seed(0)
+    normal = torch.full((40, 1, 16, 16), 0.5)
+    normal[:, :, 2, 2] = torch.rand(40, 1)            # a pixel that varies among normal parts
+    test = torch.full((1, 1, 16, 16), 0.5)
+    test[:, :, 2, 2] = 1.0                             # normal variation
+    test[:, :, 12, 12] = 0.9                           # a real defect
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_sigma=0.0, map_kind="residual_z")
+    detector = AnomalyDetector(net, spec)
+    with pytest.raises(RuntimeError, match="statistics"):
+        detector.score_batch(test)
+    detector.fit_map_statistics(normal, batch_size=16)
+    x_hat = S.posterior_mean_reconstruction(net, test)[0]
+    plain, z = (detector.smoothed_map(test, x_hat, kind)[0] for kind in ("residual", "residual_z"))
+    assert z[12, 12] > z[2, 2]
+    assert plain[2, 2] > plain[12, 12] * 0.5  # the plain map cannot tell them apart as clearly
+    combined = detector.smoothed_map(test, x_hat, "combined")[0]
+    assert torch.allclose(combined, z + detector.smoothed_map(test, x_hat, "msgms_z")[0])
 
 
 def test_gradient_maps_light_up_where_the_input_was_changed():

@@ -149,6 +149,7 @@ def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig,
               "product": evaluate_product(vae_cfg, split, bench.alpha_false_alarm),
               "ae": evaluate_product(ae_cfg, split, bench.alpha_false_alarm)}
     baselines = {"pca": B.PCAReconstruction(bench.pca_variance, vae_cfg.score.map_sigma, vae_cfg.seed),
+                 "pca_map_max": B.PCAReconstruction(bench.pca_variance, vae_cfg.score.map_sigma, vae_cfg.seed, "map_max"),
                  "iforest": B.PixelIsolationForest(bench.iforest_trees, vae_cfg.seed)}
     reason = B.pyod_unavailable_reason()
     if reason is None:

@@ -19,6 +19,7 @@ from pipeline.scoring.scores import SCORE_NAMES
 
 PACKAGES = ("torch", "pytorch-lightning", "mlflow", "numpy", "scikit-learn", "scipy", "pillow", "pyod", "hydra-core")
 METHODS = (("product", "VAE (product default)"), ("ae", "plain autoencoder"), ("pca", "PCA reconstruction"),
+           ("pca_map_max", "PCA, map-max score"),
            ("iforest", "IsolationForest on pixels"), ("pyod_vae", "PyOD VAE"))
 
 
@@ -184,7 +185,9 @@ def markdown(results: dict, context: dict, alpha: float | None = None) -> str:
               f"Machine: {c['cpu']}, {c['logical_cpus']} logical CPUs, {_f(c['memory_gb'], 1)} GB RAM, {c['platform']}, "
               f"Python {c['python']}. Load average (1/5/15 min) before: {c['load_average_before']}, after: "
               f"{c['load_average_after']} — timings on a loaded machine are noisy.", "",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()), ""]
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()), "",
+              "Studies measured outside this run (how the default map, score and model were chosen; model "
+              "variants; multi-process training): [docs/quality-studies.md](docs/quality-studies.md).", ""]
     lines += _speed(results["speed"])
     lines += _quality(results["quality"], alpha)
     w = results["wall_time"]

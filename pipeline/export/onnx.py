@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.scoring.detector import DETECTOR_FILE, AnomalyDetector
-from pipeline.scoring.maps import gaussian_blur, residual_map
+from pipeline.scoring.maps import RECONSTRUCTION_MAP_KINDS, reconstruction_map
 from pipeline.scoring.scores import recon_error
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,22 @@ def onnx_session(path: Path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def onnx_score_batch(session, images: np.ndarray, map_sigma: float) -> dict[str, np.ndarray]:
+def onnx_map_kind(spec: dict) -> str:
+    """The detector's map kind when it needs only the reconstruction, else the residual map."""
+    return spec["map_kind"] if spec["map_kind"] in RECONSTRUCTION_MAP_KINDS else "residual"
+
+
+def onnx_score_batch(session, images: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
     """images (B, C, S, S) float32 in [0, 1] -> recon_error (B,), map (B, S, S), reconstruction, via ONNX
-    Runtime; the score and map use the same functions as AnomalyDetector.score_batch."""
+    Runtime; `spec` is the exported detector.json. The score and the map (of onnx_map_kind(spec)) use
+    the same functions as AnomalyDetector.score_batch."""
     x = np.ascontiguousarray(images, dtype=np.float32)
     x_hat = session.run(["reconstruction"], {"image": x})[0]  # (B, C, S, S)
     xt, x_hat_t = torch.from_numpy(x), torch.from_numpy(x_hat)
-    return {"recon_error": recon_error(xt, x_hat_t).numpy(),
-            "map": gaussian_blur(residual_map(xt, x_hat_t), map_sigma).numpy(), "reconstruction": x_hat}
+    statistics = {k: (torch.tensor(v["mean"]), torch.tensor(v["std"])) for k, v in spec.get("map_statistics", {}).items()}
+    anomaly_map = reconstruction_map(xt, x_hat_t, onnx_map_kind(spec), spec["map_sigma"], statistics,
+                                     spec.get("map_std_floor", 0.1))
+    return {"recon_error": recon_error(xt, x_hat_t).numpy(), "map": anomaly_map.numpy(), "reconstruction": x_hat}
 
 
 def run_export(cfg: DictConfig) -> dict:
@@ -78,6 +87,9 @@ def run_export(cfg: DictConfig) -> dict:
     if detector.spec.score != "recon_error":
         log.warning("the detector's score is %s; the ONNX model gives recon_error and the maps only",
                     detector.spec.score)
+    if onnx_map_kind(asdict(detector.spec)) != detector.spec.map_kind:
+        log.warning("the detector's map is %s, which needs the PyTorch network; the ONNX model gives the residual map",
+                    detector.spec.map_kind)
     out_dir = Path(cfg.export.output_dir).expanduser()
     path = export_onnx(detector, out_dir / ONNX_FILE, int(cfg.export.opset))
     shutil.copy(detector_dir / DETECTOR_FILE, out_dir / DETECTOR_FILE)  # preprocessing, threshold, calibration
@@ -86,7 +98,7 @@ def run_export(cfg: DictConfig) -> dict:
     probe = torch.rand(4, detector.spec.in_channels, detector.spec.image_size, detector.spec.image_size,
                        generator=torch.Generator().manual_seed(cfg.seed))
     expected = detector.score_batch(probe)
-    got = onnx_score_batch(onnx_session(path), probe.numpy(), detector.spec.map_sigma)
+    got = onnx_score_batch(onnx_session(path), probe.numpy(), asdict(detector.spec))
     diff = float(np.abs(got["recon_error"] - expected["recon_error"].numpy()).max())
     return {"onnx": str(path), "detector_json": str(out_dir / DETECTOR_FILE), "max_abs_score_diff": diff,
             **provenance}

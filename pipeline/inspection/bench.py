@@ -35,6 +35,7 @@ def make_detector(cfg, folder: Path) -> AnomalyDetector:
                         map_kind=cfg.score.map, mc_samples=cfg.score.mc_samples, alpha=0.01)
     detector = AnomalyDetector(build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
                                              cfg.model.hidden_channels, cfg.model.latent_layout), spec)
+    detector.fit_map_statistics(torch.rand(64, cfg.data.channels, cfg.data.image_size, cfg.data.image_size), 32)
     rng = np.random.default_rng(0)
     detector.calibrate({name: rng.uniform(0.0, 0.01, 200) for name in SCORE_NAMES})
     detector.save(folder)

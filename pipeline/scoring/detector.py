@@ -20,12 +20,15 @@ import numpy as np
 import torch
 
 from pipeline.data.images import ReadOptions
+from pipeline.models.cvae import conditioned
 from pipeline.models.vae import ConvAutoencoder, build_network
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, pixel_threshold
 
-MAP_KINDS = ("residual", "msgms", "elbo_grad", "projection")
+# Plain maps, their per-pixel standardized ('_z') versions and the sum of both z-maps ('combined').
+MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined", "elbo_grad", "projection")
+STANDARDIZED_KINDS = ("residual", "msgms")  # kinds whose normal per-pixel statistics are fitted
 THRESHOLD_METHODS = ("conformal", "manual")
 
 DETECTOR_FILE = "detector.json"
@@ -47,6 +50,8 @@ class DetectorSpec:
     mc_samples: int = 8                 # K for the Monte Carlo negative ELBO / IWAE
     map_kind: str = "residual"          # which per-pixel map (MAP_KINDS)
     map_sigma: float = 2.0              # smoothing of the anomaly map, model-input pixels
+    map_std_floor: float = 0.1          # '_z' maps divide by (pixel std + this fraction of the mean std)
+    map_statistics: dict = field(default_factory=dict)  # kind -> {"mean", "std"}: (S, S) lists over normal training maps
     topk_fraction: float = 0.01         # share of map pixels averaged by the map_topk score
     projection: dict = field(default_factory=lambda: {"steps": 10, "step_size": 0.05, "l1_weight": 1.0})
     pixel_quantile: float = 0.999       # quantile of normal validation map pixels used as pixel threshold
@@ -91,7 +96,7 @@ class AnomalyDetector:
         return self
 
     def anomaly_map(self, x: torch.Tensor, x_hat: torch.Tensor, kind: str | None = None) -> torch.Tensor:
-        """Unsmoothed (B, S, S) map of the given kind (default: the spec's)."""
+        """Unsmoothed (B, S, S) plain map of the given kind (default: the spec's; not for z-maps)."""
         kind = kind or self.spec.map_kind
         if kind == "residual":
             return M.residual_map(x, x_hat)
@@ -101,6 +106,40 @@ class AnomalyDetector:
             return M.elbo_gradient_map(self.net, x, self.spec.recon_loss)
         return M.projection_map(self.net, x, self.spec.recon_loss, **self.spec.projection)
 
+    def smoothed_map(self, x: torch.Tensor, x_hat: torch.Tensor, kind: str,
+                     computed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Smoothed (B, S, S) map of any kind in MAP_KINDS; `computed` holds plain maps already made."""
+        if kind in M.RECONSTRUCTION_MAP_KINDS:
+            return M.reconstruction_map(x, x_hat, kind, self.spec.map_sigma, self.map_statistics_,
+                                        self.spec.map_std_floor, computed)
+        return M.gaussian_blur(self.anomaly_map(x, x_hat, kind), self.spec.map_sigma)
+
+    @property
+    def map_statistics_(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Plain map kind -> per-pixel (mean, std) (S, S) of normal training maps, as tensors."""
+        if self.__dict__.get("_stats_source") is not self.spec.map_statistics:
+            self._stats_source = self.spec.map_statistics
+            self._stats = {k: (torch.tensor(v["mean"]), torch.tensor(v["std"])) for k, v in self.spec.map_statistics.items()}
+        return self._stats
+
+    @torch.no_grad()
+    def fit_map_statistics(self, images: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> None:
+        """Per-pixel mean and std of the smoothed plain maps (STANDARDIZED_KINDS) of normal images
+        (N, C, S, S), the training images: the validation images stay untouched for calibration, so
+        calibration and test images are standardized alike and the threshold stays exchangeable."""
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in STANDARDIZED_KINDS}
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(self.device)
+            with conditioned(self.net, None if labels is None else labels[start:start + batch_size]):
+                x_hat = S.posterior_mean_reconstruction(self.net, x)[0]
+            for kind in STANDARDIZED_KINDS:
+                parts[kind].append(self.smoothed_map(x, x_hat, kind).cpu())
+        statistics = {}
+        for kind, maps in parts.items():
+            mean, std = M.pixel_statistics(torch.cat(maps))
+            statistics[kind] = {"mean": mean.tolist(), "std": std.tolist()}
+        self.spec.map_statistics = statistics
+
     @torch.no_grad()  # not inference_mode: the gradient maps re-enable autograd locally
     def score_batch(self, x: torch.Tensor, map_kinds: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """x (B, C, S, S) in [0, 1] -> every score in scores.SCORE_NAMES (B,), 'score' (B,),
@@ -109,14 +148,13 @@ class AnomalyDetector:
         x_hat, mu, log_var = S.posterior_mean_reconstruction(self.net, x)
         out = {"recon_error": S.recon_error(x, x_hat), "l1_error": S.l1_error(x, x_hat), "reconstruction": x_hat}
         out.update(S.likelihood_scores(self.net, x, mu, log_var, self._eps.to(x.device), self.spec.recon_loss))
-        msgms = M.msgms_map(x, x_hat)
-        out["msgms_error"] = msgms.flatten(1).mean(dim=1)
-        raw = msgms if self.spec.map_kind == "msgms" else self.anomaly_map(x, x_hat)
-        out["map"] = M.gaussian_blur(raw, self.spec.map_sigma)
+        computed = {"msgms": M.msgms_map(x, x_hat), "residual": M.residual_map(x, x_hat)}
+        out["msgms_error"] = computed["msgms"].flatten(1).mean(dim=1)
+        out["map"] = self.smoothed_map(x, x_hat, self.spec.map_kind, computed)
         out["map_max"] = S.map_max(out["map"])
         out["map_topk"] = S.map_topk(out["map"], self.spec.topk_fraction)
         for kind in map_kinds:
-            out[f"map.{kind}"] = M.gaussian_blur(self.anomaly_map(x, x_hat, kind), self.spec.map_sigma)
+            out[f"map.{kind}"] = self.smoothed_map(x, x_hat, kind, computed)
         out["score"] = out[self.spec.score]
         return out
 

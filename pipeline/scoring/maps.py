@@ -1,4 +1,5 @@
-"""Per-pixel anomaly maps: squared residual, Gaussian smoothing, resizing to the original resolution."""
+"""Per-pixel anomaly maps: squared residual, structure (MSGMS), gradient and projection maps, per-pixel
+standardization by normal statistics, Gaussian smoothing, resizing to the original resolution."""
 
 from __future__ import annotations
 
@@ -35,6 +36,49 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     h = F.conv2d(h, kernel.view(1, 1, 1, -1))
     h = F.conv2d(h, kernel.view(1, 1, -1, 1))
     return h.squeeze(1)
+
+
+def pixel_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and standard deviation of (N, H, W) normal maps -> (H, W) each, computed in float64."""
+    maps = maps.double()
+    return maps.mean(dim=0).float(), maps.std(dim=0).float()
+
+
+def standardize_map(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, floor_fraction: float) -> torch.Tensor:
+    """(B, H, W) -> how many normal standard deviations each pixel lies above its normal mean.
+
+    Where normal parts vary (edges that move with position jitter, a texture's bright yarns) the raw
+    error is high on every image; dividing by the pixel's own spread makes one threshold fit the whole
+    image. The floor (a fraction of the mean spread) keeps near-constant pixels from exploding."""
+    return (maps - mean) / (std + floor_fraction * std.mean())
+
+
+RECONSTRUCTION_MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined")  # need only x and x_hat
+
+
+def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: float,
+                       statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                       floor_fraction: float = 0.1, computed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Smoothed (B, H, W) map of a kind in RECONSTRUCTION_MAP_KINDS from images and reconstructions
+    (B, C, H, W). '_z' kinds are standardized by `statistics` (plain kind -> per-pixel (mean, std) of
+    normal smoothed maps); 'combined' is residual_z + msgms_z. `computed`: plain maps already made."""
+    if kind == "combined":
+        return (reconstruction_map(x, x_hat, "residual_z", sigma, statistics, floor_fraction, computed)
+                + reconstruction_map(x, x_hat, "msgms_z", sigma, statistics, floor_fraction, computed))
+    plain = kind.removesuffix("_z")
+    if plain not in ("residual", "msgms"):
+        raise ValueError(f"{kind!r} is not a reconstruction map kind {RECONSTRUCTION_MAP_KINDS}")
+    raw = (computed or {}).get(plain)
+    if raw is None:
+        raw = residual_map(x, x_hat) if plain == "residual" else msgms_map(x, x_hat)
+    smoothed = gaussian_blur(raw, sigma)
+    if kind == plain:
+        return smoothed
+    if not statistics or plain not in statistics:
+        raise RuntimeError(f"map kind {kind} needs the per-pixel statistics of normal {plain} maps, and this "
+                           "detector has none (trained before they existed?): use score.map=residual or msgms")
+    mean, std = statistics[plain]
+    return standardize_map(smoothed, mean.to(smoothed.device), std.to(smoothed.device), floor_fraction)
 
 
 def resize_map(anomaly_map: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

@@ -52,7 +52,7 @@ def build_spec(cfg: DictConfig, datamodule: InspectionDataModule) -> DetectorSpe
         model_kind=cfg.model.kind, in_channels=cfg.data.channels, image_size=cfg.data.image_size,
         latent_dim=cfg.model.latent_dim, hidden_channels=list(cfg.model.hidden_channels),
         latent_layout=cfg.model.latent_layout, recon_loss=cfg.model.recon_loss, score=cfg.score.score, mc_samples=cfg.score.mc_samples,
-        map_kind=cfg.score.map, map_sigma=cfg.score.map_sigma, topk_fraction=cfg.score.topk_fraction,
+        map_kind=cfg.score.map, map_sigma=cfg.score.map_sigma, map_std_floor=cfg.score.map_std_floor, topk_fraction=cfg.score.topk_fraction,
         projection=dict(cfg.score.projection), pixel_quantile=cfg.score.pixel_quantile,
         threshold_method=cfg.score.threshold_method, manual_threshold=cfg.score.manual_threshold,
         seed=cfg.seed, max_image_pixels=options.max_pixels,
@@ -133,6 +133,7 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     load_best_weights(net, checkpoint.best_model_path or checkpoint.last_model_path)
     detector = AnomalyDetector(net.cpu(), build_spec(cfg, datamodule))
     val_labels = getattr(datamodule, "val_labels", None)  # (N,) categories, conditional models only
+    detector.fit_map_statistics(datamodule.train_images, cfg.data.batch_size, getattr(datamodule, "train_labels", None))
     calibration = score_images(detector, datamodule.val_images, cfg.data.batch_size, val_labels)
     normal_maps = calibration.pop("map")
     threshold = detector.calibrate(calibration, normal_maps=normal_maps)

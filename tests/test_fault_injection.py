@@ -1,0 +1,218 @@
+"""Crash tests: a fault at every write point of `inspect` and `score`, by exception and by SIGKILL,
+then a rerun; the invariants hold after each.
+
+    inspect: every inbox image is in results.csv exactly once, the ledger agrees with results.csv,
+             no staging folder or temporary file is left, every batch is logged to MLflow exactly once;
+    score:   scores.csv has one row per test image, every map is whole, no temporary file is left.
+
+While the process lies dead (before the rerun), every file a reader can see must parse completely:
+a crash may leave work undone, never half-written results.
+
+The faults are injected by tests/fault_runner.py, which wraps the write point where the product
+looks it up; a SIGKILL run is a real child process killing itself at that point.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import main
+from pipeline.data.layout import scan_test
+from tests import fault_runner
+from tests.conftest import tiny_overrides
+from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (target, before|after, n-th call). Inspection runs 5 batches of 3 images; the faults hit batch 2.
+INSPECT_POINTS = [
+    ("pipeline.scoring.run:save_map", "after", 4),                  # a map of batch 2 written, the rest not
+    ("os:replace=.npy", "before", 4),                               # a map's temporary file complete, not renamed
+    ("pipeline.inspection.batch:_write_table", "after", 3),         # scores table staged, errors table not
+    ("pipeline.inspection.batch:write_panels", "before", 2),        # review panels
+    ("pipeline.inspection.run:publish", "before", 2),               # staging folder complete, not renamed
+    ("pipeline.inspection.run:publish", "after", 2),                # batch folder visible, results not appended
+    ("pipeline.inspection.commit:append_results", "after", 2),      # rows appended, ledger not committed
+    ("pipeline.inspection.ledger:Ledger.commit_batch", "before", 2),
+    ("pipeline.inspection.ledger:Ledger.commit_batch", "after", 2),  # committed, not logged, not moved
+    ("pipeline.inspection.run:_move", "after", 4),                  # half of batch 2 moved to processed/
+    ("pipeline.tracking.inspection_run:log_inspection_batch", "after", 2),  # MLflow run done, outbox not told
+    ("pipeline.inspection.ledger:Ledger.mark_logged", "before", 2),
+]
+# Scoring writes 12 maps, then scores.csv, errors.csv, metrics.json, overlays, panels, the MLflow run.
+SCORE_POINTS = [
+    ("pipeline.scoring.run:save_map", "after", 3),
+    ("os:replace=.npy", "before", 3),
+    ("os:replace=scores.csv", "before", 1),
+    ("pipeline.scoring.run:atomic_write_text", "after", 1),         # scores.csv written, errors.csv not
+    ("pipeline.scoring.run:write_overlays", "before", 1),
+    ("pipeline.scoring.run:flagged_panels", "before", 1),
+    ("pipeline.tracking.scoring_run:log_scoring_run", "before", 1),
+]
+MODES = ["raise", "kill"]
+INBOX = [f"cam{i % 2}/part {i:02d}.png" for i in range(13)]  # a space in every name, two folders
+
+
+def _point_id(point) -> str:
+    target, when, nth = point
+    return f"{target.split(':')[-1]}-{when}-{nth}"
+
+
+def run_with_fault(point, mode: str, argv: list[str], monkeypatch) -> int:
+    """Run the CLI with the fault: in this process (raise) or as a child process that SIGKILLs itself."""
+    target, when, nth = point
+    if mode == "kill":
+        proc = subprocess.run([sys.executable, "-m", "tests.fault_runner", target, when, "kill", str(nth), "--", *argv],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"the fault point was never reached:\n{proc.stderr[-3000:]}"
+        return proc.returncode
+    with monkeypatch.context() as patch:
+        owner, attr = fault_runner._resolve("os:replace" if target.startswith("os:replace=") else target)
+        patch.setattr(owner, attr, getattr(owner, attr))  # restored when the context ends
+        state = fault_runner.install(target, when, "raise", nth)
+        try:
+            code = main(argv)  # an injected OSError is a failed run (exit != 0) or, where that is safe,
+        except fault_runner.InjectedFault:  # deferred (MLflow logging: the batch stays in the outbox)
+            code = -1
+    assert state["fired"], "the fault point was never reached"
+    return code
+
+
+def assert_visible_files_whole(folder: Path) -> None:
+    """Every file a reader can see (not hidden, not in a staging folder) parses completely."""
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_dir() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path)
+            assert not frame.isna().all(axis=1).any(), f"{rel} has a blank row"
+            if "image_path" in frame and "score" in frame:
+                assert frame["score"].notna().all(), f"{rel} has a cut row"
+        elif path.suffix == ".npy":
+            assert np.isfinite(np.load(path).astype(np.float32)).all(), rel
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".parquet":
+            pd.read_parquet(path)
+
+
+def assert_no_temporaries(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".staging-")]
+
+
+# ---- inspection ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory) -> Path:
+    return make_detector(tmp_path_factory.mktemp("judge") / "detector")
+
+
+def _mlflow_point(point) -> bool:
+    return "inspection_run" in point[0] or "mark_logged" in point[0]
+
+
+def assert_inspection_invariant(out: Path, tracking_store: Path | None) -> None:
+    frame = pd.read_csv(out / "results.csv")
+    assert sorted(frame["image_path"]) == sorted(INBOX), "every image exactly once in results.csv"
+    ledger = ledger_rows(out)
+    assert sorted(r["path"] for r in ledger) == sorted(INBOX), "the ledger knows every image exactly once"
+    assert {(r["path"], r["batch_id"]) for r in ledger} == set(zip(frame["image_path"], frame["batch_id"]))
+    batch_dirs = {p.name for p in (out / "batches").iterdir()}
+    assert batch_dirs == set(frame["batch_id"]), "every batch folder is in the results, and only those"
+    assert_no_temporaries(out)
+    assert_visible_files_whole(out)
+    db = sqlite3.connect(out / "ledger.sqlite")
+    try:
+        batches = {row[0] for row in db.execute("SELECT batch_id FROM batches")}
+    finally:
+        db.close()
+    assert batches == batch_dirs
+    if tracking_store is not None:
+        client = MlflowClient(f"sqlite:///{tracking_store / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string="tags.stage = 'inspect' and attributes.status = 'FINISHED'")
+        logged = [r.data.tags["batch_id"] for r in runs]
+        assert sorted(logged) == sorted(batch_dirs), "every batch logged to MLflow exactly once"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("point", INSPECT_POINTS, ids=_point_id)
+def test_inspection_survives_a_fault_at_every_write_point(point, mode, judge, tmp_path, monkeypatch, capsys):
+    inbox, out, processed = tmp_path / "inbox", tmp_path / "out", tmp_path / "processed"
+    add_parts(inbox, INBOX[:-1])
+    add_dark(inbox, INBOX[-1])  # flagged: review panels are written
+    tracking = _mlflow_point(point)
+    # tracking.uri=null: the local store under tmp_path, whatever MLFLOW_TRACKING_URI other tests left set
+    extra = ["tracking.uri=null"] if tracking else ["tracking.enabled=false"]
+    if "_move" in point[0]:
+        extra += ["inspect.move_processed=true", f"inspect.processed_dir={processed}"]
+    argv = ["inspect", *inspect_overrides(tmp_path, inbox, out, judge, "inspect.max_batch_images=3", *extra)]
+
+    run_with_fault(point, mode, argv, monkeypatch)
+    assert_visible_files_whole(out)          # dead or failed: nothing half-written is visible
+    assert len(list(inbox.rglob("*.png"))) + len(list(processed.rglob("*.png"))) == len(INBOX)  # no input lost
+
+    capsys.readouterr()
+    assert main(argv) == 0                   # the rerun finishes the work
+    assert_inspection_invariant(out, tmp_path / "mlruns" if tracking else None)
+    if "_move" in point[0]:
+        assert not list(inbox.rglob("*.png")) and len(list(processed.rglob("*.png"))) == len(INBOX)
+    capsys.readouterr()
+    assert main(argv) == 0                   # and a third run finds nothing new
+    assert json.loads(capsys.readouterr().out)["n_scored"] == 0
+    assert_inspection_invariant(out, tmp_path / "mlruns" if tracking else None)
+
+
+# ---- scoring ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained model and its dataset, shared by the scoring crash tests (read-only for them)."""
+    from tests.conftest import make_tiny_dataset
+
+    base = tmp_path_factory.mktemp("trained")
+    dataset = make_tiny_dataset(base / "data")
+    overrides = tiny_overrides(base, f"data.root={dataset}")
+    assert main(["train", *overrides]) == 0
+    return base, dataset
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("point", SCORE_POINTS, ids=_point_id)
+def test_scoring_survives_a_fault_at_every_write_point(point, mode, trained, tmp_path, monkeypatch, capsys):
+    base, dataset = trained
+    out = tmp_path / "score"
+    tracking = "scoring_run" in point[0]
+    overrides = tiny_overrides(base, f"data.root={dataset}", f"score.output_dir={out}")
+    if not tracking:
+        overrides.append("tracking.enabled=false")
+        # without the store, `score` takes the detector folder of the training run
+        detector = next((base / "outputs" / "train").rglob("detector.json")).parent
+        overrides.append(f"score.model={detector}")
+    argv = ["score", *overrides]
+
+    run_with_fault(point, mode, argv, monkeypatch)
+    if out.exists():
+        assert_visible_files_whole(out)
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    n_images = len(scan_test(dataset))
+    frame = pd.read_csv(out / "scores.csv")
+    assert len(frame) == n_images and frame["image_path"].is_unique
+    assert sorted(p.relative_to(out / "maps").as_posix()[:-len(".npy")] for p in (out / "maps").rglob("*.npy")) \
+        == sorted(frame["image_path"])
+    assert json.loads((out / "metrics.json").read_text())["n_images"] == n_images
+    assert_no_temporaries(out)
+    assert_visible_files_whole(out)
