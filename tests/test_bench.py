@@ -26,6 +26,8 @@ def test_baselines_rank_a_defect_above_normal_and_pca_maps_find_it():
     maps = pca.anomaly_maps(defect)  # (N, S, S), smoothed residual
     assert maps.shape == (8, 16, 16)
     assert maps[:, 4:8, 4:8].mean() > 10 * maps[:, 12:, 12:].mean()
+    by_map = PCAReconstruction(variance=0.9, map_sigma=1.0, image_score="map_max").fit(train)
+    np.testing.assert_allclose(by_map.score_samples(defect), maps.reshape(8, -1).max(axis=1), rtol=1e-6)
     forest = PixelIsolationForest(n_estimators=50).fit(train)
     assert forest.score_samples(defect).mean() > forest.score_samples(normal).mean()  # higher = more anomalous
 
@@ -53,3 +55,12 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     for heading in ("## 1. Training", "## 2. Scoring", "## 3. Peak memory", "## 4. Detection quality", "## 5. Wall"):
         assert heading in text
     assert "Quick run" in text
+
+    # Re-measure one section alone: the others are kept from the file, with where they came from.
+    before = json.loads(js.read_text())
+    assert main(["bench", *overrides, "bench.sections=[wall_time]"]) == 0
+    after = json.loads(js.read_text())
+    assert after["speed"] == before["speed"] and after["quality"] == before["quality"]
+    assert after["context"]["sections_from"]["speed"]["date"] == before["context"]["date"]
+    assert "Sections kept from earlier runs" in md.read_text()
+    assert main(["bench", *overrides, "bench.sections=[]"]) == 1  # nothing to measure: a clear error

@@ -129,3 +129,30 @@ def test_a_tampered_weights_file_is_refused(tmp_path):
     (folder / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(TamperedModelError, match="recorded in the registry"):
         AnomalyDetector.load(folder, expected_sha256=good_sha)
+
+
+def test_score_refuses_a_registered_model_whose_files_were_swapped_in_the_store(tmp_path, tiny_dataset, capsys):
+    """Someone with write access to the artifact store replaces the weights of version 1 and rewrites
+    detector.json's checksum to match: the checksum the registry recorded at training time catches it."""
+    import json
+
+    from pipeline.__main__ import main
+    from pipeline.scoring.detector import file_sha256
+    from tests.conftest import tiny_overrides
+
+    overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={tmp_path / 'scored'}")
+    assert main(["train", *overrides]) == 0
+    assert main(["score", *overrides, "score.model=1"]) == 0  # intact: scores
+    capsys.readouterr()
+    swapped = 0
+    for weights in (tmp_path / "mlruns").rglob("weights.pt"):
+        state = torch.load(weights, weights_only=True)
+        torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+        meta = json.loads((weights.parent / "detector.json").read_text())
+        meta["weights_sha256"] = file_sha256(weights)
+        (weights.parent / "detector.json").write_text(json.dumps(meta))
+        swapped += 1
+    assert swapped >= 1
+    assert main(["score", *overrides, "score.model=1", f"score.output_dir={tmp_path / 'scored-2'}"]) == 1
+    assert "recorded in the registry" in capsys.readouterr().err
+    assert not (tmp_path / "scored-2" / "scores.csv").exists()

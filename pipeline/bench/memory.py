@@ -17,8 +17,16 @@ from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is in kilobytes on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """High-water mark of this process's resident memory, MB. Linux: VmHWM of /proc/self/status, which
+    belongs to the address space and starts afresh at exec; ru_maxrss survives exec and would report the
+    (larger) parent that started this measurement process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux; other systems: best effort
 
 
 def measure(detector_dir: Path, root: Path, n_images: int, batch_size: int, out_dir: Path) -> dict:

@@ -116,7 +116,7 @@ def _speed(s: dict) -> list[str]:
          f"{100 * v['seconds'] / total:.0f}%"] for name, v in sc["stages"].items()])
     m = s["memory"]
     lines += ["## 3. Peak memory of streaming scoring", "",
-              "`score_dataset(..., keep_maps=False)` in a fresh process per measurement (peak RSS, `ru_maxrss`); "
+              "`score_dataset(..., keep_maps=False)` in a fresh process per measurement (peak RSS: `VmHWM` of /proc/self/status, which starts afresh in each process); "
               "the test split is repeated to reach N.", ""]
     lines += _table(["images", "peak RSS (MB)", "RSS before scoring (MB)"],
                     [[str(r["n_images"]), _f(r["peak_rss_mb"], 0), _f(r["peak_rss_mb_before_scoring"], 0)] for r in m])
@@ -174,6 +174,13 @@ def _quality(q: dict, alpha: float | None) -> list[str]:
     return lines
 
 
+def _kept_sections(context: dict) -> list[str]:
+    """A line naming the sections measured by an earlier run (bench.sections), if any."""
+    origin = context.get("sections_from", {})
+    kept = [f"{s} ({o['date']}, commit {o['commit']})" for s, o in origin.items() if o.get("date") != context["date"]]
+    return [f"Sections kept from earlier runs (`bench.sections`): {'; '.join(kept)}.", ""] if kept else []
+
+
 def markdown(results: dict, context: dict, alpha: float | None = None) -> str:
     c = context
     lines = ["# Benchmarks", ""]
@@ -186,6 +193,7 @@ def markdown(results: dict, context: dict, alpha: float | None = None) -> str:
               f"Python {c['python']}. Load average (1/5/15 min) before: {c['load_average_before']}, after: "
               f"{c['load_average_after']} — timings on a loaded machine are noisy.", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()), "",
+              *_kept_sections(c),
               "Studies measured outside this run (how the default map, score and model were chosen; model "
               "variants; multi-process training): [docs/quality-studies.md](docs/quality-studies.md).", ""]
     lines += _speed(results["speed"])

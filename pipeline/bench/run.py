@@ -78,25 +78,59 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
             "commands": [" ".join(["python", *c[1:5]]) for c in commands]}
 
 
+SECTIONS = ("speed", "quality", "wall_time")
+
+
+def previous_results(json_path: Path, keep: list[str]) -> dict:
+    """The sections in `keep` from the committed BENCHMARKS.json, with the run they came from."""
+    if not keep:
+        return {}
+    try:
+        previous = json.loads(json_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"bench.sections leaves out {keep}, but {json_path} cannot be read to keep them: {err}") from err
+    missing = [s for s in keep if s not in previous or previous.get("partial")]
+    if missing:
+        raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no complete result for them: "
+                         "run them too")
+    origin = previous["context"].get("sections_from", {})
+    return {s: previous[s] for s in keep} | {"_from": {s: origin.get(s) or {
+        "date": previous["context"]["date"], "commit": previous["context"]["commit"]} for s in keep}}
+
+
 def run_bench(cfg: DictConfig) -> dict:
     bench = cfg.bench
     sizes = bench.sizes.quick if bench.quick else bench.sizes.full
+    sections = list(bench.sections)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"bench.sections must be a non-empty subset of {list(SECTIONS)}, got {sections}")
+    kept = previous_results(Path(bench.json), [s for s in SECTIONS if s not in sections])
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
+    # Which run measured each section: this one, or (bench.sections) an earlier one kept from BENCHMARKS.json.
+    context["sections_from"] = {s: kept["_from"][s] if s in kept else {"date": context["date"], "commit": context["commit"]}
+                                for s in SECTIONS}
     started = time.perf_counter()
+    results = {s: kept[s] for s in SECTIONS if s in kept}
     try:
-        results = {"speed": measure_speed(bench, sizes, work)}
-        # The quality phase is long: keep the speed figures on disk should it be interrupted.
-        Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1, default=float))
-        results["quality"] = measure_quality(bench, sizes, work)
-        results["wall_time"] = (measure_wall_time(bench, work) if sizes.wall_time
-                                else {"skipped": "not run in quick mode (bench.sizes.quick.wall_time=false)"})
+        if "speed" in sections:
+            results["speed"] = measure_speed(bench, sizes, work)
+            # The quality phase is long: keep the speed figures on disk should it be interrupted.
+            Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1,
+                                                   default=float))
+        if "quality" in sections:
+            results["quality"] = measure_quality(bench, sizes, work)
+        if "wall_time" in sections:
+            results["wall_time"] = (measure_wall_time(bench, work) if sizes.wall_time
+                                    else {"skipped": "not run in quick mode (bench.sizes.quick.wall_time=false)"})
     finally:
         if not bench.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     context["bench_seconds"] = time.perf_counter() - started
     context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    written = report.write(results, context, Path(bench.markdown), Path(bench.json),
+    written = report.write({s: results[s] for s in SECTIONS}, context, Path(bench.markdown), Path(bench.json),
                            bench.alpha_false_alarm)
-    return {"markdown": str(written[0]), "json": str(written[1]), "seconds": context["bench_seconds"]}
+    return {"markdown": str(written[0]), "json": str(written[1]), "seconds": context["bench_seconds"],
+            "sections": sections}

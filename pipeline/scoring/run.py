@@ -143,7 +143,8 @@ def run_score(cfg: DictConfig) -> dict:
     if out_dir == root or root in out_dir.parents:
         raise ValueError(f"score.output_dir={out_dir} is inside the data root {root}: choose another folder")
     detector_dir, provenance = resolve_detector(cfg, str(cfg.score.model), str(root))
-    detector = AnomalyDetector.load(detector_dir)
+    # A registered version is checked against the checksum the registry recorded at training time.
+    detector = AnomalyDetector.load(detector_dir, expected_sha256=provenance.get("registered_weights_sha256"))
     provenance["weights_sha256"] = file_sha256(detector_dir / WEIGHTS_FILE)
     detector.recalibrate_for(score=cfg.score.score, alpha=cfg.score.alpha, method=cfg.score.threshold_method,
                              manual_threshold=cfg.score.manual_threshold)

@@ -98,7 +98,9 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
         if not (target / DETECTOR_FILE).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                folder, _ = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root), download_to=Path(tmp))
+                folder, described = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root),
+                                                     download_to=Path(tmp))
+                AnomalyDetector.load(folder, expected_sha256=described.get("registered_weights_sha256"))  # before caching
                 _copy_detector(folder, target)
     except LookupError:
         raise

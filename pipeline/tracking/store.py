@@ -6,12 +6,17 @@ location under mlruns/, so the store works the same from any working directory.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+
+# MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends on a server: that would
+# write a URI's user:password to logs, and mix text into the JSON our commands print on stdout.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def tracking_uri(cfg: DictConfig) -> str:
