@@ -81,10 +81,10 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
 SECTIONS = ("speed", "quality", "wall_time")
 
 
-def previous_results(json_path: Path, keep: list[str]) -> dict:
-    """The sections in `keep` from the committed BENCHMARKS.json, with the run they came from."""
+def previous_results(json_path: Path, keep: list[str]) -> tuple[dict, dict]:
+    """The sections in `keep` from the committed BENCHMARKS.json, and the run each came from ({date, commit})."""
     if not keep:
-        return {}
+        return {}, {}
     try:
         previous = json.loads(json_path.read_text())
     except (OSError, ValueError) as err:
@@ -94,8 +94,8 @@ def previous_results(json_path: Path, keep: list[str]) -> dict:
         raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no complete result for them: "
                          "run them too")
     origin = previous["context"].get("sections_from", {})
-    return {s: previous[s] for s in keep} | {"_from": {s: origin.get(s) or {
-        "date": previous["context"]["date"], "commit": previous["context"]["commit"]} for s in keep}}
+    that_run = {"date": previous["context"]["date"], "commit": previous["context"]["commit"]}
+    return {s: previous[s] for s in keep}, {s: origin.get(s) or that_run for s in keep}
 
 
 def run_bench(cfg: DictConfig) -> dict:
@@ -105,15 +105,15 @@ def run_bench(cfg: DictConfig) -> dict:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise ValueError(f"bench.sections must be a non-empty subset of {list(SECTIONS)}, got {sections}")
-    kept = previous_results(Path(bench.json), [s for s in SECTIONS if s not in sections])
+    kept, kept_from = previous_results(Path(bench.json), [s for s in SECTIONS if s not in sections])
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
     # Which run measured each section: this one, or (bench.sections) an earlier one kept from BENCHMARKS.json.
-    context["sections_from"] = {s: kept["_from"][s] if s in kept else {"date": context["date"], "commit": context["commit"]}
+    context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"]}
                                 for s in SECTIONS}
     started = time.perf_counter()
-    results = {s: kept[s] for s in SECTIONS if s in kept}
+    results = dict(kept)
     try:
         if "speed" in sections:
             results["speed"] = measure_speed(bench, sizes, work)

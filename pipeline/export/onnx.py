@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.scoring.detector import DETECTOR_FILE, AnomalyDetector
-from pipeline.scoring.maps import RECONSTRUCTION_MAP_KINDS, reconstruction_map
+from pipeline.scoring.maps import RECONSTRUCTION_MAP_KINDS, reconstruction_map, statistics_tensors
 from pipeline.scoring.scores import recon_error
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def onnx_score_batch(session, images: np.ndarray, spec: dict) -> dict[str, np.nd
     x = np.ascontiguousarray(images, dtype=np.float32)
     x_hat = session.run(["reconstruction"], {"image": x})[0]  # (B, C, S, S)
     xt, x_hat_t = torch.from_numpy(x), torch.from_numpy(x_hat)
-    statistics = {k: (torch.tensor(v["mean"]), torch.tensor(v["std"])) for k, v in spec.get("map_statistics", {}).items()}
-    anomaly_map = reconstruction_map(xt, x_hat_t, onnx_map_kind(spec), spec["map_sigma"], statistics,
+    anomaly_map = reconstruction_map(xt, x_hat_t, onnx_map_kind(spec), spec["map_sigma"],
+                                     statistics_tensors(spec.get("map_statistics", {})),
                                      spec.get("map_std_floor", 0.1))
     return {"recon_error": recon_error(xt, x_hat_t).numpy(), "map": anomaly_map.numpy(), "reconstruction": x_hat}
 

