@@ -38,6 +38,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     overrides = ["bench.quick=true", f"bench.overrides=[{','.join(repr(o) for o in product)}]",
                  "bench.sizes.quick.digits=[]", "bench.categories=[tiny]", "bench.sizes.quick.train_epochs=2",
                  "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0", "bench.sizes.quick.pyod_vae_epochs=2",
+                 "bench.sizes.quick.extra_seeds=[1]",
                  "bench.iforest_trees=20", "bench.speed_tracking=false", f"bench.markdown={md}", f"bench.json={js}",
                  f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0
@@ -51,8 +52,13 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     assert 0 <= tiny["product"]["pixel_auroc"] <= 1 and 0 <= tiny["baselines"]["pca"]["aupro"] <= 1
     assert tiny["baselines"]["iforest"]["pixel_auroc"] is None  # a forest has no map
     assert set(tiny["product"]["false_alarm"]) == set(SCORE_NAMES)
+    for model in ("product", "ae"):  # the VAE and the AE trained again at the extra seed, default scoring only
+        assert [e["seed"] for e in tiny["seeds"][model]] == [0, 1]
+        assert tiny["seeds"][model][0]["image_auroc"] == tiny[model]["image_auroc"]
+        assert 0 <= tiny["seeds"][model][1]["aupro"] <= 1
     text = md.read_text()
-    for heading in ("## 1. Training", "## 2. Scoring", "## 3. Peak memory", "## 4. Detection quality", "## 5. Wall"):
+    for heading in ("## 1. Training", "## 2. Scoring", "## 3. Peak memory", "## 4. Detection quality", "## 5. Wall",
+                    "### Product VAE vs plain autoencoder, per training seed"):
         assert heading in text
     assert "Quick run" in text
 

@@ -112,6 +112,36 @@ def test_z_map_evens_out_pixels_that_vary_among_normal_images(net):
     assert torch.allclose(combined, z + detector.smoothed_map(test, x_hat, "msgms_z")[0])
 
 
+def test_balanced_map_calms_varying_pixels_partly_and_sums_both_scaled_maps(net):
+    """scale_map's power moves between the plain map (0) and division by the pixel's own spread (1); the
+    'balanced' map is the sum of the residual and MSGMS maps scaled with the detector's powers."""
+    maps = torch.tensor([[[4.0, 4.0], [1.0, 1.0]]])
+    std = torch.tensor([[4.0, 1.0], [1.0, 1.0]])   # mean std 1.75; no floor below
+    plain, half, full = (M.scale_map(maps, std, power, 0.0)[0] for power in (0.0, 0.5, 1.0))
+    assert torch.allclose(plain, maps[0] / 1.75)
+    assert torch.allclose(full, maps[0] / std)
+    assert torch.allclose(half, maps[0] / (std * 1.75).sqrt())
+    # the noisy pixel (0, 0) vs the quiet one (0, 1) with the same error: fully calmed < partly < not at all
+    assert full[0, 0] / full[0, 1] < half[0, 0] / half[0, 1] < plain[0, 0] / plain[0, 1]
+
+    torch.manual_seed(0)
+    normal = torch.rand(30, 1, 16, 16) * 0.2 + 0.4
+    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_sigma=1.0, map_kind="balanced",
+                        balanced_powers={"residual": 0.5, "msgms": 1.0})
+    detector = AnomalyDetector(net, spec)
+    with pytest.raises(RuntimeError, match="statistics"):
+        detector.score_batch(normal[:2])
+    detector.fit_map_statistics(normal, batch_size=16)
+    test = normal[:3].clone()
+    test[:, :, 5:9, 5:9] = 1.0
+    x_hat = S.posterior_mean_reconstruction(net, test)[0]
+    expected = sum(M.scale_map(detector.smoothed_map(test, x_hat, kind), detector.map_statistics_[kind][1],
+                               spec.balanced_powers[kind], spec.map_std_floor) for kind in ("residual", "msgms"))
+    balanced = detector.score_batch(test)["map"]
+    assert torch.allclose(balanced, expected, atol=1e-5)
+    assert balanced[:, 5:9, 5:9].mean() > balanced[:, 12:, 12:].mean()
+
+
 def test_gradient_maps_light_up_where_the_input_was_changed():
     torch.manual_seed(0)
     net = ConvVAE(1, 16, 3, [4, 8]).eval()

@@ -72,14 +72,17 @@ def method_metrics(split: TestSplit, scores: np.ndarray, maps: np.ndarray | torc
     return result
 
 
-def detector_outputs(detector: AnomalyDetector, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    """Every score (N,) and every map kind 'map.<kind>' (N, S, S) for in-memory images."""
-    extra = tuple(k for k in MAP_KINDS if k != detector.spec.map_kind)  # the default kind is out["map"]
+def detector_outputs(detector: AnomalyDetector, images: torch.Tensor, batch_size: int,
+                     every_map: bool = True) -> dict[str, np.ndarray]:
+    """Every score (N,) and every map kind 'map.<kind>' (N, S, S) for in-memory images (only the
+    detector's own map kind unless every_map)."""
+    kinds = MAP_KINDS if every_map else (detector.spec.map_kind,)
+    extra = tuple(k for k in kinds if k != detector.spec.map_kind)  # the default kind is out["map"]
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         out = detector.score_batch(images[start:start + batch_size], map_kinds=extra)
         out[f"map.{detector.spec.map_kind}"] = out["map"]
-        for key in (*SCORE_NAMES, *(f"map.{k}" for k in MAP_KINDS)):
+        for key in (*SCORE_NAMES, *(f"map.{k}" for k in kinds)):
             parts.setdefault(key, []).append(out[key].float().cpu())
     return {key: torch.cat(chunks).numpy() for key, chunks in parts.items()}
 
@@ -118,6 +121,21 @@ def evaluate_product(cfg: DictConfig, split: TestSplit, alpha: float) -> dict:
             "false_alarm": false_alarm_rates(detector, outputs, split.labels, alpha)}
 
 
+def evaluate_seed(cfg: DictConfig, split: TestSplit) -> dict:
+    """Train one product detector at cfg.seed (weights, Monte Carlo draws and the train/validation split
+    change with it) and measure its default score and map only: the spread between seeds."""
+    from pipeline.training.train import run_train
+
+    detector = AnomalyDetector.load(run_train(cfg)["detector_dir"])
+    outputs = detector_outputs(detector, split.images, cfg.data.batch_size, every_map=False)
+    return {"seed": int(cfg.seed), **method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.score.map}"],
+                                                    cfg.score.aupro_fpr_limit)}
+
+
+def _seed_metrics(result: dict, seed: int) -> dict:
+    return {"seed": seed, **{k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro")}}
+
+
 def evaluate_baseline(name: str, detector, train_images: np.ndarray, split: TestSplit, fpr_limit: float) -> dict:
     started = time.perf_counter()
     detector.fit(train_images)
@@ -137,8 +155,10 @@ def training_split(cfg: DictConfig, root: Path):
     return datamodule.train_images.numpy(), datamodule.read_options
 
 
-def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig, sizes: DictConfig) -> dict:
-    """Product VAE, plain AE and the baselines on one dataset (category or digits task)."""
+def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig, sizes: DictConfig,
+                     other_seeds: list[tuple[DictConfig, DictConfig]] = ()) -> dict:
+    """Product VAE, plain AE and the baselines on one dataset (category or digits task); the VAE and
+    the AE again for each (vae, ae) config pair of `other_seeds`."""
     root = ensure_dataset(vae_cfg.data, vae_cfg.seed)
     train_images, options = training_split(vae_cfg, root)
     split = load_test_split(root, vae_cfg.data.image_size, options)
@@ -158,4 +178,10 @@ def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig,
                            for name, det in baselines.items()}
     if reason is not None:
         result["baselines"]["pyod_vae"] = {"method": "pyod_vae", "skipped": reason}
+    result["seeds"] = {"product": [_seed_metrics(result["product"], int(vae_cfg.seed))],
+                       "ae": [_seed_metrics(result["ae"], int(ae_cfg.seed))]}
+    for vae_seed_cfg, ae_seed_cfg in other_seeds:
+        log.info("bench quality: %s, seed %d", vae_cfg.data.name, vae_seed_cfg.seed)
+        result["seeds"]["product"].append(evaluate_seed(vae_seed_cfg, split))
+        result["seeds"]["ae"].append(evaluate_seed(ae_seed_cfg, split))
     return result

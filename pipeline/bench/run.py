@@ -61,7 +61,10 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     for name, data in tasks:
         vae = compose([*base, *data, *_isolated(work, f"quality-{name}-vae")])
         ae = compose([*base, *data, "model=ae", *_isolated(work, f"quality-{name}-ae")])
-        results[name] = quality.evaluate_dataset(vae, ae, bench, sizes)
+        other_seeds = [(compose([*base, *data, f"seed={s}", *_isolated(work, f"quality-{name}-vae-seed{s}")]),
+                        compose([*base, *data, "model=ae", f"seed={s}", *_isolated(work, f"quality-{name}-ae-seed{s}")]))
+                       for s in sizes.extra_seeds]
+        results[name] = quality.evaluate_dataset(vae, ae, bench, sizes, other_seeds)
     return results
 
 

@@ -26,8 +26,9 @@ from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, pixel_threshold
 
-# Plain maps, their per-pixel standardized ('_z') versions and the sum of both z-maps ('combined').
-MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined", "elbo_grad", "projection")
+# Plain maps, their per-pixel standardized ('_z') versions, the sum of both z-maps ('combined'), the sum
+# of both plain maps partly standardized ('balanced'), and the two gradient-based maps.
+MAP_KINDS = ("residual", "msgms", "residual_z", "msgms_z", "combined", "balanced", "elbo_grad", "projection")
 THRESHOLD_METHODS = ("conformal", "manual")
 
 DETECTOR_FILE = "detector.json"
@@ -50,6 +51,7 @@ class DetectorSpec:
     map_kind: str = "residual"          # which per-pixel map (MAP_KINDS)
     map_sigma: float = 2.0              # smoothing of the anomaly map, model-input pixels
     map_std_floor: float = 0.1          # '_z' maps divide by (pixel std + this fraction of the mean std)
+    balanced_powers: dict = field(default_factory=lambda: dict(M.BALANCED_POWERS))  # 'balanced' map: plain kind -> scale_map power
     map_statistics: dict = field(default_factory=dict)  # kind -> {"mean", "std"}: (S, S) lists over normal training maps
     topk_fraction: float = 0.01         # share of map pixels averaged by the map_topk score
     projection: dict = field(default_factory=lambda: {"steps": 10, "step_size": 0.05, "l1_weight": 1.0})
@@ -111,7 +113,7 @@ class AnomalyDetector:
         """Smoothed (B, S, S) map of any kind in MAP_KINDS; `computed` holds plain maps already made."""
         if kind in M.RECONSTRUCTION_MAP_KINDS:
             return M.reconstruction_map(x, x_hat, kind, self.spec.map_sigma, self.map_statistics_,
-                                        self.spec.map_std_floor, computed)
+                                        self.spec.map_std_floor, computed, self.spec.balanced_powers)
         return M.gaussian_blur(self.anomaly_map(x, x_hat, kind), self.spec.map_sigma)
 
     @torch.no_grad()

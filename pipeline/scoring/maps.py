@@ -53,8 +53,22 @@ def standardize_map(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, f
     return (maps - mean) / (std + floor_fraction * std.mean())
 
 
+def scale_map(maps: torch.Tensor, std: torch.Tensor, power: float, floor_fraction: float) -> torch.Tensor:
+    """(B, H, W) -> the map divided by spread**power * (mean std)**(1 - power), spread = pixel std + floor.
+
+    power 1 divides each pixel by its own normal spread (texture noise calmed everywhere); power 0 by the
+    image-wide mean spread only (the plain map's shape, in comparable units). In between, pixels where
+    normal parts vary (a printed code, edges) are calmed only partly, so a defect there still shows.
+    No mean is subtracted: the normal error level carries information where defects sit (measured in
+    docs/quality-studies.md)."""
+    spread = std + floor_fraction * std.mean()
+    return maps / (spread.pow(power) * std.mean().pow(1.0 - power))
+
+
 PLAIN_RECONSTRUCTION_KINDS = ("residual", "msgms")  # plain maps that can be standardized ('<kind>_z')
-RECONSTRUCTION_MAP_KINDS = (*PLAIN_RECONSTRUCTION_KINDS, "residual_z", "msgms_z", "combined")  # need only x and x_hat
+# need only x and x_hat; 'combined' = residual_z + msgms_z; 'balanced' = both scaled by scale_map
+RECONSTRUCTION_MAP_KINDS = (*PLAIN_RECONSTRUCTION_KINDS, "residual_z", "msgms_z", "combined", "balanced")
+BALANCED_POWERS = {"residual": 0.5, "msgms": 1.0}  # scale_map powers of the 'balanced' map (chosen by measurement)
 
 
 def statistics_tensors(stored: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -64,13 +78,20 @@ def statistics_tensors(stored: dict) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: float,
                        statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                       floor_fraction: float = 0.1, computed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                       floor_fraction: float = 0.1, computed: dict[str, torch.Tensor] | None = None,
+                       balanced_powers: dict[str, float] | None = None) -> torch.Tensor:
     """Smoothed (B, H, W) map of a kind in RECONSTRUCTION_MAP_KINDS from images and reconstructions
     (B, C, H, W). '_z' kinds are standardized by `statistics` (plain kind -> per-pixel (mean, std) of
-    normal smoothed maps); 'combined' is residual_z + msgms_z. `computed`: plain maps already made."""
+    normal smoothed maps); 'combined' is residual_z + msgms_z; 'balanced' is the sum of both plain maps,
+    each scaled by scale_map with its power in `balanced_powers`. `computed`: plain maps already made."""
     if kind == "combined":
         return (reconstruction_map(x, x_hat, "residual_z", sigma, statistics, floor_fraction, computed)
                 + reconstruction_map(x, x_hat, "msgms_z", sigma, statistics, floor_fraction, computed))
+    if kind == "balanced":
+        powers = balanced_powers or BALANCED_POWERS
+        return sum(scale_map(reconstruction_map(x, x_hat, plain, sigma, computed=computed),
+                             _statistics_of(statistics, plain, kind)[1].to(x.device), powers[plain], floor_fraction)
+                   for plain in PLAIN_RECONSTRUCTION_KINDS)
     plain = kind.removesuffix("_z")
     if plain not in PLAIN_RECONSTRUCTION_KINDS:
         raise ValueError(f"{kind!r} is not a reconstruction map kind {RECONSTRUCTION_MAP_KINDS}")
@@ -80,11 +101,16 @@ def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: f
     smoothed = gaussian_blur(raw, sigma)
     if kind == plain:
         return smoothed
+    mean, std = _statistics_of(statistics, plain, kind)
+    return standardize_map(smoothed, mean.to(smoothed.device), std.to(smoothed.device), floor_fraction)
+
+
+def _statistics_of(statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, plain: str,
+                   kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not statistics or plain not in statistics:
         raise RuntimeError(f"map kind {kind} needs the per-pixel statistics of normal {plain} maps, and this "
                            "detector has none (trained before they existed?): use score.map=residual or msgms")
-    mean, std = statistics[plain]
-    return standardize_map(smoothed, mean.to(smoothed.device), std.to(smoothed.device), floor_fraction)
+    return statistics[plain]
 
 
 def resize_map(anomaly_map: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
