@@ -99,16 +99,24 @@ def false_alarm_rates(detector: AnomalyDetector, outputs: dict[str, np.ndarray],
     return rates
 
 
-def evaluate_product(cfg: DictConfig, split: TestSplit, alpha: float) -> dict:
-    """Train one product detector through `run_train` and measure it with every score and map kind."""
+def _train_and_score(cfg: DictConfig, split: TestSplit, every_map: bool):
+    """Train one product detector through `run_train`, score the test split; -> (training summary,
+    detector, outputs, metrics of the configured score and map)."""
     from pipeline.training.train import run_train
 
-    started = time.perf_counter()
     summary = run_train(cfg)
     detector = AnomalyDetector.load(summary["detector_dir"])
-    outputs = detector_outputs(detector, split.images, cfg.data.batch_size)
+    outputs = detector_outputs(detector, split.images, cfg.data.batch_size, every_map)
+    default = method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.score.map}"],
+                             cfg.score.aupro_fpr_limit)
+    return summary, detector, outputs, default
+
+
+def evaluate_product(cfg: DictConfig, split: TestSplit, alpha: float) -> dict:
+    """Train one product detector and measure it with every score and map kind."""
+    started = time.perf_counter()
+    summary, detector, outputs, default = _train_and_score(cfg, split, every_map=True)
     fpr_limit = cfg.score.aupro_fpr_limit
-    default = method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.score.map}"], fpr_limit)
     per_score = {name: MET.image_auroc(split.labels, outputs[name]) for name in SCORE_NAMES}
     per_map = {}
     for kind in MAP_KINDS:
@@ -124,12 +132,7 @@ def evaluate_product(cfg: DictConfig, split: TestSplit, alpha: float) -> dict:
 def evaluate_seed(cfg: DictConfig, split: TestSplit) -> dict:
     """Train one product detector at cfg.seed (weights, Monte Carlo draws and the train/validation split
     change with it) and measure its default score and map only: the spread between seeds."""
-    from pipeline.training.train import run_train
-
-    detector = AnomalyDetector.load(run_train(cfg)["detector_dir"])
-    outputs = detector_outputs(detector, split.images, cfg.data.batch_size, every_map=False)
-    return {"seed": int(cfg.seed), **method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.score.map}"],
-                                                    cfg.score.aupro_fpr_limit)}
+    return _seed_metrics(_train_and_score(cfg, split, every_map=False)[3], int(cfg.seed))
 
 
 def _seed_metrics(result: dict, seed: int) -> dict:

@@ -59,12 +59,12 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     tasks += [(f"digit_{d}", ["data=digits", f"data.normal_digit={d}"]) for d in sizes.digits]
     results = {}
     for name, data in tasks:
-        vae = compose([*base, *data, *_isolated(work, f"quality-{name}-vae")])
-        ae = compose([*base, *data, "model=ae", *_isolated(work, f"quality-{name}-ae")])
-        other_seeds = [(compose([*base, *data, f"seed={s}", *_isolated(work, f"quality-{name}-vae-seed{s}")]),
-                        compose([*base, *data, "model=ae", f"seed={s}", *_isolated(work, f"quality-{name}-ae-seed{s}")]))
-                       for s in sizes.extra_seeds]
-        results[name] = quality.evaluate_dataset(vae, ae, bench, sizes, other_seeds)
+        def vae_and_ae(seed_overrides: list[str], tag: str) -> tuple[DictConfig, DictConfig]:
+            """The product VAE's and the plain AE's configs for this task, each in its own work folder."""
+            return tuple(compose([*base, *data, *model, *seed_overrides, *_isolated(work, f"quality-{name}-{kind}{tag}")])
+                         for kind, model in (("vae", []), ("ae", ["model=ae"])))
+        other_seeds = [vae_and_ae([f"seed={s}"], f"-seed{s}") for s in sizes.extra_seeds]
+        results[name] = quality.evaluate_dataset(*vae_and_ae([], ""), bench, sizes, other_seeds)
     return results
 
 

@@ -75,7 +75,7 @@ def onnx_score_batch(session, images: np.ndarray, spec: dict) -> dict[str, np.nd
     xt, x_hat_t = torch.from_numpy(x), torch.from_numpy(x_hat)
     anomaly_map = reconstruction_map(xt, x_hat_t, onnx_map_kind(spec), spec["map_sigma"],
                                      statistics_tensors(spec.get("map_statistics", {})),
-                                     spec.get("map_std_floor", 0.1), None, spec.get("balanced_powers"))
+                                     spec.get("map_std_floor", 0.1), balanced_powers=spec.get("balanced_powers"))
     return {"recon_error": recon_error(xt, x_hat_t).numpy(), "map": anomaly_map.numpy(), "reconstruction": x_hat}
 
 

@@ -88,7 +88,7 @@ def reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor, kind: str, sigma: f
         return (reconstruction_map(x, x_hat, "residual_z", sigma, statistics, floor_fraction, computed)
                 + reconstruction_map(x, x_hat, "msgms_z", sigma, statistics, floor_fraction, computed))
     if kind == "balanced":
-        powers = {**BALANCED_POWERS, **(balanced_powers or {})}  # a kind left out keeps its default power
+        powers = balanced_powers or BALANCED_POWERS
         return sum(scale_map(reconstruction_map(x, x_hat, plain, sigma, computed=computed),
                              _statistics_of(statistics, plain, kind)[1].to(x.device), powers[plain], floor_fraction)
                    for plain in PLAIN_RECONSTRUCTION_KINDS)
