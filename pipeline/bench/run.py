@@ -59,13 +59,18 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     tasks += [(f"digit_{d}", ["data=digits", f"data.normal_digit={d}"]) for d in sizes.digits]
     results = {}
     for name, data in tasks:
-        def vae_and_ae(seed_overrides: list[str], tag: str) -> tuple[DictConfig, DictConfig]:
-            """The product VAE's and the plain AE's configs for this task, each in its own work folder."""
-            return tuple(compose([*base, *data, *model, *seed_overrides, *_isolated(work, f"quality-{name}-{kind}{tag}")])
-                         for kind, model in (("vae", []), ("ae", ["model=ae"])))
-        other_seeds = [vae_and_ae([f"seed={s}"], f"-seed{s}") for s in sizes.extra_seeds]
-        results[name] = quality.evaluate_dataset(*vae_and_ae([], ""), bench, sizes, other_seeds)
+        other_seeds = [_vae_and_ae(base, data, work, name, seed) for seed in sizes.extra_seeds]
+        results[name] = quality.evaluate_dataset(*_vae_and_ae(base, data, work, name), bench, sizes, other_seeds)
     return results
+
+
+def _vae_and_ae(base: list[str], data: list[str], work: Path, name: str,
+                seed: int | None = None) -> tuple[DictConfig, DictConfig]:
+    """The product VAE's and the plain AE's configs for one quality task (at `seed`, or the configured
+    one), each in its own work folder."""
+    seeded, tag = ([f"seed={seed}"], f"-seed{seed}") if seed is not None else ([], "")
+    return tuple(compose([*base, *data, *model, *seeded, *_isolated(work, f"quality-{name}-{kind}{tag}")])
+                 for kind, model in (("vae", []), ("ae", ["model=ae"])))
 
 
 def measure_wall_time(bench: DictConfig, work: Path) -> dict:

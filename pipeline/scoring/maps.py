@@ -50,7 +50,7 @@ def standardize_map(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, f
     Where normal parts vary (edges that move with position jitter, a texture's bright yarns) the raw
     error is high on every image; dividing by the pixel's own spread makes one threshold fit the whole
     image. The floor (a fraction of the mean spread) keeps near-constant pixels from exploding."""
-    return (maps - mean) / (std + floor_fraction * std.mean())
+    return scale_map(maps - mean, std, 1.0, floor_fraction)
 
 
 def scale_map(maps: torch.Tensor, std: torch.Tensor, power: float, floor_fraction: float) -> torch.Tensor:
