@@ -1,6 +1,6 @@
 """Command line: `python -m pipeline <command> [key=value overrides ...]`.
 
-Each command composes the config from conf/ and hands it to one stage's entry point.
+Each command composes the config from conf/ and hands it to one entry point in pipeline/commands/.
 """
 
 from __future__ import annotations
@@ -8,67 +8,51 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
-
-from omegaconf.errors import OmegaConfBaseException
 
 USAGE = """usage: python -m pipeline <command> [overrides ...]
 
 commands:
-  data    generate the built-in dataset (data=builtin, default) or the digits tasks (data=digits)
-  train   train a detector on data.root, calibrate its threshold, log it to MLflow
-  score   score the test split of data.root with a trained detector (score.model=latest by default)
+  data      generate the built-in datasets (data=builtin, default) or the digits tasks (data=digits)
+  train     train a detector on data.root: the VAE, the learned anomaly map, selection, calibration; log it to MLflow
+  score     score the test split of data.root with a trained detector (detector=latest by default)
   evaluate  recompute metrics and figures of a score output folder (score.output_dir) against the labels
-  inspect judge every new image in inspect.inbox with the champion model (exit codes: see README)
+  inspect   judge every new image in inspect.inbox with the champion model (exit codes: see README)
   promote [version]   give a registered version (default: the newest) the alias `champion`
-  review <run>        show a scoring run's flagged samples; record verdicts (review.set=[id:verdict,...],
-                      review.verdicts=file.csv, or a prompt when stdin is a terminal)
-  calibrate           add reviewed false alarms to the calibration set; logs a new model version
-  export              write the detector as ONNX (export.model=latest) and check it against PyTorch
-  report  latent-space report of a detector (score.model=latest): latent map, manifold, walk GIF, KL per dim
-  sweep   train and compare a grid, Hydra sweep syntax: sweep model.beta=0.5,1,2 model.latent_dim=2,10,20,64
-  config  print the composed configuration
-  bench   measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
+  review [run]        show the images of a scoring run or an inspection batch (default: the newest batch with
+                      flags) and record verdicts (review.set=[id:verdict,...], review.verdicts=file.csv, a prompt)
+  calibrate           add reviewed normal images of the audit sample to the calibration set; a new model version
+  export    write the detector as ONNX and check it against PyTorch
+  report    latent-space report of a detector: latent map, manifold, walk GIF, KL per dimension
+  sweep     train and compare a grid, Hydra sweep syntax: sweep model.beta=0.5,1,2 model.latent_dim=2,10,20,64
+  config    print the composed configuration
+  bench     measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
 """
 
-
-def _data(cfg) -> dict:
-    from pipeline.data.builtin import generate, generated_parent
-
-    written = generate(cfg.data, cfg.seed)
-    return {"generated": [str(p) for p in written], "folder": str(generated_parent(cfg.data.kind))}
-
-
-def _promote(cfg) -> dict:
-    from pipeline.tracking.registry import promote
-    from pipeline.tracking.store import open_store
-
-    return promote(open_store(cfg), cfg.tracking.registered_model, cfg.promote.version)
-
-
-def _config(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    print(OmegaConf.to_yaml(cfg))
-    return {}
-
-
-# Each stage's entry point, imported only when its command runs (importing torch, Lightning and MLflow
-# for `--help` or a config error would cost seconds).
+# Each command's entry point, imported only when it runs (importing torch, Lightning and MLflow for
+# `--help` or a config error would cost seconds).
 ENTRY_POINTS = {
-    "train": "pipeline.training.train:run_train",
-    "score": "pipeline.scoring.run:run_score",
-    "evaluate": "pipeline.scoring.run:run_evaluate",
-    "inspect": "pipeline.inspection.run:inspect_command",
-    "review": "pipeline.review.command:run_review",
-    "calibrate": "pipeline.review.calibrate:run_calibrate",
-    "export": "pipeline.export.onnx:run_export",
-    "report": "pipeline.report.run:run_report",
-    "sweep": "pipeline.training.sweep:run_sweep",
+    "data": "pipeline.commands.data:run_data",
+    "config": "pipeline.commands.data:run_config",
+    "train": "pipeline.commands.train:run_train",
+    "score": "pipeline.commands.score:run_score",
+    "evaluate": "pipeline.commands.score:run_evaluate",
+    "inspect": "pipeline.commands.inspect:inspect_command",
+    "promote": "pipeline.commands.registry:run_promote",
+    "review": "pipeline.commands.review:run_review",
+    "calibrate": "pipeline.commands.calibrate:run_calibrate",
+    "export": "pipeline.commands.export:run_export",
+    "report": "pipeline.commands.report:run_report",
+    "sweep": "pipeline.commands.sweep:run_sweep",
     "bench": "pipeline.bench.run:run_bench",
 }
+# Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
+POSITIONAL = {"promote": "detector", "review": "review.run"}
+RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config
+QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
 
 
 def _entry_point(command: str):
@@ -76,20 +60,24 @@ def _entry_point(command: str):
     return getattr(importlib.import_module(module), function)
 
 
-COMMANDS = {"data": _data, "config": _config, "promote": _promote,
-            **{name: (lambda arg, name=name: _entry_point(name)(arg)) for name in ENTRY_POINTS}}
-# Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
-POSITIONAL = {"promote": "promote.version", "review": "review.run"}
-RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config
+def _quiet_libraries() -> None:
+    """Our own progress bars and log lines only: Lightning's banners and MLflow's per-artifact download bars
+    (about 90 carriage-return bars per model load) would drown them."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in ENTRY_POINTS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    _quiet_libraries()
+    from omegaconf.errors import OmegaConfBaseException
+
     from pipeline.config import ConfigError, compose
     from pipeline.data.images import ImageReadError
     from pipeline.data.layout import DatasetLayoutError
@@ -98,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in POSITIONAL and overrides and "=" not in overrides[0]:
         overrides[0] = f"{POSITIONAL[command]}='{overrides[0]}'"
     try:
-        if command in RAW_OVERRIDE_COMMANDS:
-            summary = COMMANDS[command](overrides)
-        else:
-            summary = COMMANDS[command](compose(overrides))
+        entry = _entry_point(command)
+        summary = entry(overrides) if command in RAW_OVERRIDE_COMMANDS else entry(compose(overrides))
     except (ConfigError, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

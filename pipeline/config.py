@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -56,9 +56,37 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"configuration error: {err}") from err
+    # The overrides as given: commands need them to tell a setting the user asked for from a default
+    # (a setting fixed at training and given again at score time is an error, see check_fixed_overrides).
+    with open_dict(cfg):
+        cfg.command_line = list(overrides or [])
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def override_key(override: str) -> str:
+    """'+model.beta=1' -> 'model.beta'; 'model=ae' -> 'model'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_fixed_overrides(cfg: DictConfig, stored: dict[str, object], fixed_groups: tuple[str, ...],
+                          fixed_keys: tuple[str, ...], model_source: str) -> None:
+    """ConfigError when the command line sets a key fixed at training (a key of `fixed_groups`, or one of
+    `fixed_keys`, or a whole group such as model=ae) to a value other than the stored model's: it would
+    silently not apply. `stored`: the model's fixed settings, flat ({'model.beta': 0.01, ...})."""
+    for override in cfg.get("command_line", []):
+        key = override_key(override)
+        group = key.split(".", 1)[0]
+        if key not in fixed_keys and group not in fixed_groups:
+            continue
+        keys = [k for k in stored if k == key or k.startswith(f"{key}.")] or [key]
+        changed = [k for k in keys if OmegaConf.select(cfg, k, default=None) != stored.get(k)]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"{override}: {k} is fixed when the model is trained ({model_source} was trained with "
+                              f"{k}={stored.get(k)!r}); it cannot change at score time. Retrain with "
+                              f"`python -m pipeline train {k}=...` to use another value.")
 
 
 def require(cfg: DictConfig, dotted_key: str):

@@ -14,7 +14,7 @@ TINY = [
     "data.image_size=32", "data.batch_size=8", "data.generate.image_size=48",
     "model.hidden_channels=[8,16]", "model.latent_dim=4", "model.kl_warmup_epochs=1",
     "trainer.max_epochs=2", "trainer.min_epochs=1", "trainer.enable_progress_bar=false",
-    "trainer.accelerator=cpu", "score.mc_samples=2", "score.alpha=0.2",
+    "trainer.accelerator=cpu", "detect.mc_samples=2", "score.alpha=0.2",
 ]
 
 

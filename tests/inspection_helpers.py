@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from pipeline.data.images import to_model_tensor
-from pipeline.models.vae import build_network
+from pipeline.models.factory import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY, _part, write_png

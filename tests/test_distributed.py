@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
 from pipeline.config import compose
-from pipeline.models.vae import build_network
+from pipeline.models.factory import build_network
 from pipeline.scoring.detector import AnomalyDetector
 from pipeline.scoring.threshold import conformal_threshold
 from pipeline.training.train import build_datamodule, build_spec, load_best_weights, score_images

@@ -3,7 +3,8 @@ import torch
 from torch.distributions import Normal, kl_divergence as torch_kl
 
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
-from pipeline.models.vae import ConvAutoencoder, ConvVAE, build_network
+from pipeline.models.factory import build_network
+from pipeline.models.vae import ConvAutoencoder, ConvVAE
 
 
 def test_closed_form_kl_matches_torch_distributions():

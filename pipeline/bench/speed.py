@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
-from pipeline.models.vae import build_network
+from pipeline.models.factory import build_network
 from pipeline.scoring.detector import AnomalyDetector
 from pipeline.scoring.maps import resize_map
 from pipeline.scoring.run import defect_regions, map_file, save_map, score_dataset

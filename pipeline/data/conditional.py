@@ -1,7 +1,8 @@
 """Several MVTec roots (one per product category) as one labelled dataset, for the conditional VAE.
 
 Each category is read and split exactly like a single-category dataset (its own InspectionDataModule),
-then the splits are stacked; the label of an image is the index of its category in `categories`.
+then each part (training, selection, calibration) is stacked; the label of an image is the index of its
+category in `categories`. `build_datamodule` picks this or the single-category module from the config.
 Batches are (images (B, C, S, S), sample indices (B,), labels (B,)).
 """
 
@@ -14,15 +15,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.datamodule import InspectionDataModule
+from pipeline.data.builtin import ensure_dataset
+from pipeline.data.datamodule import InspectionDataModule, SplitSettings
 from pipeline.data.images import ReadOptions
 from pipeline.data.layout import DatasetLayoutError
+from pipeline.data.splits import SplitSizes
+
+PARTS = ("train", "selection", "calibration")
 
 
 def category_roots(data_cfg: DictConfig, seed: int) -> list[tuple[str, Path]]:
     """[(category name, root)] from data.categories / data.roots; built-in roots are generated when missing."""
-    from pipeline.data.builtin import ensure_dataset
-
     names, roots = list(data_cfg.categories), list(data_cfg.get("roots") or [])
     if len(names) != len(roots) or not names:
         raise DatasetLayoutError(f"data.categories ({len(names)}) and data.roots ({len(roots)}) must list the same, "
@@ -35,16 +38,19 @@ def category_roots(data_cfg: DictConfig, seed: int) -> list[tuple[str, Path]]:
 
 class ConditionalDataModule(pl.LightningDataModule):
     def __init__(self, roots: list[tuple[str, Path]], image_size: int, read_options: ReadOptions,
-                 val_fraction: float, batch_size: int, num_workers: int = 0, seed: int = 0, strict_size: bool = True):
+                 split: SplitSettings, batch_size: int, num_workers: int = 0, seed: int = 0, strict_size: bool = True):
         super().__init__()
         self.categories = [name for name, _ in roots]
-        self.parts = [InspectionDataModule(root, image_size, read_options, val_fraction, batch_size, num_workers,
-                                           seed, strict_size) for _, root in roots]
+        self.parts = [InspectionDataModule(root, image_size, read_options, split, batch_size, num_workers, seed,
+                                           strict_size) for _, root in roots]
         self.batch_size = batch_size
         self.read_options = read_options
-        self.train_images = self.val_images = None  # (N, C, S, S), all categories stacked
-        self.train_labels = self.val_labels = None  # (N,) category index of each image
-        self.train_samples, self.val_samples, self.skipped = [], [], []
+        self.sizes: SplitSizes | None = None
+        self.skipped: list = []
+        for part in PARTS:  # (N, C, S, S) images of all categories stacked, (N,) category of each, samples
+            setattr(self, f"{part}_images", None)
+            setattr(self, f"{part}_labels", None)
+            setattr(self, f"{part}_samples", [])
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
@@ -52,14 +58,17 @@ class ConditionalDataModule(pl.LightningDataModule):
         for part in self.parts:
             part.setup("fit")
         self.read_options = self.parts[0].read_options  # the first category's reference size (strict mode)
-        self.train_images = torch.cat([p.train_images for p in self.parts])
-        self.val_images = torch.cat([p.val_images for p in self.parts])
-        self.train_labels = torch.cat([torch.full((len(p.train_images),), k) for k, p in enumerate(self.parts)])
-        self.val_labels = torch.cat([torch.full((len(p.val_images),), k) for k, p in enumerate(self.parts)])
-        for part in self.parts:
-            self.train_samples += part.train_samples
-            self.val_samples += part.val_samples
-            self.skipped += part.skipped
+        for name in PARTS:
+            images = [getattr(p, f"{name}_images") for p in self.parts]
+            setattr(self, f"{name}_images", torch.cat(images))
+            setattr(self, f"{name}_labels", torch.cat([torch.full((len(x),), k) for k, x in enumerate(images)]))
+            setattr(self, f"{name}_samples", [s for p in self.parts for s in getattr(p, f"{name}_samples")])
+        self.skipped = [e for p in self.parts for e in p.skipped]
+        sizes = [p.sizes for p in self.parts]
+        # Calibration is per category (one threshold each), so alpha is supported only if every category supports it.
+        smallest = min(sizes, key=lambda z: z.n_calibration)
+        self.sizes = SplitSizes(sum(z.n_train for z in sizes), sum(z.n_selection for z in sizes),
+                                smallest.n_calibration, smallest.alpha, smallest.images_for_alpha)
 
     @staticmethod
     def _indexed(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
@@ -70,4 +79,17 @@ class ConditionalDataModule(pl.LightningDataModule):
                           shuffle=True, drop_last=len(self.train_images) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._indexed(self.val_images, self.val_labels), batch_size=self.batch_size, shuffle=False)
+        return DataLoader(self._indexed(self.selection_images, self.selection_labels), batch_size=self.batch_size,
+                          shuffle=False)
+
+
+def build_datamodule(cfg: DictConfig, root: Path) -> pl.LightningDataModule:
+    """The datamodule the config describes: one category, or several labelled ones (data.categories)."""
+    options = ReadOptions(channels=cfg.data.channels, max_pixels=cfg.data.max_image_pixels,
+                          strict_channels=cfg.data.strict_channels)
+    split = SplitSettings(alpha=float(cfg.score.alpha), **cfg.data.split)
+    common = dict(image_size=cfg.data.image_size, read_options=options, split=split, batch_size=cfg.data.batch_size,
+                  num_workers=cfg.data.num_workers, seed=cfg.seed, strict_size=cfg.data.strict_size)
+    if cfg.data.get("categories"):
+        return ConditionalDataModule(category_roots(cfg.data, cfg.seed), **common)
+    return InspectionDataModule(root, **common)

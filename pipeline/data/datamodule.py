@@ -1,10 +1,10 @@
-"""LightningDataModule: normal training images (cached in memory), a held-out normal validation split,
-and the streaming test split."""
+"""LightningDataModule: the normal images of train/good, cached in memory and shared out into training,
+selection and calibration images (splits.py), and the streaming test split."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,37 +14,40 @@ from torch.utils.data import DataLoader, TensorDataset
 from pipeline.data.datasets import ImageDataset, load_images, reference_size
 from pipeline.data.images import ImageReadError, ReadOptions
 from pipeline.data.layout import Sample, scan_test, scan_train
+from pipeline.data.splits import SplitSizes, split_indices, split_sizes
 
 log = logging.getLogger(__name__)
 
 
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic permutation split of range(n) into (train_idx, val_idx); both non-empty when n >= 2."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    if n < 2:
-        raise ValueError(f"need at least 2 normal training images to hold out a validation split, got {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    return order[n_val:].sort().values, order[:n_val].sort().values
+@dataclass(frozen=True)
+class SplitSettings:
+    """`data.split` of the config, and the alpha the calibration share is sized for (`score.alpha`)."""
+
+    alpha: float = 0.01
+    calibration_fraction: float = 0.3
+    selection_fraction: float = 0.1
+    min_selection: int = 16
+    min_train: int = 32
+    max_calibration_share: float = 0.5
+
+    def sizes(self, n: int) -> SplitSizes:
+        return split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
+                           self.min_train, self.max_calibration_share)
 
 
 class InspectionDataModule(pl.LightningDataModule):
-    def __init__(self, root: str | Path, image_size: int, read_options: ReadOptions, val_fraction: float,
+    def __init__(self, root: str | Path, image_size: int, read_options: ReadOptions, split: SplitSettings,
                  batch_size: int, num_workers: int = 0, seed: int = 0, strict_size: bool = True):
         super().__init__()
-        self.root = Path(root)
-        self.image_size = image_size
-        self.read_options = read_options
-        self.val_fraction = val_fraction
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.strict_size = strict_size
-        self.train_images: torch.Tensor | None = None  # (N_train, C, S, S)
-        self.val_images: torch.Tensor | None = None    # (N_val, C, S, S)
-        self.val_samples: list[Sample] = []
+        self.root, self.image_size, self.read_options, self.split = Path(root), image_size, read_options, split
+        self.batch_size, self.num_workers, self.seed, self.strict_size = batch_size, num_workers, seed, strict_size
+        self.train_images: torch.Tensor | None = None        # (N_train, C, S, S)
+        self.selection_images: torch.Tensor | None = None    # (N_selection, C, S, S)
+        self.calibration_images: torch.Tensor | None = None  # (N_calibration, C, S, S)
         self.train_samples: list[Sample] = []
+        self.selection_samples: list[Sample] = []
+        self.calibration_samples: list[Sample] = []
+        self.sizes: SplitSizes | None = None
         self.skipped: list[ImageReadError] = []
         self.test_dataset: ImageDataset | None = None
 
@@ -61,10 +64,11 @@ class InspectionDataModule(pl.LightningDataModule):
         images, kept, self.skipped = load_images(samples, self.image_size, self.read_options)
         if self.skipped:
             log.warning("%d of %d training images were skipped (see the messages above)", len(self.skipped), len(samples))
-        train_idx, val_idx = split_train_val(len(kept), self.val_fraction, self.seed)
-        self.train_images, self.val_images = images[train_idx], images[val_idx]
-        self.train_samples = [kept[i] for i in train_idx.tolist()]
-        self.val_samples = [kept[i] for i in val_idx.tolist()]
+        self.sizes = self.split.sizes(len(kept))
+        parts = split_indices(len(kept), self.sizes, self.seed)
+        self.train_images, self.selection_images, self.calibration_images = (images[p] for p in parts)
+        self.train_samples, self.selection_samples, self.calibration_samples = (
+            [kept[i] for i in p.tolist()] for p in parts)
 
     @staticmethod
     def _indexed(images: torch.Tensor) -> TensorDataset:
@@ -76,7 +80,8 @@ class InspectionDataModule(pl.LightningDataModule):
                           drop_last=len(self.train_images) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._indexed(self.val_images), batch_size=self.batch_size, shuffle=False)
+        """The selection images: early stopping looks here, never at the calibration images."""
+        return DataLoader(self._indexed(self.selection_images), batch_size=self.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_dataset, batch_size=self.batch_size, shuffle=False,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import compose, project_root
-from pipeline.models.vae import build_network
+from pipeline.models.factory import build_network
 from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 

@@ -1,5 +1,2 @@
-"""Plain nn.Modules (no Lightning, no MLflow): the convolutional VAE, its plain-autoencoder twin, the ELBO."""
-
-from pipeline.models.vae import ConvAutoencoder, ConvVAE, build_network
-
-__all__ = ["ConvAutoencoder", "ConvVAE", "build_network"]
+"""Plain nn.Modules (no Lightning, no MLflow): the convolutional VAE, its plain-autoencoder twin, the
+conditional VAE, the learned anomaly map (head) and the losses as pure functions."""

@@ -116,16 +116,3 @@ class ConvVAE(ConvAutoencoder):
         mu, log_var = self.encode(x)
         z = self.reparameterize(mu, log_var) if self.training else mu
         return Reconstruction(self.decode(z), mu, log_var, z)
-
-
-def build_network(kind: str, in_channels: int, image_size: int, latent_dim: int,
-                  hidden_channels: Sequence[int], latent_layout: str = "dense", n_classes: int = 0) -> ConvAutoencoder:
-    """The network named by `model.kind` (vae | ae | cvae; cvae is conditioned on n_classes categories)."""
-    if kind == "cvae":
-        from pipeline.models.cvae import ConditionalConvVAE
-
-        return ConditionalConvVAE(n_classes, in_channels, image_size, latent_dim, list(hidden_channels), latent_layout)
-    classes = {"vae": ConvVAE, "ae": ConvAutoencoder}
-    if kind not in classes:
-        raise ValueError(f"model.kind must be one of {sorted(classes) + ['cvae']}, got {kind!r}")
-    return classes[kind](in_channels, image_size, latent_dim, list(hidden_channels), latent_layout)

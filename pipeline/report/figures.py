@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
@@ -31,7 +31,7 @@ def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path
         ax.set_title(group)
         ax.set_xlabel("epoch")
         ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(rows: list[np.ndarray], row_titles: list[str], path: Path) -> Path:
@@ -46,7 +46,7 @@ def image_grid(rows: list[np.ndarray], row_titles: list[str], path: Path) -> Pat
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def score_histogram(scores: np.ndarray, labels: np.ndarray | None, threshold: float, path: Path,
@@ -63,7 +63,7 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray | None, threshold: fl
     if np.isfinite(threshold):
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel(score_name), ax.set_ylabel("images"), ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def roc_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "image ROC") -> Path:
@@ -73,7 +73,7 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = 
     ax.plot(fpr, tpr)
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
     ax.set_xlabel("false-positive rate"), ax.set_ylabel("true-positive rate"), ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, opacity: float = 0.45) -> Image.Image:
@@ -94,7 +94,7 @@ def pr_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "
     ax.plot(recall, precision)
     ax.axhline(float(np.mean(labels)), color="gray", linestyle=":", label="chance")
     ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_title(title), ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def box_by_group(frame, group: str, value: str, threshold: float, path: Path) -> Path:
@@ -108,4 +108,4 @@ def box_by_group(frame, group: str, value: str, threshold: float, path: Path) ->
         ax.legend()
     ax.set_ylabel(value)
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path)
+    return save(fig, path)

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from pipeline.report.figures import _save
+from pipeline.report.figures import save
 
 
 def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray, code_shape: tuple[int, ...]) -> np.ndarray:
@@ -78,7 +78,7 @@ def latent_map_figure(points: np.ndarray, groups: list[str], flagged: np.ndarray
                    linewidths=0.8, label="flagged")
     ax.set_xlabel(axis_labels[0]), ax.set_ylabel(axis_labels[1]), ax.set_title(title)
     ax.legend(fontsize=7, markerscale=1.2, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _to_rgb(images: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def manifold_figure(images: np.ndarray, n: int, path: Path, axis_labels: tuple[s
     ax.imshow(tiled, extent=(-span, span, -span, span))
     ax.set_xlabel(f"{axis_labels[0]}, in standard deviations"), ax.set_ylabel(f"{axis_labels[1]}, in standard deviations")
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def latent_walk_gif(images: np.ndarray, path: Path, frame_ms: int, scale: int) -> Path:
@@ -143,4 +143,4 @@ def kl_figure(kl: np.ndarray, collapsed_below: float, path: Path, layout: str = 
     ax.set_title(f"{active} of {len(kl)} active")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)

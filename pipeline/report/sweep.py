@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.report.figures import _save
+from pipeline.report.figures import save
 
 
 def sweep_figure(frame: pd.DataFrame, auroc_columns: list[str], path: Path) -> Path:
@@ -25,4 +25,4 @@ def sweep_figure(frame: pd.DataFrame, auroc_columns: list[str], path: Path) -> P
         ax.set_xlabel("latent size"), ax.set_ylabel("test image AUROC"), ax.set_title(column.removeprefix("auroc."))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)

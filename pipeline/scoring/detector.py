@@ -21,7 +21,8 @@ import torch
 
 from pipeline.data.images import ReadOptions
 from pipeline.models.cvae import conditioned
-from pipeline.models.vae import ConvAutoencoder, build_network
+from pipeline.models.factory import build_network
+from pipeline.models.vae import ConvAutoencoder
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.threshold import conformal_p_values, conformal_threshold, pixel_threshold

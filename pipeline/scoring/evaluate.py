@@ -1,5 +1,5 @@
-"""Evaluation of scored, labelled test images: image- and pixel-level metrics, per defect type, and
-the figures that go with them. `python -m pipeline evaluate` re-runs it on a score output folder."""
+"""Evaluation of scored, labelled test images: image- and pixel-level metrics, overall and per defect type
+(report/evaluation.py draws the figures). `python -m pipeline evaluate` re-runs it on a score output folder."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from sklearn.metrics import f1_score, precision_recall_curve
 
 from pipeline.data.images import read_mask
 from pipeline.data.layout import Sample
-from pipeline.report import figures
 from pipeline.scoring import metrics as M
 from pipeline.scoring.aupro import aupro
 from pipeline.scoring.scores import SCORE_NAMES
@@ -51,7 +49,7 @@ def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndar
               "image_f1_max": f1_max(labels, scores), "false_alarm_rate": M.false_alarm_rate(labels, flagged),
               "detection_rate": M.detection_rate(labels, flagged)}
     for name in SCORE_NAMES:
-        if name in frame:
+        if name in frame and frame[name].notna().all():
             result[f"image_auroc.{name}"] = M.image_auroc(labels, frame[name].to_numpy())
     with_masks = any(samples[i].mask_path is not None for i in frame["index"])
     masks = masks_for(frame, samples, maps) if with_masks else None
@@ -72,17 +70,6 @@ def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndar
     return result
 
 
-def evaluation_figures(frame: pd.DataFrame, threshold: float, score_name: str, folder: Path) -> list[Path]:
-    """Histogram with the threshold, ROC and PR curves, per-defect-type box plots."""
-    labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
-    paths = [figures.score_histogram(scores, labels, threshold, folder / "score_histogram.png", score_name)]
-    if labels.min(initial=0) != labels.max(initial=0):
-        paths.append(figures.roc_figure(labels, scores, folder / "roc.png"))
-        paths.append(figures.pr_figure(labels, scores, folder / "pr.png"))
-    paths.append(figures.box_by_group(frame, "defect_type", "score", threshold, folder / "scores_by_defect_type.png"))
-    return paths
-
-
 def evaluate_output_folder(out_dir: Path, samples: list[Sample], fpr_limit: float) -> dict:
     """Re-evaluate a score output folder (scores.csv + maps/) against the dataset's labels and masks."""
     frame = pd.read_csv(out_dir / "scores.csv")
@@ -93,7 +80,5 @@ def evaluate_output_folder(out_dir: Path, samples: list[Sample], fpr_limit: floa
     frame["index"] = frame["image_path"].map(by_path)
     maps = {by_path[p]: np.load(out_dir / "maps" / f"{p}.npy").astype(np.float32) for p in frame["image_path"]}
     result = evaluate(frame, samples, maps, fpr_limit)
-    threshold = float(frame["threshold"].iloc[0]) if len(frame) else float("nan")
-    evaluation_figures(frame, threshold, "score", out_dir / "figures")
     previous = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
     return {**previous, **result}

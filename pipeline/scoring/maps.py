@@ -3,39 +3,18 @@ standardization by normal statistics, Gaussian smoothing, resizing to the origin
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+
+from pipeline.data.filters import gaussian_blur
+from pipeline.models.loss import kl_divergence, reconstruction_nll
 
 
 def residual_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Squared reconstruction error averaged over channels: (B, C, H, W) -> (B, H, W)."""
     return (x - x_hat).pow(2).mean(dim=1)
-
-
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Normalized 1-D Gaussian of radius ceil(truncate * sigma) (scipy.ndimage's default truncation)."""
-    radius = max(1, math.ceil(truncate * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps with reflect padding; sigma <= 0 returns the input.
-
-    Written here (two conv1d calls) rather than adding torchvision or kornia for one filter.
-    """
-    if sigma <= 0:
-        return maps
-    kernel = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
-    radius = (kernel.numel() - 1) // 2
-    h = maps.unsqueeze(1)  # (B, 1, H, W)
-    h = F.pad(h, (radius, radius, radius, radius), mode="reflect" if radius < min(maps.shape[-2:]) else "replicate")
-    h = F.conv2d(h, kernel.view(1, 1, 1, -1))
-    h = F.conv2d(h, kernel.view(1, 1, -1, 1))
-    return h.squeeze(1)
 
 
 def pixel_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,8 +133,6 @@ def msgms_map(x: torch.Tensor, x_hat: torch.Tensor, scales: int = 4, c: float = 
 
 def _neg_elbo_at_mean(net, x: torch.Tensor, recon_loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """-ELBO of x decoded at the posterior mean (deterministic), (B,), and the decoder logits."""
-    from pipeline.models.loss import kl_divergence, reconstruction_nll
-
     mu, log_var = net.encode(x)
     logits = net.decode(mu)
     loss = reconstruction_nll(logits, x, recon_loss)
@@ -197,3 +174,18 @@ def projection_map(net, x: torch.Tensor, recon_loss: str, steps: int = 10, step_
         weight = (current.detach() - torch.sigmoid(logits.detach())).pow(2)
         current = (current.detach() - step_size * pixels * grad * weight).clamp(0.0, 1.0)
     return (x0 - current).abs().mean(dim=1)
+
+
+def defect_region(anomaly_map: np.ndarray, pixel_threshold: float | None) -> np.ndarray:
+    """(H, W) map -> (H, W) bool mask of the pixels above the pixel threshold (all False without one)."""
+    if pixel_threshold is None:
+        return np.zeros(np.shape(anomaly_map), dtype=bool)
+    return np.asarray(anomaly_map, dtype=np.float32) > pixel_threshold
+
+
+def defect_regions(anomaly_map: np.ndarray, pixel_threshold: float | None) -> dict:
+    """Share of pixels in the defect region and its number of connected regions (NaN / -1 without a threshold)."""
+    if pixel_threshold is None:
+        return {"defect_area": float("nan"), "defect_regions": -1}
+    mask = defect_region(anomaly_map, pixel_threshold)
+    return {"defect_area": float(mask.mean()), "defect_regions": int(ndimage.label(mask)[1])}

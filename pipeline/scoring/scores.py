@@ -15,16 +15,27 @@ import torch
 from pipeline.models.loss import kl_divergence, reconstruction_nll
 from pipeline.models.vae import ConvAutoencoder
 
-RECONSTRUCTION_SCORES = ("recon_error", "l1_error", "msgms_error")
-LIKELIHOOD_SCORES = ("neg_elbo", "neg_iwae", "kl")
-MAP_SCORES = ("map_max", "map_topk")
-SCORE_NAMES = RECONSTRUCTION_SCORES + LIKELIHOOD_SCORES + MAP_SCORES
+# Every score, by what it costs: the first group needs only the posterior-mean reconstruction and the map
+# (computed for every image anyway); the others are computed only when asked for (score.extra) or chosen.
+BASE_SCORES = ("recon_error", "l1_error", "kl", "neg_elbo_mean", "map_max", "map_topk")
+MONTE_CARLO_SCORES = ("neg_elbo", "neg_iwae")  # K = detect.mc_samples extra decodes per image
+STRUCTURE_SCORES = ("msgms_error",)            # a multi-scale gradient map
+FUSED = "fused"                                # the largest standardized component (scoring/fusion.py)
+SCORE_NAMES = (FUSED, *BASE_SCORES, *MONTE_CARLO_SCORES, *STRUCTURE_SCORES)
 
 
-def posterior_mean_reconstruction(net: ConvAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Decode the posterior mean: returns (x_hat (B, C, H, W) in [0, 1], mu (B, L), log_var (B, L) or None)."""
+def posterior_mean(net: ConvAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Decode the posterior mean: (decoder logits (B, C, H, W), mu (B, L), log_var (B, L) or None)."""
     mu, log_var = net.encode(x)
-    return torch.sigmoid(net.decode(mu)), mu, log_var
+    return net.decode(mu), mu, log_var
+
+
+def neg_elbo_at_mean(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
+                     recon_loss: str) -> torch.Tensor:
+    """-log p(x | z = mu) + KL(q(z|x) || p(z)), (B,): the negative ELBO with the reconstruction term taken at the
+    posterior mean instead of sampled. Deterministic, and one decode instead of K; for the autoencoder
+    (no posterior) the reconstruction term plus 0.5 |mu|^2."""
+    return reconstruction_nll(logits, x, recon_loss) + kl_score(mu, log_var)
 
 
 def recon_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
+from scipy.stats import binomtest, false_discovery_control
 
 
 def conformal_rank(n: int, alpha: float) -> int:
@@ -20,7 +20,7 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
 
     Flagging `score > threshold` then has false-alarm rate <= alpha on new normal images exchangeable
     with the calibration set. With too few calibration scores (k > n) no finite threshold gives that
-    guarantee: we warn and return +inf (nothing is flagged) rather than silently promise it.
+    guarantee: the threshold is +inf (nothing can be flagged). Callers say so loudly (`guarantee`).
     """
     scores = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
     n = scores.size
@@ -28,8 +28,6 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
         raise ValueError("no calibration scores: the normal validation split is empty")
     k = conformal_rank(n, alpha)
     if k > n:
-        warnings.warn(f"{n} calibration images are too few for alpha={alpha}: need at least "
-                      f"{math.ceil(1 / alpha - 1)}; the threshold is +inf (nothing is flagged)", stacklevel=2)
         return math.inf
     return float(scores[k - 1])
 
@@ -53,14 +51,39 @@ def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np
     return (1.0 + at_least) / (calibration.size + 1.0)
 
 
-def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
-    """Boolean flags controlling the false-discovery rate of a batch at level q (Benjamini-Hochberg)."""
-    from scipy.stats import false_discovery_control
-
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flags, q-values) controlling the false-discovery rate of a batch at level q (Benjamini-Hochberg):
+    among the flagged images the expected share of normal ones is at most q."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"the false-discovery rate q must be in (0, 1), got {q}")
     p = np.asarray(p_values, dtype=np.float64)
     if p.size == 0:
-        return np.zeros(0, dtype=bool)
-    return false_discovery_control(p, method="bh") <= q
+        return np.zeros(0, dtype=bool), np.zeros(0)
+    q_values = false_discovery_control(p, method="bh")
+    return q_values <= q, q_values
+
+
+def guarantee(n_calibration: int, alpha: float) -> dict:
+    """What the split-conformal threshold promises with n calibration images at alpha, for records and runs.
+
+    For a new normal image exchangeable with the calibration images, P(flagged) <= alpha (over the draw of
+    the calibration set too), and P(flagged) >= alpha - 1/(n+1) when scores have no ties. Infinite when
+    n < 1/alpha - 1: then nothing can be flagged at that alpha."""
+    k = conformal_rank(n_calibration, alpha)
+    able = k <= n_calibration
+    return {"method": "split conformal: the ceil((n+1)(1-alpha))-th smallest of n held-out normal scores",
+            "alpha": alpha, "n_calibration": n_calibration, "can_flag": able,
+            "false_alarm_bound": alpha if able else 0.0,
+            "false_alarm_expected": (n_calibration + 1 - k) / (n_calibration + 1) if able else 0.0,
+            "smallest_alpha": 1.0 / (n_calibration + 1)}
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Clopper-Pearson interval of a rate observed as k of n (None without observations)."""
+    if n <= 0:
+        return None
+    interval = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
 
 
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:

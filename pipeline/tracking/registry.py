@@ -74,7 +74,10 @@ def describe(client: MlflowClient, uri: str) -> dict:
         known = ", ".join(str(v.version) for v in versions(client, name)) or "none"
         raise LookupError(f"{uri}: no such model version or alias of '{name}' (versions: {known}); "
                           f"train one with `python -m pipeline train`") from err
-    described = {"model_name": name, "model_version": str(version.version), "model_run_id": version.run_id}
+    described = {"model_name": name, "model_version": str(version.version), "model_run_id": version.run_id,
+                 "model_aliases": ",".join(sorted(version.aliases or [])), "model_id": version.model_id or ""}
+    if match["alias"]:
+        described["model_alias"] = match["alias"]
     if version.tags.get("weights_sha256"):  # recorded at registration: checked again before loading
         described["registered_weights_sha256"] = version.tags["weights_sha256"]
     return described

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from pipeline.config import PACKAGE_DIR
-from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, file_sha256, verify_weights
+from pipeline.detector import file_sha256, verify_weights
+from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE
 from pipeline.tracking import registry
 from pipeline.tracking.store import experiment_id, open_store, tracking_uri
 
@@ -45,21 +46,24 @@ def fluent_store(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, registered_model: str | None) -> dict:
+def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, registered_model: str | None,
+                       description: str = "") -> dict:
     """Log the detector folder as plain artifacts (`detector/`) and as a pyfunc model (`model`), and
-    register a new model version; the very first version becomes the champion."""
+    register a new model version with `description`; the very first version becomes the champion."""
     client.log_artifacts(run_id, str(detector_dir), artifact_path="detector")
     with fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"detector": str(detector_dir)},
             code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS)
-    result = {"model_uri": info.model_uri, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
+    result = {"model_uri": info.model_uri, "model_id": info.model_id, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
     client.set_tag(run_id, "weights_sha256", result["weights_sha256"])
     if registered_model:
         with fluent_store(client.tracking_uri):
             version = mlflow.register_model(info.model_uri, registered_model)
         result["registered_model"], result["version"] = registered_model, version.version
         client.set_model_version_tag(registered_model, version.version, "weights_sha256", result["weights_sha256"])
+        if description:
+            client.update_model_version(registered_model, version.version, description=description)
         if str(version.version) == "1":
             client.set_registered_model_alias(registered_model, CHAMPION, version.version)
     return result

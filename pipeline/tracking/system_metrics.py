@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 
+import pytorch_lightning as pl
 from mlflow.entities import Param
 from omegaconf import DictConfig
 
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.store import open_store, tracking_uri
+from pipeline.training.distributed import describe
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ def start_monitor(cfg: DictConfig, run_id: str, node_id: str | None = None):
 
 def log_distributed_setup(cfg: DictConfig, run_id: str, setup: dict[str, object]) -> None:
     """`distributed.world_size`, `.num_nodes`, `.devices_per_node`, `.strategy`, ... as run parameters."""
-    from pipeline.tracking.store import open_store
-
     client = open_store(cfg)
     client.log_batch(run_id, params=[Param(f"distributed.{k}", str(v)) for k, v in setup.items()])
     client.set_tag(run_id, "world_size", str(setup["world_size"]))
@@ -54,3 +54,34 @@ def stop_monitor(monitor) -> None:
             monitor.mlflow_logger.flush()
         except Exception as err:  # noqa: BLE001 - system metrics must never fail a training run
             log.warning("could not log the final system-metrics sample: %s", err)
+
+
+class DistributedRunInfo(pl.Callback):
+    """Records world size, devices, strategy and precision in the training run, and runs MLflow's
+    system-metrics monitor on the first process of every machine for the duration of `fit`.
+
+    Every rank must have this callback: the run id is broadcast from rank 0 (a collective), since the
+    logger on ranks > 0 has none. The monitor logs into the existing run and never creates one.
+    """
+
+    def __init__(self, cfg: DictConfig, run_id: str | None):
+        self.cfg = cfg
+        self.run_id = run_id
+        self._monitor = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        run_id = trainer.strategy.broadcast(self.run_id if trainer.is_global_zero else None, src=0)
+        if run_id is None:  # tracking disabled
+            return
+        if trainer.is_global_zero:
+            log_distributed_setup(self.cfg, run_id, describe(trainer))
+        if trainer.local_rank == 0 and self.cfg.tracking.get("system_metrics", False):
+            node_id = f"node_{trainer.node_rank}" if trainer.num_nodes > 1 else None
+            self._monitor = start_monitor(self.cfg, run_id, node_id)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._monitor is not None:
+            stop_monitor(self._monitor)
+            self._monitor = None

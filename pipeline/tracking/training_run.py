@@ -1,20 +1,21 @@
-"""MLflow side of a training run: the Lightning logger, then the detector, threshold and figures."""
+"""MLflow side of a training run: the Lightning logger, then what training produced (parameters, the
+threshold and its guarantee, validation numbers, figures, the detector as a registered model version).
+Nothing here computes: the command hands over the fitted detector, the summary and the figures."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
-from pipeline.report import figures
-from pipeline.scoring.detector import AnomalyDetector
 from pipeline.tracking.registry import RUN_ID
 from pipeline.tracking.runs import log_detector_model
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
+
+UNABLE_TO_FLAG = "unable_to_flag"
 
 
 def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> MLFlowLogger:
@@ -42,9 +43,9 @@ def _params(flat_config: dict[str, object]) -> dict[str, str]:
     return params
 
 
-def log_results(cfg: DictConfig, run_id: str, detector: AnomalyDetector, datamodule, history: dict,
-                summary: dict, out_dir: Path, flat_config: dict[str, object]) -> dict:
-    """Log config, threshold, figures and the model into the training run; returns registry info."""
+def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict, figures_dir: Path,
+                 flat_config: dict[str, object]) -> dict:
+    """Log config, threshold, validation, figures and the model into the training run; returns registry info."""
     client = open_store(cfg)
     logged = client.get_run(run_id).data.params  # a resumed run has them already; MLflow refuses changes
     for key, value in _params(flat_config).items():
@@ -52,31 +53,39 @@ def log_results(cfg: DictConfig, run_id: str, detector: AnomalyDetector, datamod
             client.log_param(run_id, key, value[:6000])
         elif logged[key] != value[:6000]:
             client.set_tag(run_id, f"resumed_with.{key}", value[:5000])
-    spec = detector.spec
-    calibration = detector.calibration_scores_
-    client.log_metric(run_id, "threshold", float(detector.threshold_) if np.isfinite(detector.threshold_) else 1e30)
-    for name, value in {"n_train": summary["n_train"], "n_calibration": summary["n_calibration"],
-                        "train_seconds": summary["train_seconds"], "calibration_score_mean": float(calibration.mean()),
-                        "calibration_score_max": float(calibration.max())}.items():
-        client.log_metric(run_id, name, float(value))
-    for key, value in {"threshold.method": f"{spec.threshold_method}: ceil((n+1)(1-alpha))-th smallest "
-                       "held-out normal score", "threshold.alpha": str(spec.alpha), "threshold.score": spec.score,
-                       "threshold.value": repr(detector.threshold_)}.items():
+    threshold = summary["threshold"]
+    metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **summary["sizes"],
+               "train_seconds": summary["train_seconds"],
+               **{f"validation.{k}": v for k, v in summary["validation"].items() if isinstance(v, (int, float))}}
+    for name, value in metrics.items():
+        if value is not None:
+            client.log_metric(run_id, name, float(value))
+    guarantee = summary["guarantee"]
+    tags = {"threshold.method": guarantee["method"], "threshold.alpha": str(guarantee["alpha"]),
+            "threshold.score": summary["score"], "threshold.value": repr(threshold),
+            "threshold.n_calibration": str(guarantee["n_calibration"]),
+            "threshold.status": "ok" if guarantee["can_flag"] else UNABLE_TO_FLAG}
+    if not guarantee["can_flag"]:
+        tags["threshold.problem"] = summary["shortfall"][:5000]
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
-
-    fig_dir = out_dir / "figures"
-    figures.loss_curves(history, fig_dir / "loss_curves.png")
-    shown = datamodule.val_images[:8]
-    with torch.inference_mode():
-        recon = detector.score_batch(shown)["reconstruction"].cpu().numpy()
-    figures.image_grid([shown.numpy(), recon], ["input", "reconstruction"], fig_dir / "reconstructions.png")
-    figures.score_histogram(calibration, None, detector.threshold_, fig_dir / "calibration_scores.png", spec.score)
-    client.log_artifacts(run_id, str(fig_dir), artifact_path="figures")
+    client.log_artifacts(run_id, str(figures_dir), artifact_path="figures")
     if summary["skipped_images"]:
-        (out_dir / "skipped_images.json").write_text(json.dumps(summary["skipped_images"], indent=1))
-        client.log_artifact(run_id, str(out_dir / "skipped_images.json"))
-
+        path = figures_dir.parent / "skipped_images.json"
+        path.write_text(json.dumps(summary["skipped_images"], indent=1))
+        client.log_artifact(run_id, str(path))
     registered = cfg.tracking.registered_model if cfg.tracking.get("register", True) else None
-    info = log_detector_model(client, run_id, out_dir / "detector", registered)
+    info = log_detector_model(client, run_id, detector_dir, registered, describe_version(summary, run_id))
     client.set_tag(run_id, "has_detector", "true")
     return info
+
+
+def describe_version(summary: dict, run_id: str) -> str:
+    """The model version's description (markdown): how its threshold was calibrated, and its training run."""
+    g = summary["guarantee"]
+    status = ("" if g["can_flag"] else f"\n\n**Cannot flag at alpha = {g['alpha']:g}**: {summary['shortfall']}")
+    return (f"Trained by run `{run_id}` on `{summary['data_root']}`: {summary['sizes']['n_train']} training, "
+            f"{summary['sizes']['n_selection']} selection, {g['n_calibration']} calibration images.\n\n"
+            f"Decision score `{summary['score']}`, threshold {summary['threshold']:.6g}: {g['method']}, "
+            f"alpha = {g['alpha']:g}, so at most {g['alpha']:.1%} of new normal images are flagged "
+            f"(exchangeable with the calibration images).{status}")

@@ -1,14 +1,12 @@
-"""Distributed runs: the Lightning strategy and precision from `conf/trainer`, which rank this process is,
-and a callback that records the distributed setup and system metrics in the (one) MLflow run.
+"""Distributed runs: the Lightning strategy and precision from `conf/trainer`, and which rank this process is.
 
 Lightning does the distributing (DDPStrategy over torch.distributed; NCCL on CUDA, gloo on CPU). What
 is ours is only what Lightning cannot know: that ranks > 0 must not create MLflow runs before the
-Trainer exists, and which run the other nodes' system metrics belong to.
+Trainer exists (tracking/system_metrics.py records the setup in the one run).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
@@ -17,7 +15,6 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.strategies import DDPStrategy, Strategy
 
-log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, accelerator: str, bf16_supported: bool | None = None) -> str:
@@ -70,41 +67,6 @@ def global_rank_from_env(env: Mapping[str, str], devices_per_node: int | None) -
 def launch_rank(trainer_cfg: DictConfig) -> int:
     devices = trainer_cfg.devices if isinstance(trainer_cfg.devices, int) else None
     return global_rank_from_env(os.environ, devices)
-
-
-class DistributedRunInfo(pl.Callback):
-    """Records world size, devices, strategy and precision in the training run, and runs MLflow's
-    system-metrics monitor on the first process of every machine for the duration of `fit`.
-
-    Every rank must have this callback: the run id is broadcast from rank 0 (a collective), since the
-    logger on ranks > 0 has none. The monitor logs into the existing run and never creates one.
-    """
-
-    def __init__(self, cfg: DictConfig, run_id: str | None):
-        self.cfg = cfg
-        self.run_id = run_id
-        self._monitor = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        run_id = trainer.strategy.broadcast(self.run_id if trainer.is_global_zero else None, src=0)
-        if run_id is None:  # tracking disabled
-            return
-        from pipeline.tracking import system_metrics
-
-        if trainer.is_global_zero:
-            system_metrics.log_distributed_setup(self.cfg, run_id, describe(trainer))
-        if trainer.local_rank == 0 and self.cfg.tracking.get("system_metrics", False):
-            node_id = f"node_{trainer.node_rank}" if trainer.num_nodes > 1 else None
-            self._monitor = system_metrics.start_monitor(self.cfg, run_id, node_id)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._monitor is not None:
-            from pipeline.tracking import system_metrics
-
-            system_metrics.stop_monitor(self._monitor)
-            self._monitor = None
 
 
 def describe(trainer: pl.Trainer) -> dict[str, object]:

@@ -21,7 +21,7 @@ from pipeline.data.builtin import ensure_dataset
 from pipeline.data.datamodule import InspectionDataModule
 from pipeline.data.images import ReadOptions
 from pipeline.models.cvae import conditioned
-from pipeline.models.vae import build_network
+from pipeline.models.factory import build_network
 from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
 from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.training.callbacks import EpochHistory, StopOnNonFiniteLoss

@@ -1,0 +1,116 @@
+"""`AnomalyDetector.fit`, step by step, each step on its own share of the normal images (data/splits.py):
+
+  1. training images    train the VAE (early stopping on the selection images), then the learned map
+                        on synthetic anomalies; fit the per-pixel statistics of the reconstruction maps
+  2. selection images   standardize the fused components; validate on anomalies of a kind the learned map
+                        never trained on (leave-one-kind-out): the numbers go to the run, nothing is tuned
+                        on the calibration images
+  3. calibration images score them once, with every setting fixed: the calibration scores of every score,
+                        the pixel threshold, the drift reference
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline.scoring import maps as M
+from pipeline.scoring import metrics as MET
+from pipeline.scoring import scores as S
+from pipeline.scoring.drift import image_statistics
+from pipeline.scoring.fusion import fit_standardization
+from pipeline.scoring.threshold import pixel_threshold
+from pipeline.training.fit import FitReport, fit_head, fit_vae, head_synthesizers, validation_set
+
+
+@dataclass
+class FitResult:
+    vae: FitReport
+    head: FitReport | None
+    is_global_zero: bool
+
+
+def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,
+                 checkpoint_dir: Path, seed: int, logger=None, callbacks=(), resume: Path | None = None) -> FitResult:
+    """Step 1's training (every rank under DDP)."""
+    vae_report = fit_vae(detector.vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, logger, list(callbacks), resume)
+    head_report = None
+    if detector.head is not None:
+        detector.vae.eval()
+        head_report = fit_head(detector.head, detector.vae, datamodule, head_cfg, trainer_cfg, seed, logger)
+    detector.eval()
+    return FitResult(vae_report, head_report, vae_report.is_global_zero)
+
+
+@torch.no_grad()
+def fit_map_statistics(detector, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
+    """Per-pixel mean and std of the smoothed plain reconstruction maps of the training images (for the
+    '_z' and 'balanced' map kinds); the selection and calibration images stay untouched."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in M.PLAIN_RECONSTRUCTION_KINDS}
+    extra = tuple(f"map.{k}" for k in M.PLAIN_RECONSTRUCTION_KINDS)
+    saved, detector.spec.detect = detector.spec.detect, {**detector.spec.detect, "map": "residual"}
+    try:
+        out = detector.score(images, labels, batch_size, extra=extra, keep=())
+    finally:
+        detector.spec.detect = saved
+    for kind in M.PLAIN_RECONSTRUCTION_KINDS:
+        parts[kind].append(torch.from_numpy(out[f"map.{kind}"]))
+    statistics = {kind: M.pixel_statistics(torch.cat(maps)) for kind, maps in parts.items()}
+    detector.spec.map_statistics = {kind: {"mean": mean.tolist(), "std": std.tolist()}
+                                    for kind, (mean, std) in statistics.items()}
+
+
+def component_transforms(detector) -> dict[str, str]:
+    """Each fused component and the scale it is standardized on: the learned map's values are
+    probabilities (logit), every other score a positive error (log)."""
+    components = list(detector.spec.detect["components"])
+    unknown = [c for c in components if c not in S.BASE_SCORES]
+    if unknown or not components:
+        raise ValueError(f"detect.components must be a non-empty subset of {S.BASE_SCORES}, got {components}")
+    probability = detector.spec.detect["map"] == "head"
+    return {c: "logit" if probability and c in ("map_max", "map_topk") else "log" for c in components}
+
+
+def validate(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
+    """Image AUROC of every component and of the fused score, and pixel AUROC of the map, on the selection
+    images with anomalies of the held-out kind (the same draw as the learned map's validation)."""
+    train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
+    images, masks = validation_set(validation_synth, datamodule.selection_images, datamodule.train_images, seed + 1)
+    labels = getattr(datamodule, "selection_labels", None)
+    out = detector.score(images, labels, batch_size)
+    truth = masks.flatten(1).amax(dim=1).numpy().astype(int)
+    names = [*detector.spec.standardization, S.FUSED]
+    result = {"kind": str(head_cfg.synthesis.validation_kind), "n_images": int(len(truth)),
+              "n_anomalous": int(truth.sum()),
+              "pixel_auroc": MET.pixel_auroc(list(masks[:, 0].numpy() > 0.5), list(out["map"])),
+              **{f"image_auroc.{name}": MET.image_auroc(truth, out[name]) for name in names}}
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+def calibrate(detector, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
+    """Score the calibration images once, with every setting fixed: every score's calibration scores (so the
+    decision score may change at score time), the pixel threshold and the drift reference."""
+    spec = detector.spec
+    out = detector.score(images, labels, batch_size, extra=(*S.MONTE_CARLO_SCORES, *S.STRUCTURE_SCORES))
+    spec.calibration_scores = {name: [float(v) for v in out[name]] for name in S.SCORE_NAMES if name in out}
+    spec.calibration_labels = None if labels is None else [int(v) for v in labels]
+    spec.pixel_threshold = pixel_threshold(out["map"], float(spec.detect["pixel_quantile"]))
+    spec.drift_reference = image_statistics(images).tolist()
+
+
+def fit_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> None:
+    """Steps 1 (statistics), 2 and 3 on rank 0, after the networks are trained."""
+    fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
+    selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
+                               keep=())
+    detector.spec.standardization = fit_standardization(selection, component_transforms(detector))
+    if detector.head is not None:
+        detector.spec.validation = validate(detector, datamodule, head_cfg, batch_size, seed)
+    calibrate(detector, datamodule.calibration_images, getattr(datamodule, "calibration_labels", None), batch_size)
+    sizes = datamodule.sizes
+    detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,
+                                "n_calibration": sizes.n_calibration, "seed": seed})
+

@@ -1,0 +1,49 @@
+"""Fusing several per-image scores into one without labels: each score is put on a common scale by its
+own distribution on normal *selection* images (never the calibration images), then the fused score is
+the largest of them. An image is as anomalous as its most anomalous component: a local defect the
+learned map sees, or a wrong part only the ELBO sees.
+
+Scores are first mapped to a scale where normal images spread roughly symmetrically (log of a positive
+error, logit of a probability), then standardized: z = (t(s) - mean) / std over the selection images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-6
+TRANSFORMS = ("log", "logit")
+
+
+def transform(scores: np.ndarray, kind: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "log":
+        return np.log(np.maximum(scores, EPS))
+    if kind == "logit":
+        p = np.clip(scores, EPS, 1 - EPS)
+        return np.log(p) - np.log1p(-p)
+    raise ValueError(f"score transform must be one of {TRANSFORMS}, got {kind!r}")
+
+
+def fit_standardization(selection_scores: dict[str, np.ndarray], transforms: dict[str, str]) -> dict[str, dict]:
+    """{component: {"transform", "center", "scale"}} from the components' scores on normal selection images."""
+    params = {}
+    for name, kind in transforms.items():
+        values = transform(selection_scores[name], kind)
+        if values.size < 2:
+            raise ValueError(f"standardizing '{name}' needs at least 2 selection images, got {values.size}")
+        params[name] = {"transform": kind, "center": float(values.mean()), "scale": float(max(values.std(), EPS))}
+    return params
+
+
+def standardize(scores: np.ndarray, params: dict) -> np.ndarray:
+    """z-scores of one component's raw scores (N,) -> (N,)."""
+    return (transform(scores, params["transform"]) - params["center"]) / params["scale"]
+
+
+def fuse(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
+    """The largest standardized component per image, (N,)."""
+    if not standardization:
+        raise ValueError("no fused components: the detector was fitted without a standardization")
+    z = [standardize(component_scores[name], params) for name, params in standardization.items()]
+    return np.max(np.stack(z), axis=0)

@@ -1,0 +1,82 @@
+"""LightningModule that trains the learned anomaly map (models/head.py) on synthetic anomalies.
+
+The VAE is trained first and frozen here: every training step turns a batch of normal training images into
+synthetic anomalies (data/synthesis/), reconstructs them with the VAE's posterior mean, and fits the head's
+per-pixel logits to the anomaly masks with the focal loss. Validation uses the *selection* images with
+anomalies of a kind the head never trains on (leave-one-kind-out), drawn once with a fixed seed, so its
+numbers say how the map carries over to defects it was not taught.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics.classification import BinaryAUROC
+
+from pipeline.data.synthesis import AnomalySynthesizer
+from pipeline.models.cvae import conditioned
+from pipeline.models.head import AnomalyHead, focal_loss
+from pipeline.models.vae import ConvAutoencoder
+
+
+@torch.no_grad()
+def reconstruct(vae: ConvAutoencoder, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The VAE's posterior-mean reconstruction in [0, 1], (B, C, H, W); labels: categories (conditional VAE)."""
+    with conditioned(vae, labels):
+        mu, _ = vae.encode(x)
+        return torch.sigmoid(vae.decode(mu))
+
+
+class HeadLightningModule(pl.LightningModule):
+    def __init__(self, head: AnomalyHead, vae: ConvAutoencoder, synthesizer: AnomalySynthesizer, pool: torch.Tensor,
+                 validation: tuple[torch.Tensor, ...], lr: float = 1e-3, focal_gamma: float = 2.0,
+                 total_steps: int = 1000, seed: int = 0):
+        super().__init__()
+        self.head = head
+        # Frozen and kept out of the module tree (a tuple is not registered): Lightning neither trains it nor
+        # warns about a module left in eval mode; its batch norm keeps the normal images' statistics.
+        self._vae = (vae.eval().requires_grad_(False),)
+        self.synthesizer, self.pool = synthesizer, pool  # pool: (N, C, S, S) normal images the anomalies draw from
+        self.save_hyperparameters(ignore=["head", "vae", "synthesizer", "pool", "validation"], logger=False)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pixel_auroc, self.image_auroc = BinaryAUROC(), BinaryAUROC()
+
+    @property
+    def vae(self) -> ConvAutoencoder:
+        return self._vae[0]
+
+    def on_fit_start(self) -> None:
+        self.vae.to(self.device)
+
+    def training_step(self, batch, batch_idx):
+        x, labels = batch[0], (batch[1] if len(batch) > 1 else None)  # (B, C, S, S) normal training images
+        altered, masks, _ = self.synthesizer(x.cpu(), self.pool, self.generator)
+        altered, masks = altered.to(x.device), masks.to(x.device)
+        logits = self.head(altered, reconstruct(self.vae, altered, labels))  # (B, 1, S, S)
+        loss = focal_loss(logits, masks, self.hparams.focal_gamma)
+        self.log_dict({"head/train_loss": loss, "head/anomalous_pixels": masks.mean()}, on_step=False, on_epoch=True,
+                      batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, masks = batch[0], batch[1]  # (B, C, S, S) selection images, some with held-out-kind anomalies; (B, 1, S, S)
+        probabilities = torch.sigmoid(self.head(x, reconstruct(self.vae, x, batch[2] if len(batch) > 2 else None)))
+        self.log("head/val_loss", focal_loss(torch.logit(probabilities, 1e-6), masks, self.hparams.focal_gamma),
+                 on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        self.pixel_auroc.update(probabilities.flatten(), masks.flatten().long())
+        self.image_auroc.update(probabilities.flatten(1).amax(dim=1), masks.flatten(1).amax(dim=1).long())
+
+    def on_validation_epoch_end(self) -> None:
+        # torchmetrics gathers the states of every rank before computing: an AUROC, never an average of AUROCs.
+        self.log_dict({"head/val_pixel_auroc": self.pixel_auroc.compute(),
+                       "head/val_image_auroc": self.image_auroc.compute()}, prog_bar=True)
+        self.pixel_auroc.reset()
+        self.image_auroc.reset()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.head.parameters(), lr=self.hparams.lr)
+        # One cycle over the fixed number of steps: a warm start, then a decay to a small rate, so the
+        # last weights are the ones to keep and no checkpoint has to be chosen.
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr,
+                                                       total_steps=self.hparams.total_steps, pct_start=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
