@@ -25,6 +25,7 @@ from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
 from pipeline.detector import calibration as C
 from pipeline.scoring import scores as S
+from pipeline.scoring.drift import FEATURES, image_statistics
 from pipeline.scoring.maps import defect_regions, resize_map
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,10 @@ class _TopK:
 
 def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int, num_workers: int = 0,
                 extra: tuple[str, ...] = (), labels: list[int] | None = None, keep_top: int = 0,
-                keep_indices: set[int] = frozenset(), keep_maps: bool = False, progress: str | None = None) -> ScoredFiles:
-    """Score `samples` (maps written under out_dir/maps/); `labels`: each sample's category (conditional)."""
+                keep_indices: set[int] = frozenset(), keep_maps: bool = False, statistics: bool = False,
+                progress: str | None = None) -> ScoredFiles:
+    """Score `samples` (maps written under out_dir/maps/); `labels`: each sample's category (conditional);
+    `statistics`: add each image's drift statistics (scoring/drift.py) as columns 'stat.<name>'."""
     spec = detector.spec
     loader = DataLoader(ImageDataset(samples, spec.image_size, spec.read_options), batch_size=batch_size,
                         shuffle=False, num_workers=num_workers)
@@ -105,6 +108,7 @@ def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int,
         batch_labels = None if labels is None else torch.tensor([labels[i] for i in indices])
         out = detector.score_batch(batch["image"], batch_labels, extra, computer)
         names = [n for n in S.SCORE_NAMES if n in out]
+        stats = image_statistics(batch["image"]) if statistics else None  # (B, F)
         for j, index in enumerate(indices):
             sample = samples[index]
             if batch["error"][j]:
@@ -117,7 +121,8 @@ def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int,
                 maps[index] = full.astype(np.float16)
             rows.append({"index": index, "image_path": sample.rel_path, "defect_type": sample.defect_type,
                          "label": sample.label, **{n: float(out[n][j]) for n in names},
-                         **defect_regions(full, spec.pixel_threshold)})
+                         **defect_regions(full, spec.pixel_threshold),
+                         **({} if stats is None else {f"stat.{f}": float(v) for f, v in zip(FEATURES, stats[j])})})
             top.offer(float(out[spec.score][j]), index, lambda j=j: Kept(
                 batch["image"][j].numpy().astype(np.float16), out["reconstruction"][j].cpu().numpy().astype(np.float16),
                 out["map"][j].cpu().numpy().astype(np.float32)))

@@ -1,104 +1,129 @@
-"""ONNX export of a detector's posterior-mean path (encoder mu -> decoder -> sigmoid), and scoring
-with ONNX Runtime that gives the same recon_error score and anomaly maps as the PyTorch detector.
+"""ONNX export of a detector's decision path, and an ONNX Runtime detector that scores exactly like it.
 
-The Monte Carlo negative ELBO is not exported (it needs the posterior variance and K decoder passes);
-a detector whose score is neg_elbo is exported with a warning and scored here by recon_error.
+Three graphs with a dynamic batch dimension: encoder.onnx (image -> mu, log_var), decoder.onnx (code -> logits)
+and head.onnx (image, reconstruction -> per-pixel logits, when the detector has the learned map). `OnnxDetector`
+plugs them into the detector's own BatchComputer and decision (detector/compute.py, calibration.py), so maps,
+scores, p-values and flags come from the same code as in PyTorch. The Monte Carlo scores (neg_elbo, neg_iwae)
+need the decoder K times and are left out; the gradient maps (elbo_grad, projection) need autograd: not exported.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from pipeline.scoring.detector import DETECTOR_FILE, AnomalyDetector
-from pipeline.scoring.maps import RECONSTRUCTION_MAP_KINDS, reconstruction_map, statistics_tensors
-from pipeline.scoring.scores import recon_error
+from pipeline.detector import AnomalyDetector
+from pipeline.detector import calibration as C
+from pipeline.detector.compute import BatchComputer, GRADIENT_MAP_KINDS
+from pipeline.detector.spec import DETECTOR_FILE, DetectorSpec
+from pipeline.scoring import scores as S
+from pipeline.scoring.fusion import fuse
+from pipeline.scoring.maps import statistics_tensors
 
-log = logging.getLogger(__name__)
-ONNX_FILE = "model.onnx"
+GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx")
 
 
-class PosteriorMeanPath(nn.Module):
-    """x (B, C, S, S) in [0, 1] -> x_hat (B, C, S, S): decode the posterior mean, as scoring does."""
-
-    def __init__(self, net: nn.Module):
+class _Encoder(nn.Module):
+    def __init__(self, vae: nn.Module):
         super().__init__()
-        self.net = net
+        self.vae = vae
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.net.encode(x)
-        return torch.sigmoid(self.net.decode(mu))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = self.vae.encode(x)
+        return mu, (log_var if log_var is not None else torch.zeros_like(mu))
 
 
-def export_onnx(detector: AnomalyDetector, path: Path, opset: int) -> Path:
-    """Write the posterior-mean path with a dynamic batch dimension to `path`."""
-    spec = detector.spec
-    module = PosteriorMeanPath(detector.net).eval()
-    example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
+class _Decoder(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+
+def _export(module: nn.Module, example: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
     with warnings.catch_warnings():
-        # The TorchScript-based exporter (dynamo=False) handles this plain conv net without onnxscript,
+        # The TorchScript-based exporter (dynamo=False) handles these plain conv nets without onnxscript,
         # one dependency fewer than the torch.export-based default.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["reconstruction"],
-                          dynamic_axes={"image": {0: "batch"}, "reconstruction": {0: "batch"}})
-    detector.net.eval()  # export restores the wrapper's (training) mode on the whole tree
-    return path
+        torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
 
 
-def onnx_session(path: Path):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def onnx_map_kind(spec: dict) -> str:
-    """The detector's map kind when it needs only the reconstruction, else the residual map."""
-    return spec["map_kind"] if spec["map_kind"] in RECONSTRUCTION_MAP_KINDS else "residual"
-
-
-def onnx_score_batch(session, images: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
-    """images (B, C, S, S) float32 in [0, 1] -> recon_error (B,), map (B, S, S), reconstruction, via ONNX
-    Runtime; `spec` is the exported detector.json. The score and the map (of onnx_map_kind(spec)) use
-    the same functions as AnomalyDetector.score_batch."""
-    x = np.ascontiguousarray(images, dtype=np.float32)
-    x_hat = session.run(["reconstruction"], {"image": x})[0]  # (B, C, S, S)
-    xt, x_hat_t = torch.from_numpy(x), torch.from_numpy(x_hat)
-    anomaly_map = reconstruction_map(xt, x_hat_t, onnx_map_kind(spec), spec["map_sigma"],
-                                     statistics_tensors(spec.get("map_statistics", {})),
-                                     spec.get("map_std_floor", 0.1), balanced_powers=spec.get("balanced_powers"))
-    return {"recon_error": recon_error(xt, x_hat_t).numpy(), "map": anomaly_map.numpy(), "reconstruction": x_hat}
+def export_onnx(detector: AnomalyDetector, folder: Path, opset: int) -> list[Path]:
+    """Write the graphs and detector.json (preprocessing, fitted state, decision) into `folder`."""
+    spec = detector.spec
+    if spec.categories:
+        raise ValueError("ONNX export of a conditional detector is not supported (its networks take the category)")
+    if spec.detect["map"] in GRADIENT_MAP_KINDS:
+        raise ValueError(f"detect.map={spec.detect['map']} needs autograd through the VAE: it cannot be exported")
+    folder.mkdir(parents=True, exist_ok=True)
+    x = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+    _export(_Encoder(detector.vae), (x,), folder / GRAPHS[0], ["image"], ["mu", "log_var"], opset)
+    _export(_Decoder(detector.vae), (torch.zeros(2, detector.vae.latent_size),), folder / GRAPHS[1], ["code"],
+            ["logits"], opset)
+    written = [folder / GRAPHS[0], folder / GRAPHS[1]]
+    if detector.head is not None:
+        _export(detector.head, (x, x), folder / GRAPHS[2], ["image", "reconstruction"], ["logits"], opset)
+        written.append(folder / GRAPHS[2])
+    (folder / DETECTOR_FILE).write_text(spec.to_json())
+    detector.eval()  # export leaves the modules in the mode it found them, the wrappers' (training) mode included
+    return written
 
 
-def run_export(cfg: DictConfig) -> dict:
-    from pipeline.tracking.runs import resolve_detector
+class _Session:
+    def __init__(self, path: Path):
+        import onnxruntime
 
-    detector_dir, provenance = resolve_detector(cfg, str(cfg.export.model), str(Path(cfg.data.root).resolve()))
-    detector = AnomalyDetector.load(detector_dir)
-    if detector.spec.score != "recon_error":
-        log.warning("the detector's score is %s; the ONNX model gives recon_error and the maps only",
-                    detector.spec.score)
-    if onnx_map_kind(asdict(detector.spec)) != detector.spec.map_kind:
-        log.warning("the detector's map is %s, which needs the PyTorch network; the ONNX model gives the residual map",
-                    detector.spec.map_kind)
-    out_dir = Path(cfg.export.output_dir).expanduser()
-    path = export_onnx(detector, out_dir / ONNX_FILE, int(cfg.export.opset))
-    shutil.copy(detector_dir / DETECTOR_FILE, out_dir / DETECTOR_FILE)  # preprocessing, threshold, calibration
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    # Check the export on random images before anyone relies on it.
-    probe = torch.rand(4, detector.spec.in_channels, detector.spec.image_size, detector.spec.image_size,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-    expected = detector.score_batch(probe)
-    got = onnx_score_batch(onnx_session(path), probe.numpy(), asdict(detector.spec))
-    diff = float(np.abs(got["recon_error"] - expected["recon_error"].numpy()).max())
-    return {"onnx": str(path), "detector_json": str(out_dir / DETECTOR_FILE), "max_abs_score_diff": diff,
-            **provenance}
+    def __call__(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        feeds = {k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in inputs.items()}
+        return [torch.from_numpy(out) for out in self.session.run(None, feeds)]
+
+
+class OnnxVAE:
+    """encode / decode backed by ONNX Runtime, shaped like the PyTorch network for BatchComputer."""
+
+    def __init__(self, folder: Path, variational: bool):
+        self.encoder, self.decoder, self.variational = _Session(folder / GRAPHS[0]), _Session(folder / GRAPHS[1]), variational
+
+    def encode(self, x: torch.Tensor):
+        mu, log_var = self.encoder(image=x)
+        return mu, (log_var if self.variational else None)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code=z)[0]
+
+
+class OnnxHead:
+    def __init__(self, folder: Path):
+        self.session = _Session(folder / GRAPHS[2])
+
+    def __call__(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        return self.session(image=x, reconstruction=reconstruction)[0]
+
+
+class OnnxDetector:
+    """Scores and decisions from an exported folder with ONNX Runtime only (no PyTorch weights)."""
+
+    def __init__(self, folder: Path | str):
+        folder = Path(folder)
+        self.spec = DetectorSpec.from_json((folder / DETECTOR_FILE).read_text(), str(folder / DETECTOR_FILE))
+        vae = OnnxVAE(folder, self.spec.model["kind"] != "ae")
+        head = OnnxHead(folder) if self.spec.head else None
+        self.computer = BatchComputer(vae, head, self.spec.detect, self.spec.model["recon_loss"],
+                                      statistics_tensors(self.spec.map_statistics), torch.zeros(0, 1))
+
+    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images (N, C, S, S) in [0, 1] -> every base score, 'fused', 'map' (N, S, S), 'is_anomaly', 'p_value'."""
+        out = {k: v.numpy() for k, v in self.computer(torch.as_tensor(images, dtype=torch.float32)).items()}
+        out[S.FUSED] = fuse(out, self.spec.standardization)
+        out["p_value"] = C.p_values(self.spec, out[self.spec.score])
+        out["is_anomaly"] = C.decide(self.spec, out[self.spec.score])[0]
+        return out

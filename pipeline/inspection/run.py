@@ -9,31 +9,35 @@ Exit codes (for cron, systemd and monitoring):
     0  every new file was judged (or there was nothing new)
     2  configuration error (a mistyped key)
     3  the run finished but some files could not be judged (listed in the output and in errors.csv)
-    4  the inspection could not run (no inbox, no model, unwritable output folder, ...)
+    4  the inspection could not run (no inbox, no model, a threshold that cannot fire, unwritable output, ...)
     5  another inspection is running (holds the lock): nothing was done
+    6  the images were judged, but a batch drifted from the calibration images (camera, lighting, focus):
+       its flags are not trustworthy until the process is fixed (the reason is in the output)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-import sqlite3
-import sys
-import time
 from itertools import islice
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline.detector.decision import UnableToFlag, check_and_decide
 from pipeline.inspection.batch import InspectionModel, judge_batch, new_batch_id
 from pipeline.inspection.commit import BATCHES, RESULTS_CSV, STAGING_PREFIX, commit, publish, recover, results_size
 from pipeline.inspection.inbox import ScanCounts, new_files
 from pipeline.inspection.ledger import Ledger
-from pipeline.inspection.lock import InspectionLock, InspectionLocked
+from pipeline.inspection.lock import InspectionLock
+from pipeline.tracking.detection_run import find_run, log_detection_run
+from pipeline.tracking.inspection_model import configure_client, resolve_inspection_model
+from pipeline.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FILE_ERRORS, EXIT_CANNOT_RUN, EXIT_LOCKED = 0, 3, 4, 5
+EXIT_OK, EXIT_FILE_ERRORS, EXIT_CANNOT_RUN, EXIT_LOCKED, EXIT_DRIFT = 0, 3, 4, 5, 6
 
 
 class InspectionError(RuntimeError):
@@ -54,24 +58,30 @@ def _paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
 
 
 def load_model(cfg: DictConfig, out: Path) -> InspectionModel:
-    from pipeline.tracking.inspection_model import resolve_inspection_model
-
-    if not cfg.tracking.enabled and str(cfg.inspect.model).startswith(("champion", "models:/", "runs:/")):
-        raise InspectionError(f"inspect.model={cfg.inspect.model} needs MLflow but tracking.enabled=false: "
-                              "set inspect.model=<detector folder>")
+    spec = str(cfg.get("detector") or "champion")
+    if not cfg.tracking.enabled and spec.startswith(("champion", "latest", "models:/", "runs:/")):
+        raise InspectionError(f"detector={spec} needs MLflow but tracking.enabled=false: set detector=<detector folder>")
     detector, version, provenance = resolve_inspection_model(cfg, out / "models")
-    detector.recalibrate_for(score=cfg.score.score, alpha=cfg.inspect.alpha)
+    try:
+        check_and_decide(detector, cfg, provenance)
+    except UnableToFlag as err:
+        raise InspectionError(str(err)) from err
     log.info("judging with %s (threshold %.6g for alpha=%g)", version, detector.threshold_, detector.spec.alpha)
     return InspectionModel(detector, version, provenance)
 
 
+def log_batch(cfg: DictConfig, batch_dir: Path) -> str:
+    """One MLflow run per committed batch (the same layout as a scoring run); idempotent per batch id."""
+    summary = json.loads((batch_dir / "summary.json").read_text())
+    run_id = find_run(open_store(cfg), cfg, summary["batch_id"])
+    return run_id or log_detection_run(cfg, "inspect", batch_dir, summary, where=str(cfg.inspect.inbox))
+
+
 def flush_outbox(cfg: DictConfig, ledger: Ledger) -> bool:
     """Log every committed batch MLflow has not seen, oldest first; False when MLflow is unreachable."""
-    from pipeline.tracking.inspection_run import log_inspection_batch
-
     for row in ledger.outbox():
         try:
-            run_id = log_inspection_batch(cfg, Path(row["folder"]))
+            run_id = log_batch(cfg, Path(row["folder"]))
         except Exception as err:  # noqa: BLE001 - whatever MLflow raises, the batch stays in the outbox
             ledger.mark_log_failed(row["batch_id"], str(err))
             log.warning("MLflow logging of batch %s deferred (%s); it stays in the outbox and is logged by a "
@@ -96,8 +106,6 @@ def run_inspection(cfg: DictConfig) -> dict:
     inbox, out, processed = _paths(cfg)
     mlflow_state = "pending" if cfg.tracking.enabled else "disabled"
     if cfg.tracking.enabled:
-        from pipeline.tracking.inspection_model import configure_client
-
         configure_client(cfg)
     (out / BATCHES).mkdir(parents=True, exist_ok=True)
     exclude = processed if inbox in processed.parents else None
@@ -121,10 +129,8 @@ def run_inspection(cfg: DictConfig) -> dict:
                     break
                 model = model or load_model(cfg, out)
                 batch_id = new_batch_id()
-                summary = judge_batch(chunk, model, icfg, out / BATCHES / f"{STAGING_PREFIX}{batch_id}", batch_id,
-                                      cfg.data.batch_size, cfg.data.num_workers, results_size(out))
-                if icfg.pause_before_commit > 0:
-                    time.sleep(icfg.pause_before_commit)
+                summary = judge_batch(chunk, model, cfg, out / BATCHES / f"{STAGING_PREFIX}{batch_id}", batch_id,
+                                      results_size(out))
                 publish(out / BATCHES / f"{STAGING_PREFIX}{batch_id}", out / BATCHES / batch_id)
                 commit(out, ledger, out / BATCHES / batch_id, mlflow_state)
                 log.info("batch %s committed: %d seen, %d scored, %d flagged, %d errors (%.1f images/s)", batch_id,
@@ -150,22 +156,11 @@ def run_inspection(cfg: DictConfig) -> dict:
         "n_seen": sum(b["n_seen"] for b in batches), "n_scored": sum(b["n_scored"] for b in batches),
         "n_flagged": sum(b["n_flagged"] for b in batches), "n_errors": len(errors),
         "already_judged": counts.already_judged, "too_recent": counts.too_recent,
-        "drift_batches": [b["batch_id"] for b in batches if b["drift"]["drifted"]],
+        "drift_batches": [{"batch_id": b["batch_id"], "reason": b["drift"]["reason"]}
+                          for b in batches if b["drift"]["drifted"]],
         "errors": errors, "mlflow_pending_batches": pending if cfg.tracking.enabled else None,
     }
     if model is not None:
         result["model_version"] = model.version
-    result["exit_code"] = EXIT_FILE_ERRORS if errors else EXIT_OK
+    result["exit_code"] = EXIT_DRIFT if result["drift_batches"] else EXIT_FILE_ERRORS if errors else EXIT_OK
     return result
-
-
-def inspect_command(cfg: DictConfig) -> dict:
-    """run_inspection with the failures that stop a whole run mapped to their exit codes."""
-    try:
-        return run_inspection(cfg)
-    except InspectionLocked as err:
-        print(f"error: {err}", file=sys.stderr)
-        return {"exit_code": EXIT_LOCKED, "error": str(err)}
-    except (InspectionError, LookupError, OSError, ValueError, sqlite3.Error) as err:
-        print(f"error: inspection could not run: {err}", file=sys.stderr)
-        return {"exit_code": EXIT_CANNOT_RUN, "error": str(err)}

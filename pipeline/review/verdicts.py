@@ -1,7 +1,9 @@
-"""Review verdicts: parsing, applying them to the flagged-samples table, and summarizing (pure functions).
+"""Review verdicts: parsing, applying them to a run's review records, and summarizing (pure functions).
 
-A verdict is one of true_defect | false_alarm | unsure. The precision of the flags is
-true_defect / (true_defect + false_alarm); unsure verdicts count as reviewed but not in the precision.
+A verdict is one of true_defect | false_alarm | unsure: false_alarm says the part is good (for an image that
+was not flagged, such as one of the audit sample, too: 'normal' and 'ok' are accepted for it). The precision
+of the flags is true_defect / (true_defect + false_alarm) among flagged images; unsure verdicts count as
+reviewed but not in the precision.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Callable
 import pandas as pd
 
 TRUE_DEFECT, FALSE_ALARM, UNSURE = "true_defect", "false_alarm", "unsure"
+PENDING = "pending"
 VERDICTS = (TRUE_DEFECT, FALSE_ALARM, UNSURE)
 ALIASES = {"d": TRUE_DEFECT, "defect": TRUE_DEFECT, "true": TRUE_DEFECT, "t": TRUE_DEFECT,
-           "f": FALSE_ALARM, "false": FALSE_ALARM, "normal": FALSE_ALARM, "ok": FALSE_ALARM,
+           "f": FALSE_ALARM, "false": FALSE_ALARM, "normal": FALSE_ALARM, "ok": FALSE_ALARM, "good": FALSE_ALARM,
            "u": UNSURE, "?": UNSURE}
 VERDICT_COLUMNS = ["sample_id", "image_path", "verdict", "reviewer", "reviewed_at"]
 
@@ -66,7 +69,7 @@ def match_ids(verdicts: dict[str, str], flagged: pd.DataFrame) -> dict[str, str]
         else:
             matched[sample_id] = verdict
     if unknown:
-        raise ValueError(f"not flagged in this run: {', '.join(unknown)}; flagged sample ids: "
+        raise ValueError(f"not shown for review in this run: {', '.join(unknown)}; its sample ids: "
                          f"{', '.join(flagged['sample_id'])}")
     return matched
 
@@ -84,24 +87,21 @@ def apply_verdicts(flagged: pd.DataFrame, verdicts: dict[str, str], reviewer: st
     return table, records.reset_index(drop=True)
 
 
-def merge_records(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
-    """All verdicts ever recorded for a run, newest last; a re-reviewed sample keeps its history."""
-    if previous is None or previous.empty:
-        return new.reset_index(drop=True)
-    return pd.concat([previous[VERDICT_COLUMNS], new], ignore_index=True)
-
-
-def summarize(statuses: pd.Series) -> dict:
-    """Counts per verdict, how many are still pending, the precision of the flags and an overall status."""
+def summarize(table: pd.DataFrame) -> dict:
+    """Counts per verdict over a run's review records (columns status, review_status), how many are pending,
+    the precision of the flags (among flagged records) and an overall status."""
+    statuses = table["review_status"] if len(table) else pd.Series([], dtype=str)
+    flagged = table["status"].eq("FLAGGED") if len(table) else pd.Series([], dtype=bool)
     counts = {v: int((statuses == v).sum()) for v in VERDICTS}
     reviewed = sum(counts.values())
     pending = int(len(statuses) - reviewed)
-    judged = counts[TRUE_DEFECT] + counts[FALSE_ALARM]
-    status = "nothing_flagged" if len(statuses) == 0 else "complete" if pending == 0 else \
+    judged = statuses[flagged]
+    true, false = int((judged == TRUE_DEFECT).sum()), int((judged == FALSE_ALARM).sum())
+    status = "nothing_to_review" if len(statuses) == 0 else "complete" if pending == 0 else \
         "partial" if reviewed else "pending"
-    return {"status": status, "n_flagged": int(len(statuses)), "n_reviewed": reviewed, "n_pending": pending,
-            **{f"n_{v}": n for v, n in counts.items()},
-            "flag_precision": counts[TRUE_DEFECT] / judged if judged else None}
+    return {"status": status, "n_shown": int(len(statuses)), "n_flagged": int(flagged.sum()), "n_reviewed": reviewed,
+            "n_pending": pending, **{f"n_{v}": n for v, n in counts.items()},
+            "flag_precision": true / (true + false) if true + false else None}
 
 
 def prompt_verdicts(flagged: pd.DataFrame, ask: Callable[[str], str] = input,

@@ -16,9 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from pipeline.scoring.detector import DETECTOR_FILE, WEIGHTS_FILE, AnomalyDetector, TamperedModelError, file_sha256
+from pipeline.detector import AnomalyDetector, TamperedModelError, file_sha256
+from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE
+from pipeline.tracking import registry
+from pipeline.tracking.runs import resolve_detector
+from pipeline.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,8 @@ def configure_client(cfg: DictConfig) -> None:
 
 
 def model_spec(cfg: DictConfig) -> str:
-    spec = str(cfg.inspect.model)
+    """The `detector` key (default for inspection: champion, what was promoted), as a model URI where it names one."""
+    spec = "champion" if cfg.get("detector") in (None, "") else str(cfg.detector)
     return f"models:/{cfg.tracking.registered_model}@champion" if spec == "champion" else spec
 
 
@@ -63,7 +69,7 @@ def _from_cache(cache: Path, spec: str, err: Exception) -> tuple[Path, str, dict
     path = cache / LAST_USED
     known = json.loads(path.read_text()) if path.exists() else {}
     if spec not in known:
-        raise LookupError(f"cannot resolve inspect.model={spec} (MLflow unreachable: {err}) and no earlier "
+        raise LookupError(f"cannot resolve detector={spec} (MLflow unreachable: {err}) and no earlier "
                           f"inspection cached it under {cache}") from err
     entry = known[spec]
     log.warning("MLflow unreachable (%s): judging with the cached %s, the model %s resolved to last time",
@@ -72,12 +78,7 @@ def _from_cache(cache: Path, spec: str, err: Exception) -> tuple[Path, str, dict
 
 
 def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetector, str, dict]:
-    """(detector, version label for the ledger, provenance) for cfg.inspect.model."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking.runs import resolve_detector
-    from pipeline.tracking.store import tracking_uri
-
+    """(detector, version label for the ledger, provenance) for the `detector` key (default: champion)."""
     spec = model_spec(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     alias = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", spec)
@@ -89,11 +90,13 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
             detector = AnomalyDetector.load(folder)
         return detector, f"{provenance['model_source']}#{sha[:12]}", {**provenance, "weights_sha256": sha}
     try:
+        client = MlflowClient(tracking_uri(cfg))
         if alias:
             name = alias.group(1)
-            version = str(MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(name, alias.group(2)).version)
+            version = str(client.get_model_version_by_alias(name, alias.group(2)).version)
         else:
             name, version = pinned.group(1), pinned.group(2)
+        described = registry.describe(client, f"models:/{name}/{version}")
         target = cache / name / f"v{version}"
         if not (target / DETECTOR_FILE).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +107,12 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
         raise
     except Exception as err:  # noqa: BLE001 - any failure to reach the registry falls back to the cache
         if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":  # reachable, but no such model
-            raise LookupError(f"inspect.model={spec}: {str(err).splitlines()[0]} (train a model first, or set "
-                              "inspect.model=<model URI, run id or detector folder>)") from err
+            raise LookupError(f"detector={spec}: {str(err).splitlines()[0]} (train a model first, or set "
+                              "detector=<model URI, run id or detector folder>)") from err
         folder, label, provenance = _from_cache(cache, spec, err)
         return AnomalyDetector.load(folder), label, provenance
     label = f"{name}/v{version}"
-    provenance = {"model_source": f"models:/{name}/{version}", "model_spec": spec, "registered_model": name,
-                  "model_registry_version": version, "weights_sha256": file_sha256(target / WEIGHTS_FILE)}
+    provenance = {"model_source": f"models:/{name}/{version}", "model_spec": spec, **described,
+                  "model_alias": alias.group(2) if alias else "", "weights_sha256": file_sha256(target / WEIGHTS_FILE)}
     _remember(cache, spec, {"dir": str(target), "version": label, "provenance": provenance})
     return AnomalyDetector.load(target), label, provenance

@@ -75,12 +75,19 @@ def describe(client: MlflowClient, uri: str) -> dict:
         raise LookupError(f"{uri}: no such model version or alias of '{name}' (versions: {known}); "
                           f"train one with `python -m pipeline train`") from err
     described = {"model_name": name, "model_version": str(version.version), "model_run_id": version.run_id,
-                 "model_aliases": ",".join(sorted(version.aliases or [])), "model_id": version.model_id or ""}
+                 "model_aliases": ",".join(sorted(version.aliases or [])),
+                 # the LoggedModel behind the version ('models:/m-<id>' is its source), for run inputs
+                 "model_id": version.model_id or _logged_model_id(str(version.source or ""))}
     if match["alias"]:
         described["model_alias"] = match["alias"]
     if version.tags.get("weights_sha256"):  # recorded at registration: checked again before loading
         described["registered_weights_sha256"] = version.tags["weights_sha256"]
     return described
+
+
+def _logged_model_id(source: str) -> str:
+    """'models:/m-1234...' (a LoggedModel's URI) -> 'm-1234...'; '' for any other source."""
+    return source.removeprefix("models:/") if re.fullmatch(r"models:/m-[0-9a-f]+", source) else ""
 
 
 def promote(client: MlflowClient, name: str, version: str | None) -> dict:

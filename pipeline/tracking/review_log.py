@@ -1,12 +1,10 @@
-"""MLflow side of the review: the gallery of flagged samples in a scoring run, and verdicts written back.
+"""MLflow side of the review: the reviewed images of a run (score run or inspection batch alike), and the
+verdicts recorded on it.
 
-In the run, the review lives in:
-    images/flagged~<sample id>+...png     one image chart per flagged sample (`log_image` with a key),
-                                          shown as a gallery in the run's Model metrics tab
-    review/flagged_samples.json           the flagged-samples table, its `panel` column as images
-                                          (`log_table`), shown with thumbnails in the Artifacts tab
-    review/verdicts.json                  every verdict recorded by `python -m pipeline review`
-    tags review.*                         status, counts, reviewer; metric review.flag_precision
+A verdict is a run tag `verdict.<sample id>` = true_defect | false_alarm | unsure, set by `python -m pipeline
+review` or by a reviewer in the MLflow UI (the run page's Tags: add tag); the tags are the verdicts. The
+command also appends who recorded what and when to `review/verdicts.json`, and keeps the summary tags
+`review.status`, `review.n_<verdict>`, `review.n_pending` and the metric `review.flag_precision` up to date.
 """
 
 from __future__ import annotations
@@ -19,69 +17,62 @@ from pathlib import Path
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
-GALLERY_KEY = "flagged"
-FLAGGED_TABLE = "review/flagged_samples.json"
+from pipeline.report.review_set import RECORDS
+from pipeline.review import verdicts as V
+
 VERDICTS_TABLE = "review/verdicts.json"
+VERDICT_TAG = "verdict."
 
 
-def _open_image(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def log_flagged(client: MlflowClient, run_id: str, table: pd.DataFrame, n_flagged: int) -> None:
-    """Log every panel of `table` (FLAGGED_COLUMNS, with local panel_path) as the run's gallery and table."""
-    for row in table.itertuples():
-        client.log_image(run_id, _open_image(row.panel_path), key=f"{GALLERY_KEY}/{row.sample_id}", step=0,
-                         synchronous=True)
-    if not table.empty:
-        data = table.drop(columns="panel_path")
-        data.insert(1, "panel", [_open_image(p) for p in table["panel_path"]])
-        client.log_table(run_id, data=data, artifact_file=FLAGGED_TABLE)
-    client.set_tag(run_id, "review.status", "pending" if n_flagged else "nothing_flagged")
-    client.set_tag(run_id, "review.n_flagged", str(n_flagged))
-    client.set_tag(run_id, "review.n_panels", str(len(table)))
-
-
-def load_flagged(client: MlflowClient, run_id: str, cache_dir: Path) -> pd.DataFrame:
-    """The flagged-samples table of a scoring run, with `panel_path` pointing at downloaded panel files."""
+def get_run(client: MlflowClient, run_id: str):
     try:
-        run = client.get_run(run_id)
+        return client.get_run(run_id)
     except MlflowException as err:
         raise LookupError(f"no MLflow run {run_id!r} in this tracking store") from err
-    if run.data.tags.get("review.n_panels") == "0":
-        return pd.DataFrame(columns=["sample_id", "image_path", "panel", "score", "p_value", "threshold",
-                                     "defect_area", "review_status", "panel_path"])
+
+
+def load_records(client: MlflowClient, run_id: str, cache_dir: Path) -> pd.DataFrame:
+    """The run's review records, `panel_path` pointing at downloaded panels, `review_status` from its verdict tags."""
+    run = get_run(client, run_id)
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
-        local = client.download_artifacts(run_id, FLAGGED_TABLE, str(cache_dir))
+        local = client.download_artifacts(run_id, RECORDS, str(cache_dir))
     except (MlflowException, OSError) as err:
-        raise LookupError(f"run {run_id} has no {FLAGGED_TABLE}: not a scoring run of this product "
-                          "(score or inspect runs log it)") from err
-    table = pd.read_json(local, orient="split", dtype={"sample_id": str, "image_path": str})
-    images = sorted({p["filepath"].rsplit("/", 1)[0] for p in table["panel"]})
-    for folder in images:
-        client.download_artifacts(run_id, folder, str(cache_dir))
-    table["panel_path"] = [str(cache_dir / p["filepath"]) for p in table["panel"]]
+        raise LookupError(f"run {run_id} has no {RECORDS}: not a scoring run or inspection batch of this product") from err
+    table = pd.DataFrame(json.loads(Path(local).read_text()))
+    if table.empty:
+        return table.assign(panel_path=[], review_status=[])
+    client.download_artifacts(run_id, "review/panels", str(cache_dir))
+    table["panel_path"] = [str(cache_dir / p) for p in table["panel_file"]]
+    tagged = verdict_tags(run.data.tags)
+    table["review_status"] = [tagged.get(i, V.PENDING) for i in table["sample_id"]]
     return table
 
 
-def record_review(client: MlflowClient, run_id: str, table: pd.DataFrame, records: pd.DataFrame,
-                  summary: dict, reviewer: str) -> None:
-    """Write the updated flagged table (review_status), append the new verdicts, and set the review tags."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(FLAGGED_TABLE).name
-        # Same JSON layout as log_table writes (the UI renders it as a table with image thumbnails);
-        # written whole instead of through log_table because log_table would append the rows again.
-        table.drop(columns="panel_path").to_json(path, orient="split", index=False, date_format="iso")
-        client.log_artifact(run_id, str(path), artifact_path=str(Path(FLAGGED_TABLE).parent))
+def verdict_tags(tags: dict[str, str]) -> dict[str, str]:
+    """{sample id: verdict} from a run's `verdict.<sample id>` tags; a tag that is not a verdict is an error."""
+    return {key[len(VERDICT_TAG):]: V.parse_verdict(value, f"tag {key}") for key, value in tags.items()
+            if key.startswith(VERDICT_TAG)}
+
+
+def record_review(client: MlflowClient, run_id: str, table: pd.DataFrame, records: pd.DataFrame, summary: dict,
+                  reviewer: str) -> None:
+    """Set the verdict tags of the new verdicts, append them to review/verdicts.json, update the summary tags."""
+    for row in records.itertuples():
+        client.set_tag(run_id, f"{VERDICT_TAG}{row.sample_id}", row.verdict)
     if not records.empty:
         client.log_table(run_id, data=records, artifact_file=VERDICTS_TABLE)  # appends to earlier verdicts
-    tags = {f"review.{k}": v for k, v in summary.items() if k != "flag_precision"}
-    tags.update({"review.reviewer": reviewer, "review.updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "review.verdicts": json.dumps(dict(zip(table["sample_id"], table["review_status"])))[:5000]})
+    set_summary(client, run_id, summary, reviewer)
+
+
+def set_summary(client: MlflowClient, run_id: str, summary: dict, reviewer: str | None = None) -> None:
+    tags = {f"review.{k}": v for k, v in summary.items() if k not in ("flag_precision", "status")}
+    if get_run(client, run_id).data.tags.get("review.status") != "blocked":  # a blocked run stays blocked
+        tags["review.status"] = summary["status"]
+    tags["review.updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if reviewer:
+        tags["review.reviewer"] = reviewer
     if summary["flag_precision"] is not None:
         tags["review.flag_precision"] = f"{summary['flag_precision']:.4f}"
         client.log_metric(run_id, "review.flag_precision", float(summary["flag_precision"]))
@@ -89,22 +80,36 @@ def record_review(client: MlflowClient, run_id: str, table: pd.DataFrame, record
         client.set_tag(run_id, key, str(value))
 
 
-def reviewed_false_alarms(client: MlflowClient, experiment_name: str, data_root: str) -> pd.DataFrame:
-    """Image paths (relative to data_root) that reviewers confirmed normal in any scoring run on data_root;
-    columns image_path, run_id. The latest verdict per image and run counts."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return pd.DataFrame(columns=["image_path", "run_id"])
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`review.n_false_alarm` != '0'",
-                              max_results=1000)
-    found = []
+def newest_run_with_flags(client: MlflowClient, experiment_ids: list[str]) -> str:
+    """The newest finished run (scoring run or inspection batch) that flagged something."""
+    runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'FINISHED' and metrics.n_flagged > 0",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError("no scoring run or inspection batch has flagged anything yet: nothing to review "
+                          "(pass a run id: python -m pipeline review <run id>)")
+    return runs[0].info.run_id
+
+
+def audited_normal_images(client: MlflowClient, experiment_ids: list[str], model_name: str) -> tuple[pd.DataFrame, int]:
+    """(images of the *audit sample* that reviewers confirmed normal (verdict false_alarm) in every run judged by a
+    version of `model_name`: columns image_path, where (the data root or inbox it is relative to), run_id, flagged;
+    the number of other confirmed-normal images, flagged ones outside the audit sample, which are not used).
+    Audit images are a random sample of everything judged, so these are exchangeable with new normal images."""
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.model_name = '{model_name}'", max_results=5000)
+    found, ignored = [], 0
     for run in runs:
-        if run.data.tags.get("data_root") != data_root or "review.n_false_alarm" not in run.data.tags:
+        tagged = verdict_tags(run.data.tags)
+        if not any(v == V.FALSE_ALARM for v in tagged.values()):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            verdicts = pd.read_json(client.download_artifacts(run.info.run_id, VERDICTS_TABLE, tmp), orient="split",
-                                    dtype={"sample_id": str, "image_path": str})
-        latest = verdicts.drop_duplicates("sample_id", keep="last")
-        for path in latest.loc[latest["verdict"] == "false_alarm", "image_path"]:
-            found.append({"image_path": path, "run_id": run.info.run_id})
-    return pd.DataFrame(found, columns=["image_path", "run_id"])
+            records = json.loads(Path(client.download_artifacts(run.info.run_id, RECORDS, tmp)).read_text())
+        where = run.data.tags.get("data_root") or run.data.tags.get("inbox", "")
+        for record in records:
+            if tagged.get(record["sample_id"]) != V.FALSE_ALARM:
+                continue
+            if not record["audit"]:
+                ignored += 1
+                continue
+            found.append({"image_path": record["image_path"], "where": where, "run_id": run.info.run_id,
+                          "flagged": record["status"] == "FLAGGED"})
+    return pd.DataFrame(found, columns=["image_path", "where", "run_id", "flagged"]), ignored

@@ -1,7 +1,8 @@
-"""`python -m pipeline review <run>`: show a scoring run's flagged samples and record verdicts into it.
+"""`python -m pipeline review [run]`: the images a scoring run or an inspection batch shows for review, and
+verdicts recorded into that run. Without a run id: the newest run (of either kind) that flagged something.
 
-Verdicts come from review.verdicts=<csv>, review.set=[id:verdict,...], or, when neither is given and
-stdin is a terminal, from a prompt per pending sample. Without verdicts it only shows the table.
+Verdicts come from review.verdicts=<csv>, review.set=[id:verdict,...], the run's `verdict.<id>` tags (set in
+the MLflow UI), or, when nothing is given and stdin is a terminal, a prompt per pending image.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline.config import require
 from pipeline.review import verdicts as V
+from pipeline.tracking import review_log as R
+from pipeline.tracking.store import experiment_id, open_store
 
 log = logging.getLogger(__name__)
 
-SHOWN_COLUMNS = ["sample_id", "image_path", "score", "p_value", "defect_area", "review_status", "panel_path"]
+SHOWN_COLUMNS = ["key", "status", "image_path", "score", "p_value", "defect_area", "review_status", "panel_path"]
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The flagged samples as a plain-text table (one row per sample, with the local panel path)."""
+    """The reviewed images as a plain-text table (one row per image, with the local panel path)."""
     if table.empty:
-        return "(no flagged samples in this run)"
+        return "(no image to review in this run)"
     shown = table[SHOWN_COLUMNS].copy()
     shown["defect_area"] = shown["defect_area"].map(lambda a: "-" if pd.isna(a) else f"{100 * a:.1f}%")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
@@ -42,20 +44,23 @@ def collect_verdicts(cfg: DictConfig, table: pd.DataFrame) -> dict[str, str]:
     return V.match_ids(given, table) if given else {}
 
 
-def run_review(cfg: DictConfig) -> dict:
-    from pipeline.tracking.review_log import load_flagged, record_review
-    from pipeline.tracking.store import open_store
+def review_experiments(client, cfg: DictConfig) -> list[str]:
+    return [experiment_id(client, cfg, cfg.tracking.score_experiment), experiment_id(client, cfg, cfg.inspect.experiment)]
 
-    run_id = str(require(cfg, "review.run"))
+
+def run_review(cfg: DictConfig) -> dict:
     client = open_store(cfg)
-    table = load_flagged(client, run_id, Path(cfg.review.cache_dir) / run_id)
+    run_id = str(cfg.review.run) if cfg.review.run else R.newest_run_with_flags(client, review_experiments(client, cfg))
+    table = R.load_records(client, run_id, Path(cfg.review.cache_dir) / run_id)
     print(format_table(table))
     verdicts = collect_verdicts(cfg, table)
     if not verdicts:
-        return {"run_id": run_id, "recorded": 0, **V.summarize(table["review_status"])}
+        summary = V.summarize(table)
+        R.set_summary(client, run_id, summary)  # picks up verdicts a reviewer added as tags in the UI
+        return {"run_id": run_id, "recorded": 0, **summary}
     table, records = V.apply_verdicts(table, verdicts, str(cfg.review.reviewer))
-    summary = V.summarize(table["review_status"])
-    record_review(client, run_id, table, records, summary, str(cfg.review.reviewer))
+    summary = V.summarize(table)
+    R.record_review(client, run_id, table, records, summary, str(cfg.review.reviewer))
     log.info("recorded %d verdict(s) in run %s: %s", len(records), run_id, summary)
     print(format_table(table))
     return {"run_id": run_id, "recorded": len(records), **summary}
