@@ -126,7 +126,13 @@ def image_statistics(images: torch.Tensor | np.ndarray, min_frequency: float = 1
 
 
 def _trimmed(values: np.ndarray, centre: np.ndarray, share: float) -> np.ndarray:
-    """(n, F) -> (n - round(share * n), F): per column, the values farthest from `centre` (F,) left out."""
+    """(n, F) -> (n - round(share * n), F): per column, the values farthest from `centre` (F,) left out.
+
+    One centre, the reference's median, for both samples: trimming each sample around its own median
+    would keep a tight cluster whose position still varies like a median, and the test, which takes it
+    for an ordinary sample, would fire far more often than alpha (measured: about half of all normal
+    batches at trim 0.2).
+    """
     keep = len(values) - int(round(share * len(values)))
     order = np.argsort(np.abs(values - centre), axis=0, kind="stable")[:keep]  # (keep, F)
     return np.take_along_axis(values, order, axis=0)
@@ -161,7 +167,8 @@ def drift_test(reference: np.ndarray, batch: np.ndarray, alpha: float, trim: flo
     Returns a JSON-ready dict: tested, drifted, n, reason ("; " joined, largest move first), moved
     (feature names, largest move first) and per feature: statistic (mannwhitneyu: share of
     (batch, reference) pairs where the batch image is higher; ks: the KS distance), p_value, q_value,
-    reference_median, batch_median (of the kept images), change_pct, shift_sd, moved.
+    reference_median, batch_median (of all images), change_pct (batch over reference median), shift_sd
+    (the same difference in reference standard deviations: 1.4826 x MAD), moved.
     """
     reference, batch = np.asarray(reference, dtype=np.float64), np.asarray(batch, dtype=np.float64)
     if reference.ndim != 2 or batch.ndim != 2 or not reference.shape[1] == batch.shape[1] == len(names):
@@ -191,11 +198,14 @@ def drift_test(reference: np.ndarray, batch: np.ndarray, alpha: float, trim: flo
     else:
         result = ks_2samp(new_kept, ref_kept, axis=0)
         statistics = result.statistic
-    ref_median, new_median = np.median(ref_kept, axis=0), np.median(new_kept, axis=0)  # (F,) each
-    change = 100.0 * (new_median / np.where(ref_median != 0, ref_median, np.nan) - 1.0)
+    # The size of the move from the whole batch's median: trimming removes the most moved images of a
+    # drifted batch and would understate it; a median is robust by itself (defects in 20 % of the batch
+    # move it by at most about 0.32 standard deviations, the normal quantile at 0.5 / 0.8, below min_shift).
+    new_median = np.median(batch, axis=0)  # (F,)
+    change = 100.0 * (new_median / np.where(centre != 0, centre, np.nan) - 1.0)
     shift = (new_median - centre) / spread
     rows = [{"statistic": float(statistics[j]), "p_value": float(result.pvalue[j]), "n_kept": len(new_kept),
-             "reference_median": float(ref_median[j]), "batch_median": float(new_median[j]),
+             "reference_median": float(centre[j]), "batch_median": float(new_median[j]),
              "change_pct": float(change[j]), "shift_sd": float(shift[j])} for j in range(len(names))]
     q_values = false_discovery_control([r["p_value"] for r in rows], method="bh")
     for row, q in zip(rows, q_values):
