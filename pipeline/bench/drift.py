@@ -93,6 +93,16 @@ def _rate(hits: int, total: int) -> dict:
     return {"hits": hits, "batches": total, "rate": hits / total, "ci95": [interval.low, interval.high]}
 
 
+def _draw(good: np.ndarray, defective: np.ndarray | None, batch_size: int, n_defective: int,
+          rng: np.random.Generator) -> np.ndarray:
+    """One batch's statistics (batch_size, F): n_defective rows drawn from `defective`, the rest from `good`,
+    with replacement."""
+    rows = [good[rng.integers(0, len(good), size=batch_size - n_defective)]]
+    if n_defective:
+        rows.append(defective[rng.integers(0, len(defective), size=n_defective)])
+    return np.concatenate(rows)
+
+
 def _run_batches(reference: np.ndarray, draw: Callable[[np.random.Generator], np.ndarray], n_batches: int,
                  rng: np.random.Generator, test_kwargs: dict) -> dict:
     """Drift-test n_batches drawn batches -> rate of drifted batches, and how often each feature moved."""
@@ -116,7 +126,7 @@ def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int
     {feature: batches where it moved}}. Deterministic for a given seed.
     """
     root = Path(root)
-    shifts = process_shifts(1.15, (0.85, 1.15), 1.0) if shifts is None else shifts
+    shifts = process_shifts(1.15, (0.85, 1.15), 1.0) if shifts is None else shifts  # those of the targets
     train = scan_train(root)
     _, held_out = split_train_val(len(train), val_fraction, seed)  # the detector's calibration images
     reference_paths = [train[i].path for i in held_out.tolist()[:n_reference]]
@@ -125,28 +135,19 @@ def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int
     good, _ = _statistics([s.path for s in test_samples if s.defect_type == GOOD], image_size, read_options,
                           min_frequency, shifts)
     defect_paths = [s.path for s in test_samples if s.defect_type != GOOD]
-    defective = _statistics(defect_paths, image_size, read_options, min_frequency, {})[0]["none"] if defect_paths else None
+    defective = (_statistics(defect_paths, image_size, read_options, min_frequency, {})[0]["none"]
+                 if defect_paths else None)
 
     test_kwargs = {"alpha": alpha, "trim": trim, "min_images": min_images, "min_shift": min_shift, "test": test}
     rng = np.random.default_rng(seed)
-
-    def resample(pool: np.ndarray, k: int, generator: np.random.Generator) -> np.ndarray:
-        return pool[generator.integers(0, len(pool), size=k)]  # (k, F), with replacement
-
-    by_shift = {name: _run_batches(reference["none"], partial(resample, good[name], batch_size), n_batches, rng,
-                                   test_kwargs) for name in shifts}
+    by_shift = {name: _run_batches(reference["none"], partial(_draw, good[name], None, batch_size, 0), n_batches,
+                                   rng, test_kwargs) for name in shifts}
     by_share = {}
     for share in defect_shares:
         n_defective = int(round(share * batch_size))
         if n_defective and defective is None:
             continue  # no defect folders: only the 0 % condition is measurable
-
-        def draw(generator: np.random.Generator, n_defective=n_defective) -> np.ndarray:
-            parts = [resample(good["none"], batch_size - n_defective, generator)]
-            if n_defective:
-                parts.append(resample(defective, n_defective, generator))
-            return np.concatenate(parts)  # (batch_size, F)
-
+        draw = partial(_draw, good["none"], defective, batch_size, n_defective)
         by_share[f"{share:.0%}"] = _run_batches(reference["none"], draw, n_batches, rng, test_kwargs)
     return {"dataset": root.name, "root": str(root), "image_size": image_size, "n_reference": len(reference["none"]),
             "n_test_good": len(good["none"]), "n_defective": 0 if defective is None else len(defective),
