@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 USAGE = """usage: python -m pipeline <command> [overrides ...]
 
@@ -60,12 +61,22 @@ def _entry_point(command: str):
     return getattr(importlib.import_module(module), function)
 
 
+class _LibraryNoise(logging.Filter):
+    """Drops the libraries' informational lines (Lightning's banners and tips); their warnings stay. A filter
+    on our handler, because Lightning resets its loggers' levels when it is imported, after main starts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LOGGERS)
+
+
 def _quiet_libraries() -> None:
     """Our own progress bars and log lines only: Lightning's banners and MLflow's per-artifact download bars
     (about 90 carriage-return bars per model load) would drown them."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_LibraryNoise())
+    warnings.filterwarnings("ignore", module=r"pytorch_lightning\.utilities\._pytree")  # a deprecation inside Lightning
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are cached in memory
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,9 +22,9 @@ from pipeline.commands.review import review_experiments
 from pipeline.data.datasets import load_images
 from pipeline.data.layout import Sample
 from pipeline.detector import AnomalyDetector
+from pipeline.review.loop import audited_normal_images
 from pipeline.scoring import scores as S
 from pipeline.tracking.calibration_run import log_calibration
-from pipeline.tracking.review_log import audited_normal_images
 from pipeline.tracking.store import open_store
 
 log = logging.getLogger(__name__)

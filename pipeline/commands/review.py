@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from pipeline.review import loop as L
 from pipeline.review import verdicts as V
-from pipeline.tracking import review_log as R
+from pipeline.tracking.review_log import newest_run_with_flags
 from pipeline.tracking.store import experiment_id, open_store
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,16 @@ def review_experiments(client, cfg: DictConfig) -> list[str]:
 
 def run_review(cfg: DictConfig) -> dict:
     client = open_store(cfg)
-    run_id = str(cfg.review.run) if cfg.review.run else R.newest_run_with_flags(client, review_experiments(client, cfg))
-    table = R.load_records(client, run_id, Path(cfg.review.cache_dir) / run_id)
+    run_id = str(cfg.review.run) if cfg.review.run else newest_run_with_flags(client, review_experiments(client, cfg))
+    table = L.load_review(client, run_id, Path(cfg.review.cache_dir) / run_id)
     print(format_table(table))
     verdicts = collect_verdicts(cfg, table)
-    if not verdicts:
-        summary = V.summarize(table)
-        R.set_summary(client, run_id, summary)  # picks up verdicts a reviewer added as tags in the UI
-        return {"run_id": run_id, "recorded": 0, **summary}
     table, records = V.apply_verdicts(table, verdicts, str(cfg.review.reviewer))
     summary = V.summarize(table)
-    R.record_review(client, run_id, table, records, summary, str(cfg.review.reviewer))
+    # Also without new verdicts: the summary then counts the verdicts a reviewer added as tags in the UI.
+    L.record_review(client, run_id, records, summary, str(cfg.review.reviewer) if verdicts else None)
+    if not verdicts:
+        return {"run_id": run_id, "recorded": 0, **summary}
     log.info("recorded %d verdict(s) in run %s: %s", len(records), run_id, summary)
     print(format_table(table))
     return {"run_id": run_id, "recorded": len(records), **summary}

@@ -22,8 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from sklearn.metrics import roc_auc_score
+
+from pipeline.commands.train import run_train
+from pipeline.config import compose
+from pipeline.data.datasets import load_images
+from pipeline.data.layout import scan_test
+from pipeline.detector import AnomalyDetector
+from pipeline.report.sweep import sweep_figure
+from pipeline.scoring import scores as S
+from pipeline.tracking.sweep_run import finish_summary_run, log_sweep_point, start_summary_run
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +41,6 @@ MULTIRUN_FLAGS = ("--multirun", "-m")
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """(plain overrides, {key: [values]} of the sweep overrides such as model.beta=0.5,1,2)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     base, axes = [], {}
     for line in overrides:
@@ -65,29 +72,22 @@ def expand_grid(overrides: list[str], params: dict[str, str]) -> tuple[list[str]
     return base, points
 
 
-def test_aurocs(detector, data_root: Path, score_names: list[str], batch_size: int) -> dict[str, float]:
+def test_aurocs(detector: AnomalyDetector, data_root: Path, score_names: list[str], batch_size: int) -> dict[str, float]:
     """Image AUROC of each named score on the test split of data_root (single-category detectors)."""
-    from pipeline.data.datasets import load_images
-    from pipeline.data.layout import scan_test
-    from pipeline.training.train import score_images
-
     images, kept, _ = load_images(scan_test(data_root), detector.spec.image_size, detector.spec.read_options)
     labels = np.array([s.label for s in kept])
-    scores = score_images(detector, images, batch_size)
+    extra = tuple(n for n in score_names if n not in (*S.BASE_SCORES, S.FUSED))
+    scores = detector.score(images, batch_size=batch_size, extra=extra, keep=())
     return {name: float(roc_auc_score(labels, scores[name])) for name in score_names}
 
 
 def run_sweep(overrides: list[str]) -> dict:
-    from pipeline.config import compose
-    from pipeline.scoring.detector import AnomalyDetector
-    from pipeline.training.train import run_train
-
     base_cfg = compose(split_overrides(overrides)[0])
     base, points = expand_grid(overrides, dict(base_cfg.sweep.params))
     sweep = base_cfg.sweep
     fixed = [f"tracking.train_experiment={sweep.experiment}", f"report.enabled={str(sweep.report).lower()}",
              f"++tracking.register={str(sweep.register).lower()}"]
-    parent = _start_summary_run(base_cfg, points) if base_cfg.tracking.enabled else None
+    parent = start_summary_run(base_cfg, points) if base_cfg.tracking.enabled else None
     rows = []
     for i, point in enumerate(points, start=1):
         log.info("sweep point %d/%d: %s", i, len(points), " ".join(point))
@@ -98,23 +98,18 @@ def run_sweep(overrides: list[str]) -> dict:
         aurocs = test_aurocs(detector, Path(detector.spec.extra["data_root"]), list(sweep.scores), cfg.data.batch_size)
         row = {**{o.split("=", 1)[0]: o.split("=", 1)[1] for o in point}, "beta": cfg.model.beta,
                "latent_dim": cfg.model.latent_dim, **{f"auroc.{k}": v for k, v in aurocs.items()},
+               **{f"validation.{k}": v for k, v in detector.spec.validation.items() if isinstance(v, float)},
                "auroc": aurocs.get(cfg.score.score, np.nan), "score": cfg.score.score,
                **_run_numbers(summary), "seconds": time.perf_counter() - started, "run_id": summary["run_id"]}
         rows.append(row)
         if parent is not None:
-            from pipeline.tracking.sweep_run import log_sweep_point
-
             log_sweep_point(cfg, summary["run_id"], parent, aurocs)
     frame = pd.DataFrame(rows)
     out_dir = Path(sweep.output_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "sweep.csv", index=False)
-    from pipeline.report.sweep import sweep_figure
-
     sweep_figure(frame, [f"auroc.{s}" for s in sweep.scores], out_dir / "sweep_auroc.png")
     if parent is not None:
-        from pipeline.tracking.sweep_run import finish_summary_run
-
         finish_summary_run(base_cfg, parent, out_dir, frame)
     best = frame.loc[frame["auroc"].idxmax()] if frame["auroc"].notna().any() else None
     return {"output_dir": str(out_dir), "n_runs": len(frame), "summary_run_id": parent,
@@ -128,7 +123,3 @@ def _run_numbers(summary: dict) -> dict:
             "threshold": summary.get("threshold"), "active_dims": report.get("active_dims")}
 
 
-def _start_summary_run(cfg: DictConfig, points: list[list[str]]) -> str:
-    from pipeline.tracking.sweep_run import start_summary_run
-
-    return start_summary_run(cfg, points)
