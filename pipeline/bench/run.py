@@ -1,8 +1,8 @@
-"""`python -m pipeline bench`: assemble the speed, memory and quality measurements into one report.
+"""`python -m pipeline bench`: assemble the measurements into one report (BENCHMARKS.md and .json).
 
-Every product configuration is composed from conf/ (the defaults as they are when the bench runs,
-plus `bench.overrides` and, in quick mode, `bench.sizes.quick.quality_overrides`); nothing here
-hard-codes a model or score setting. Outputs go to a work folder; MLflow goes to a store inside it.
+Every product configuration is composed from conf/ (the defaults as they are when the bench runs, plus
+`bench.overrides`, the method's overrides and, in quick mode, `bench.sizes.quick.quality_overrides`); nothing
+here hard-codes a model or score setting. Outputs go to a work folder; MLflow goes to a store inside it.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from pipeline.bench import memory, quality, report, speed
+from pipeline.bench import drift, memory, quality, report, speed, thresholds
 from pipeline.config import compose, project_root
 from pipeline.data.layout import scan_test
-from pipeline.scoring.detector import AnomalyDetector
+from pipeline.data.splits import TooFewNormalImages
+from pipeline.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
+SECTIONS = ("wall_time", "speed", "quality", "thresholds", "drift")
 
 
 def _isolated(work: Path, tag: str) -> list[str]:
@@ -33,11 +35,39 @@ def _isolated(work: Path, tag: str) -> list[str]:
     return [f"output_root={work / tag}", f"tracking.store_dir={work / tag / 'mlruns'}", "tracking.uri=null"]
 
 
+def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str]]]:
+    """(task name, family label, data overrides): the built-in families, then the digits tasks of both protocols."""
+    found = [(c, c, ["data=builtin", f"data.category={c}"]) for c in bench.families]
+    found += [(f"digit_{d}", "digits one-vs-rest", ["data=digits", "data.protocol=one_vs_rest", f"data.normal_digit={d}"])
+              for d in sizes.digits_one_vs_rest]
+    found += [(f"loco_{d}", "digits leave-one-out", ["data=digits", "data.protocol=leave_one_out",
+                                                     f"data.anomaly_digit={d}"]) for d in sizes.digits_leave_one_out]
+    return found
+
+
+def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
+    base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false", "trainer.enable_progress_bar=false",
+            f"score.alpha={bench.alpha_sizes}"]
+    results = {}
+    for name, family, data in tasks(bench, sizes):
+        configs = {}
+        for method, overrides in bench.methods.items():
+            seeds = sizes.seeds if method == "new_default" else sizes.baseline_seeds
+            configs[method] = [compose([*base, *data, *overrides, f"seed={s}",
+                                        *_isolated(work, f"quality-{name}-{method}-{s}")]) for s in seeds]
+        try:
+            results[name] = {"family": family, **quality.evaluate_task(name, configs, bench, list(bench.alphas),
+                                                                     ("map.balanced",) if family == name else ())}
+        except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
+            results[name] = {"family": family, "dataset": name, "refused": str(err)}
+    return results
+
+
 def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     epochs = int(sizes.train_epochs)
-    cfg = compose([*bench.overrides, f"data.category={bench.categories[0]}", f"trainer.max_epochs={epochs}",
+    cfg = compose([*bench.overrides, f"data.category={bench.families[0]}", f"trainer.max_epochs={epochs}",
                    f"trainer.min_epochs={epochs}", f"trainer.early_stopping_patience={epochs + 1}",
-                   *_isolated(work, "speed"), f"tracking.enabled={str(bool(bench.speed_tracking)).lower()}"])
+                   "trainer.enable_progress_bar=false", *_isolated(work, "speed")])
     training = speed.training_throughput(cfg)
     detector = AnomalyDetector.load(training["detector_dir"])
     samples = scan_test(cfg.data.root)
@@ -48,45 +78,51 @@ def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     n = int(sizes.memory_n)
     peaks = [memory.measure(Path(training["detector_dir"]), Path(cfg.data.root), count, cfg.data.batch_size,
                             work / f"memory-{count}") for count in (n, 10 * n)]
-    return {"dataset": cfg.data.name, "torch_threads": torch.get_num_threads(),
-            "training": training, "scoring": scoring, "memory": peaks}
-
-
-def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
-    base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false",
-            "trainer.enable_progress_bar=false"]
-    tasks = [(c, ["data=builtin", f"data.category={c}"]) for c in bench.categories]
-    tasks += [(f"digit_{d}", ["data=digits", f"data.normal_digit={d}"]) for d in sizes.digits]
-    results = {}
-    for name, data in tasks:
-        other_seeds = [_vae_and_ae(base, data, work, name, seed) for seed in sizes.extra_seeds]
-        results[name] = quality.evaluate_dataset(*_vae_and_ae(base, data, work, name), bench, sizes, other_seeds)
-    return results
-
-
-def _vae_and_ae(base: list[str], data: list[str], work: Path, name: str,
-                seed: int | None = None) -> tuple[DictConfig, DictConfig]:
-    """The product VAE's and the plain AE's configs for one quality task (at `seed`, or the configured
-    one), each in its own work folder."""
-    seeded, tag = ([f"seed={seed}"], f"-seed{seed}") if seed is not None else ([], "")
-    return tuple(compose([*base, *data, *model, *seeded, *_isolated(work, f"quality-{name}-{kind}{tag}")])
-                 for kind, model in (("vae", []), ("ae", ["model=ae"])))
+    return {"dataset": cfg.data.name, "torch_threads": torch.get_num_threads(), "training": training,
+            "scoring": scoring, "memory": peaks}
 
 
 def measure_wall_time(bench: DictConfig, work: Path) -> dict:
-    """`make train && make score` as the Makefile runs them (one command per category), at the
-    default settings; only the output folder and the MLflow store are moved into the work folder."""
+    """`make train && make score` as the Makefile runs them (one command per built-in category), at the defaults;
+    only the output folder and the MLflow store are moved into the work folder."""
     isolated = _isolated(work, "wall")
+    categories = list(compose([]).data.generate.categories)
     commands = [[sys.executable, "-m", "pipeline", step, f"data.category={c}", *isolated]
-                for step in ("train", "score") for c in bench.categories]
-    started = time.perf_counter()
+                for step in ("train", "score") for c in categories]
+    started, seconds = time.perf_counter(), []
     for command in commands:
+        begun = time.perf_counter()
         subprocess.run(command, cwd=project_root(), check=True, capture_output=True)
-    return {"seconds": time.perf_counter() - started,
+        seconds.append(time.perf_counter() - begun)
+    return {"seconds": time.perf_counter() - started, "per_command": seconds,
             "commands": [" ".join(["python", *c[1:5]]) for c in commands]}
 
 
-SECTIONS = ("speed", "quality", "wall_time")
+def measure_thresholds(bench: DictConfig, sizes: DictConfig, work: Path, quality_results: dict) -> dict:
+    table = thresholds.false_alarm_table({k: v for k, v in quality_results.items() if "refused" not in v},
+                                         list(bench.alphas))
+    if not sizes.small_data:
+        return {**table, "small_data": {"skipped": "quick mode"}}
+    reference = quality_results.get(bench.small_data.category, {}).get("new_default", [{}])[0]
+    recall = ((reference.get("false_alarm") or {}).get(str(bench.alpha_sizes)) or {}).get("recall")
+    base = [*bench.overrides, "tracking.enabled=false", "trainer.enable_progress_bar=false"]
+    table["small_data"] = thresholds.small_data(base, work, bench, float(bench.alpha_sizes), recall)
+    return table
+
+
+def measure_drift(bench: DictConfig, work: Path) -> dict:
+    cfg = compose([*bench.overrides])
+    d, i = bench.drift, cfg.inspect
+    results = {}
+    for family in bench.families:
+        root = quality.ensure_dataset(compose([f"data.category={family}"]).data, cfg.seed)
+        results[family] = drift.measure_drift(
+            root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed,
+            split=drift.SplitSettings(alpha=float(bench.alpha_sizes), **cfg.data.split),
+            shifts=drift.process_shifts(d.zoom, list(d.gains), d.blur_sigma), defect_shares=list(d.defect_shares),
+            alpha=i.drift_alpha, trim=i.drift_trim, min_images=i.drift_min_images, min_shift=i.drift_min_shift,
+            test=i.drift_test)
+    return results
 
 
 def previous_results(json_path: Path, keep: list[str]) -> tuple[dict, dict]:
@@ -117,28 +153,28 @@ def run_bench(cfg: DictConfig) -> dict:
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
-    # Which run measured each section: this one, or (bench.sections) an earlier one kept from BENCHMARKS.json.
     context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"]}
                                 for s in SECTIONS}
-    started = time.perf_counter()
-    results = dict(kept)
+    started, results = time.perf_counter(), dict(kept)
+    measures = {"wall_time": lambda: (measure_wall_time(bench, work) if not bench.quick
+                                      else {"skipped": "not run in quick mode"}),
+                "speed": lambda: measure_speed(bench, sizes, work),
+                "quality": lambda: measure_quality(bench, sizes, work),
+                "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
+                "drift": lambda: measure_drift(bench, work)}
     try:
-        if "speed" in sections:
-            results["speed"] = measure_speed(bench, sizes, work)
-            # The quality phase is long: keep the speed figures on disk should it be interrupted.
-            Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1,
-                                                   default=float))
-        if "quality" in sections:
-            results["quality"] = measure_quality(bench, sizes, work)
-        if "wall_time" in sections:
-            results["wall_time"] = (measure_wall_time(bench, work) if sizes.wall_time
-                                    else {"skipped": "not run in quick mode (bench.sizes.quick.wall_time=false)"})
+        for section in SECTIONS:
+            if section in sections:
+                log.info("bench: %s", section)
+                results[section] = measures[section]()
+                # A long run: keep what is measured on disk should it be interrupted.
+                Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1,
+                                                       default=float))
     finally:
         if not bench.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     context["bench_seconds"] = time.perf_counter() - started
     context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    written = report.write({s: results[s] for s in SECTIONS}, context, Path(bench.markdown), Path(bench.json),
-                           bench.alpha_false_alarm)
+    written = report.write({s: results[s] for s in SECTIONS}, context, Path(bench.markdown), Path(bench.json))
     return {"markdown": str(written[0]), "json": str(written[1]), "seconds": context["bench_seconds"],
             "sections": sections}

@@ -1,41 +1,41 @@
 """Throughput of the pipeline against the raw model, measured in the same process and run.
 
-Training: the real `run_train` (Lightning, checkpoints, MLflow to a throw-away store) vs a minimal
-PyTorch loop over the same in-memory images, same network, loss, optimizer and batch size, doing the
-same per-epoch work (one pass over the training images, one validation pass). The first epoch of each
-is warm-up and not counted.
+Training: the real `run_train` (Lightning, checkpoints, MLflow to a throw-away store) vs a minimal PyTorch loop
+over the same in-memory images, same network, loss, optimizer and batch size, doing the same per-epoch work (one
+pass over the training images, one validation pass); the first epoch of each is warm-up. The learned map's
+training is reported as its own steps per second.
 
-Scoring: `score_dataset` end to end (read and decode files, every score, maps, write .npy) vs
-`score_batch` on in-memory tensors (the same computations, no I/O) and vs a bare encoder+decoder
-forward; plus the time of each stage on the same images so the bottleneck is visible.
+Scoring: `score_files` end to end (read and decode files, the detector's batch computation, maps at the
+original resolution, write .npy) vs the same batch computation on in-memory tensors, and vs the bare forward of
+its networks (encoder, posterior-mean decoder, learned map); plus the network calls each image costs and the
+time of each stage, so the bottleneck is visible.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from pipeline.commands.train import run_train
+from pipeline.data.conditional import build_datamodule
 from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
-from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
+from pipeline.detector import AnomalyDetector
+from pipeline.detector.files import map_file, save_map, score_files
 from pipeline.models.factory import build_network
-from pipeline.scoring.detector import AnomalyDetector
-from pipeline.scoring.maps import resize_map
-from pipeline.scoring.run import defect_regions, map_file, save_map, score_dataset
-
-log = logging.getLogger(__name__)
+from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
+from pipeline.scoring.maps import defect_regions, resize_map
 
 
 def _now() -> tuple[float, float]:
-    """(wall, CPU) clocks. CPU time of this process (all its threads) is far less disturbed than wall
-    time when other jobs share the cores, so every figure is reported in both."""
+    """(wall, CPU) clocks. CPU time of this process (all its threads) is far less disturbed than wall time
+    when other jobs share the cores, so every figure is reported in both."""
     return time.perf_counter(), time.process_time()
 
 
@@ -65,21 +65,11 @@ def _counted(epochs: list[tuple[float, float]], n_images: int) -> dict:
             "images_per_cpu_second": n_images * len(timed) / max(cpu, 1e-9)}
 
 
-def pipeline_training(cfg: DictConfig) -> tuple[dict, dict]:
-    """Run the real training entry point; returns (throughput, run_train summary)."""
-    from pipeline.training.train import run_train
-
-    timer = EpochTimer()
-    summary = run_train(cfg, extra_callbacks=[timer])
-    return _counted(timer.epochs, summary["n_train"]), summary
-
-
 def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.Tensor, epochs: int) -> dict:
     """The minimal loop: the same network, loss, Adam and batch size over in-memory tensors."""
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    net = build_network(m.kind, cfg.data.channels, cfg.data.image_size, m.latent_dim, m.hidden_channels,
-                        m.latent_layout)
+    net = build_network(m.kind, cfg.data.channels, cfg.data.image_size, m.latent_dim, m.hidden_channels, m.latent_layout)
     optimizer = torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     batch, n = cfg.data.batch_size, len(train_images)
     steps = n // batch if n > batch else 1  # drop_last, as the datamodule does
@@ -97,8 +87,7 @@ def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.
         net.train()
         order = torch.randperm(n)
         for step in range(steps):
-            x = train_images[order[step * batch:(step + 1) * batch]]  # (B, C, S, S)
-            recon, kl = losses(x)
+            recon, kl = losses(train_images[order[step * batch:(step + 1) * batch]])  # (B, C, S, S)
             loss = recon + kl_weight(epoch, m.beta, m.kl_warmup_epochs) * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -113,16 +102,18 @@ def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.
 
 
 def training_throughput(cfg: DictConfig) -> dict:
-    """Pipeline vs raw loop on the same data; efficiency = pipeline / raw images per second."""
-    from pipeline.training.train import build_datamodule
-
-    piped, summary = pipeline_training(cfg)
+    """Pipeline vs raw loop on the same data; efficiency = pipeline / raw images per second (the VAE's fit), and
+    the learned map's steps per second."""
+    timer = EpochTimer()
+    summary = run_train(cfg, extra_callbacks=[timer])
+    piped = _counted(timer.epochs, summary["sizes"]["n_train"])
     datamodule = build_datamodule(cfg, Path(cfg.data.root))
     datamodule.setup("fit")
-    raw = raw_training(cfg, datamodule.train_images, datamodule.val_images, cfg.trainer.max_epochs)
-    return {"pipeline": piped, "raw": raw, "n_train": summary["n_train"], "batch_size": cfg.data.batch_size,
+    raw = raw_training(cfg, datamodule.train_images, datamodule.selection_images, cfg.trainer.max_epochs)
+    return {"pipeline": piped, "raw": raw, "n_train": summary["sizes"]["n_train"], "batch_size": cfg.data.batch_size,
             "epochs": cfg.trainer.max_epochs, "efficiency": piped["images_per_second"] / raw["images_per_second"],
             "efficiency_cpu": piped["images_per_cpu_second"] / raw["images_per_cpu_second"],
+            "head_steps": int(cfg.head.steps) if cfg.head.enabled else 0, "head_seconds": summary["head_seconds"],
             "detector_dir": summary["detector_dir"]}
 
 
@@ -132,26 +123,43 @@ def _rate(n: int, started: tuple[float, float]) -> dict:
             "images_per_cpu_second": n / max(cpu, 1e-9)}
 
 
+def network_calls(detector: AnomalyDetector, images: torch.Tensor, batch: int) -> dict[str, float]:
+    """Images passed through each network per scored image, counted with forward hooks during one `score`."""
+    counts, hooks = Counter(), []
+    modules = {"encoder": detector.vae.encoder, "decoder": detector.vae.decoder}
+    if detector.head is not None:
+        modules["learned map"] = detector.head
+    for name, module in modules.items():
+        hooks.append(module.register_forward_hook(
+            lambda mod, args, out, name=name: counts.update({name: int(args[0].shape[0])})))
+    try:
+        detector.score(images, batch_size=batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: counts[name] / len(images) for name in modules}
+
+
 def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) -> None:
-    """Encoder + posterior-mean decoder only: the least any scorer must compute."""
+    """The detector's networks only, once each per image: the least any scorer of this model must compute."""
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            mu, _ = detector.net.encode(images[start:start + batch])
-            torch.sigmoid(detector.net.decode(mu))
+            x = images[start:start + batch]
+            mu, _ = detector.vae.encode(x)
+            x_hat = torch.sigmoid(detector.vae.decode(mu))
+            if detector.head is not None:
+                detector.head(x, x_hat)
 
 
 def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: Path, batch: int,
                        num_workers: int, warmup_batches: int) -> dict:
-    """End-to-end scoring vs in-memory computation, and the cost of each stage, on the same images."""
-    warm = samples[:max(1, warmup_batches) * batch]
-    score_dataset(detector, warm, work / "warmup", batch, num_workers)
-
+    """End-to-end scoring vs the same batch computation in memory vs the bare networks, and each stage's cost."""
+    score_files(detector, samples[:max(1, warmup_batches) * batch], work / "warmup", batch, num_workers)
     started = _now()
-    score_dataset(detector, samples, work / "end_to_end", batch, num_workers, keep_maps=False)
+    score_files(detector, samples, work / "end_to_end", batch, num_workers)
     end_to_end = _rate(len(samples), started)
 
-    # Stage 1, decode: read every file through the same Dataset and DataLoader, no model.
-    started = _now()
+    started = _now()  # stage 1, decode: read every file through the same Dataset and DataLoader, no model
     decoded, sizes = [], []
     for item in DataLoader(ImageDataset(samples, detector.spec.image_size, detector.spec.read_options),
                            batch_size=batch, shuffle=False, num_workers=num_workers):
@@ -160,30 +168,25 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
     decode = _rate(len(samples), started)
     images = torch.cat(decoded)  # (N, C, S, S)
 
-    # Stage 2, forward: every score and the map on in-memory tensors (what score_batch does per batch).
-    started = _now()
-    maps = [detector.score_batch(images[s:s + batch])["map"].float().cpu() for s in range(0, len(images), batch)]
+    started = _now()  # stage 2, forward: the detector's batch computation on in-memory tensors
+    maps = torch.from_numpy(detector.score(images, batch_size=batch)["map"])
     forward = _rate(len(samples), started)
-    maps = torch.cat(maps)  # (N, S, S)
-
     started = _now()
     bare_forward(detector, images, batch)
     bare = _rate(len(samples), started)
 
-    # Stage 3, maps: resize to the original resolution and find defect regions, per image.
-    started = _now()
+    started = _now()  # stage 3, maps: resize to the original resolution and find defect regions, per image
     full = [resize_map(m, hw).numpy() for m, hw in zip(maps, sizes)]
     for f in full:
         defect_regions(f, detector.spec.pixel_threshold)
     map_stage = _rate(len(samples), started)
-
-    # Stage 4, writing: one float16 .npy per image.
-    started = _now()
+    started = _now()  # stage 4, writing: one float16 .npy per image
     for sample, f in zip(samples, full):
-        save_map(map_file(work / "stage_write", sample), f)
+        save_map(map_file(work / "stage_write", sample.rel_path), f)
     write = _rate(len(samples), started)
 
     return {"n_images": len(samples), "batch_size": batch, "num_workers": num_workers,
+            "network_calls_per_image": network_calls(detector, images[:4 * batch], batch),
             "end_to_end": end_to_end, "raw_same_work": forward, "raw_bare_forward": bare,
             **{f"ratio_{name}{suffix}": end_to_end[key] / raw[key]
                for name, raw in (("same_work", forward), ("bare_forward", bare))

@@ -68,6 +68,7 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
                "shortfall": shortfall, "validation": detector.spec.validation,
                "sizes": {k: detector.spec.extra[k] for k in ("n_train", "n_selection", "n_calibration")},
                "train_seconds": fitted.vae.seconds + (fitted.head.seconds if fitted.head else 0.0),
+               "vae_seconds": fitted.vae.seconds, "head_seconds": fitted.head.seconds if fitted.head else 0.0,
                "epochs": fitted.vae.epochs, "world_size": fitted.vae.world_size,
                "train_images_per_second": fitted.vae.images_per_second,
                "skipped_images": [str(e) for e in datamodule.skipped]}

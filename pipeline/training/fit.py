@@ -47,7 +47,9 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list[pl.Callback], logger,
         min_epochs=min(min_epochs, max_epochs), max_steps=max_steps, log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         enable_progress_bar=False, callbacks=callbacks, logger=logger if logger is not None else False,
-        enable_model_summary=False, num_sanity_val_steps=0)
+        enable_model_summary=False, num_sanity_val_steps=0,
+        # Only where we place the checkpoints ourselves; Lightning's default would write into the working directory.
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
 
 
 def load_best_weights(net: torch.nn.Module, checkpoint_path: str, prefix: str = "net.") -> None:
