@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.data.images import ReadOptions
 from pipeline.detector import calibration as C
 from pipeline.detector import fitting
-from pipeline.detector.compute import BatchComputer
+from pipeline.detector.compute import HEAD_MAP, MAP_KINDS, BatchComputer
 from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE, DetectorSpec
 from pipeline.models.cvae import conditioned
 from pipeline.models.factory import build_network
@@ -33,6 +33,20 @@ from pipeline.models.head import AnomalyHead
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
+
+
+def check_settings(spec: DetectorSpec) -> None:
+    """ValueError naming the key when settings contradict each other or name what does not exist."""
+    detect = spec.detect
+    if detect["map"] not in MAP_KINDS:
+        raise ValueError(f"detect.map must be one of {MAP_KINDS}, got {detect['map']!r}")
+    if detect["map"] == HEAD_MAP and not spec.head:
+        raise ValueError("detect.map=head needs the learned anomaly map: set head.enabled=true or another detect.map")
+    unknown = [c for c in detect["components"] if c not in S.BASE_SCORES]
+    if unknown or not detect["components"]:
+        raise ValueError(f"detect.components must be a non-empty list of {S.BASE_SCORES}, got {list(detect['components'])}")
+    if spec.score not in S.SCORE_NAMES:
+        raise ValueError(f"score.score must be one of {S.SCORE_NAMES}, got {spec.score!r}")
 
 
 class TamperedModelError(ValueError):
@@ -64,6 +78,7 @@ class AnomalyDetector:
             categories=list(categories) if categories else None, detect=plain(cfg.detect), score=cfg.score.score,
             alpha=cfg.score.alpha, threshold_method=cfg.score.threshold_method,
             manual_threshold=cfg.score.manual_threshold, extra={"seed": int(cfg.seed)})
+        check_settings(spec)  # before hours of training, not after
         return cls(spec)
 
     def fit(self, datamodule, cfg: DictConfig, checkpoint_dir: Path, logger=None, callbacks=(),

@@ -66,10 +66,7 @@ def fit_map_statistics(detector, images: torch.Tensor, labels: torch.Tensor | No
 def component_transforms(detector) -> dict[str, str]:
     """Each fused component and the scale it is standardized on: the learned map's values are
     probabilities (logit), every other score a positive error (log)."""
-    components = list(detector.spec.detect["components"])
-    unknown = [c for c in components if c not in S.BASE_SCORES]
-    if unknown or not components:
-        raise ValueError(f"detect.components must be a non-empty subset of {S.BASE_SCORES}, got {components}")
+    components = list(detector.spec.detect["components"])  # checked by detector.check_settings
     probability = detector.spec.detect["map"] == "head"
     return {c: "logit" if probability and c in ("map_max", "map_topk") else "log" for c in components}
 

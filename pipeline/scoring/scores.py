@@ -30,12 +30,24 @@ def posterior_mean(net: ConvAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor,
     return net.decode(mu), mu, log_var
 
 
+def bernoulli_entropy(x: torch.Tensor) -> torch.Tensor:
+    """Sum over pixels of the entropy of Bernoulli(x), (B, C, H, W) -> (B,): the smallest value the Bernoulli
+    reconstruction term can take for image x, reached when the reconstruction is x itself."""
+    p = x.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log()).flatten(1).sum(dim=1)
+
+
 def neg_elbo_at_mean(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor | None,
                      recon_loss: str) -> torch.Tensor:
     """-log p(x | z = mu) + KL(q(z|x) || p(z)), (B,): the negative ELBO with the reconstruction term taken at the
-    posterior mean instead of sampled. Deterministic, and one decode instead of K; for the autoencoder
-    (no posterior) the reconstruction term plus 0.5 |mu|^2."""
-    return reconstruction_nll(logits, x, recon_loss) + kl_score(mu, log_var)
+    posterior mean instead of sampled (deterministic; one decode instead of K). For Bernoulli likelihoods of grey
+    images the reconstruction term's floor, the entropy of Bernoulli(x), is subtracted: it measures how much grey
+    an image holds, not how well the model explains it (input complexity, Serra et al. 2020), and would rank
+    busy normal images above plain anomalous ones. For the autoencoder (no posterior) the KL is 0.5 |mu|^2."""
+    reconstruction = reconstruction_nll(logits, x, recon_loss)
+    if recon_loss == "bce":
+        reconstruction = reconstruction - bernoulli_entropy(x)
+    return reconstruction + kl_score(mu, log_var)
 
 
 def recon_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
