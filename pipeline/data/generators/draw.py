@@ -136,10 +136,11 @@ def rotate(x: np.ndarray, y: np.ndarray, ang: float) -> tuple[np.ndarray, np.nda
     return ca * x + sa * y, -sa * x + ca * y
 
 
-def sample(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear, periodic lookup of `field` (m, m) at centred coordinates (x, y); used to warp a texture."""
+def sample(field: np.ndarray, x: np.ndarray, y: np.ndarray, order: int = 3) -> np.ndarray:
+    """Periodic spline lookup of `field` (m, m) at centred coordinates (x, y): a texture seen through a warp
+    (cubic by default, so a warp moves the grain without blurring it)."""
     c = (field.shape[0] - 1) / 2.0
-    return ndimage.map_coordinates(field, [y + c, x + c], order=1, mode="grid-wrap")
+    return ndimage.map_coordinates(field, [y + c, x + c], order=order, mode="grid-wrap")
 
 
 def mask_from_diff(clean: np.ndarray, defect: np.ndarray, support: Optional[np.ndarray] = None) -> np.ndarray:

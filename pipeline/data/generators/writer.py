@@ -22,10 +22,10 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from PIL import Image
 
-from pipeline.data.generators import bracket, draw, fabric
+from pipeline.data.generators import bracket, draw, fabric, mesh, sand
 
 # category -> its module: `render(rng, n, defect or None) -> (uint8 image, bool mask or None)` and `DEFECTS`
-_FAMILIES = {"fabric": fabric, "bracket": bracket}
+_FAMILIES = {"fabric": fabric, "bracket": bracket, "sand": sand, "mesh": mesh}
 
 CATEGORIES: tuple[str, ...] = tuple(_FAMILIES)
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {name: tuple(module.DEFECTS) for name, module in _FAMILIES.items()}
