@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from pipeline.data.generators import draw
 
-N_WIRES = 14              # wires of each family drawn on each side of the centre (covers 128 px at the period)
+N_WIRES = 64              # wires of each family with their own waviness (indices wrap around)
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Mesh:
     v: np.ndarray             # ... (along the vertical wires)
     period: float             # wire spacing (px)
     radius: float             # wire radius (px)
-    wobble: np.ndarray        # (2, 2 * N_WIRES + 1, 3) per-wire waviness: amplitude, wavelength factor, phase
+    wobble: np.ndarray        # (2, N_WIRES, 3) per-wire waviness: amplitude, wavelength factor, phase
     lx: float                 # light direction in the weave frame (unit vector in the image plane)
     ly: float
     metal: float
@@ -69,9 +69,8 @@ def good_part(rng: np.random.Generator, n: int) -> Mesh:
     radius = period * rng.uniform(0.20, 0.25)
     ph_u, ph_v = rng.uniform(0, 2 * period, size=2)
     u, v = draw.rotate(x, y, theta)
-    wobble = np.stack([rng.uniform(0.0, 0.06, (2, 2 * N_WIRES + 1)) * period,
-                       rng.uniform(2.0, 5.0, (2, 2 * N_WIRES + 1)),
-                       rng.uniform(0, 2 * np.pi, (2, 2 * N_WIRES + 1))], axis=-1)
+    wobble = np.stack([rng.uniform(0.0, 0.06, (2, N_WIRES)) * period, rng.uniform(2.0, 5.0, (2, N_WIRES)),
+                       rng.uniform(0, 2 * np.pi, (2, N_WIRES))], axis=-1)
     ang = np.deg2rad(rng.uniform(200.0, 250.0))  # light from the upper left
     metal = rng.uniform(0.62, 0.75)
     background = rng.uniform(0.10, 0.16) * (1 + 0.15 * draw.smooth_field(rng, n, 16 * s))
@@ -90,19 +89,24 @@ def _wire_shade(m: Mesh, t: np.ndarray, towards: float, weave_z: np.ndarray) -> 
 
 
 def _family(m: Mesh, along: np.ndarray, across: np.ndarray, fam: int) -> tuple[np.ndarray, ...]:
-    """Coverage, height and shade (each (n, n)) of one wire family: wires at across = j * period, running
-    along `along`; where two wires of the family overlap (a bent wire) the one more covering wins."""
+    """Coverage, height and shade (each (n, n)) of one wire family: wires at across = k * period, running
+    along `along`. Each pixel looks at its nearest wire and the two beside it (a bent wire moves less than
+    half a period); where two cover it, the one covering more wins."""
     cover, height, shade = np.zeros_like(along), np.full_like(along, -2.0), np.zeros_like(along)
-    nearest = np.round(across / m.period)
-    for j in range(-N_WIRES, N_WIRES + 1):
-        k = int(nearest.mean()) + j
-        amp, wave, phase = m.wobble[fam, j + N_WIRES]
+    nearest = np.round(across / m.period).astype(int)
+    for j in (-1, 0, 1):
+        k = nearest + j  # (n, n) index of the wire considered at each pixel
+        amp, wave, phase = (m.wobble[fam, k % N_WIRES, i] for i in range(3))
         centre = k * m.period + amp * np.sin(2 * np.pi * along / (wave * m.period) + phase)
-        centre = centre + m.offsets.get((fam, k), 0.0)
+        keep = np.ones_like(along)
+        for (f, wire), extra in m.offsets.items():
+            centre = centre + np.where((k == wire) & (f == fam), extra, 0.0)
+        for (f, wire), cut in m.cuts.items():
+            keep = keep * np.where((k == wire) & (f == fam), cut, 1.0)
         d = across - centre
-        c = np.clip(m.radius - np.abs(d) + 0.5, 0.0, 1.0) * m.cuts.get((fam, k), 1.0)
+        c = np.clip(m.radius - np.abs(d) + 0.5, 0.0, 1.0) * keep
         t = np.clip(d / m.radius, -1.0, 1.0)  # position across the wire's section
-        sign = 1.0 if (k % 2 == 0) == (fam == 0) else -1.0
+        sign = np.where((k % 2 == 0) == (fam == 0), 1.0, -1.0)
         weave_z = sign * np.cos(np.pi * along / m.period)  # +1 where it passes over a crossing wire
         z = weave_z + 0.3 * np.sqrt(1 - t * t)
         sh = _wire_shade(m, t, m.ly if fam == 0 else m.lx, weave_z)

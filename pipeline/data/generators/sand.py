@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from pipeline.data.generators import draw
 
-ROUGHNESS = 0.35       # std of the relief's slopes
+ROUGHNESS = 0.3        # std of the relief's slopes
 ELEVATION = 0.8        # elevation of the light above the surface (rad)
 AMBIENT = 0.35         # share of the light that is not directional
 SCALES = (1.0, 2.2, 6.0)  # grain scales of the height field (px at 128)
@@ -95,21 +95,21 @@ def _centre(rng, n: int) -> tuple[float, float]:
 # Each defect: (rng, part) -> (noise-free unlit image, explicit support or None).
 def dent(rng, p: Sand):
     cx, cy = _centre(rng, p.n)
-    r = rng.uniform(8.0, 14.0) * p.s
+    r = rng.uniform(12.0, 20.0) * p.s
     w = draw.bump(p.x, p.y, cx, cy, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi))
     push = rng.uniform(0.8, 1.6) * p.s  # grain pushed outwards by the impression
     dist = np.hypot(p.x - cx, p.y - cy) + 1e-9
     height, albedo = warped(p, push * w * (p.x - cx) / dist, push * w * (p.y - cy) / dist)
-    depth = rng.uniform(2.0, 3.5) * r / 8.0
-    height = height * (1 - rng.uniform(0.4, 0.7) * w) - depth * w
+    depth = rng.uniform(3.0, 5.0) * r / 8.0
+    height = height * (1 - rng.uniform(0.5, 0.8) * w) - depth * w
     return shade(p, height, albedo), None
 
 
 def clump(rng, p: Sand):
     cx, cy = _centre(rng, p.n)
-    r = rng.uniform(9.0, 14.0) * p.s
+    r = rng.uniform(12.0, 18.0) * p.s
     w = np.clip(1.6 * draw.bump(p.x, p.y, cx, cy, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi)), 0, 1)
-    zoom = rng.uniform(1.8, 2.4)  # grains inside look this much larger
+    zoom = rng.uniform(2.0, 2.8)  # grains inside look this much larger
     k = (1 - 1 / zoom) * w
     height, albedo = warped(p, k * (p.x - cx), k * (p.y - cy))
     height = height * (1 + (zoom - 1) * 0.5 * w)  # larger grains stand higher: keep their slopes
@@ -118,7 +118,7 @@ def clump(rng, p: Sand):
 
 def pebble(rng, p: Sand):
     cx, cy = _centre(rng, p.n)
-    rx, ry = rng.uniform(3.0, 6.0, size=2) * p.s
+    rx, ry = rng.uniform(5.0, 9.0, size=2) * p.s
     ang = rng.uniform(0, np.pi)
     u, v = draw.rotate(p.x - cx, p.y - cy, ang)
     rho = np.hypot(u / rx, v / ry)
@@ -126,22 +126,22 @@ def pebble(rng, p: Sand):
     dome = np.sqrt(np.clip(1 - rho**2, 0, 1))
     nx, ny = draw.rotate(u / rx**2, v / ry**2, -ang)  # outward normal direction of the dome
     facing = np.clip(0.6 + 0.9 * (nx * p.lx + ny * p.ly) * (1 - dome) / (np.hypot(nx, ny) + 1e-9), 0.15, 1.6)
-    tone = p.albedo.mean() * rng.choice([rng.uniform(0.55, 0.75), rng.uniform(1.25, 1.45)])
+    tone = p.albedo.mean() * rng.choice([rng.uniform(0.45, 0.65), rng.uniform(1.35, 1.6)])
     stone = tone * facing * (1 + 0.04 * rng.standard_normal(p.x.shape))
     sx, sy = -2.0 * p.s * p.lx, -2.0 * p.s * p.ly  # the shadow falls away from the light
     shadow = ndimage.gaussian_filter(ndimage.shift(cover, (sy, sx), order=1), 1.2 * p.s)
-    ground = shade(p, p.height, p.albedo) * (1 - 0.45 * shadow)
+    ground = shade(p, p.height, p.albedo) * (1 - 0.55 * shadow)
     return cover * stone + (1 - cover) * ground, cover
 
 
 def groove(rng, p: Sand):
     cx, cy = _centre(rng, p.n)
-    length = rng.uniform(25.0, 50.0) * p.s
+    length = rng.uniform(35.0, 70.0) * p.s
     pts = draw.random_walk(rng, (cx, cy), rng.uniform(0, 2 * np.pi), length, 1.5 * p.s, 0.05, 0.9)
     on_path = draw.curve_alpha(p.n, pts, 1.0, (p.n - 1) / 2.0) > 0.5
     dist = ndimage.distance_transform_edt(~on_path)
-    width = rng.uniform(1.5, 2.5) * p.s
-    depth = rng.uniform(1.5, 2.5)
+    width = rng.uniform(2.5, 3.5) * p.s
+    depth = rng.uniform(2.5, 4.0)
     profile = -depth * np.exp(-(dist / width) ** 2) + 0.5 * depth * np.exp(-((dist - 2 * width) / width) ** 2)
     profile = profile * (dist < 4 * width)
     return shade(p, p.height + profile, p.albedo), None
@@ -149,11 +149,11 @@ def groove(rng, p: Sand):
 
 def wet(rng, p: Sand):
     cx, cy = _centre(rng, p.n)
-    area = draw.log_uniform(rng, 0.006, 0.02) * p.n * p.n
+    area = draw.log_uniform(rng, 0.01, 0.035) * p.n * p.n
     a = draw.blob_alpha(p.x, p.y, cx, cy, area, rng, soft=0.6, aspect=rng.uniform(1, 2))
     smooth = ndimage.gaussian_filter(p.height, 1.0 * p.s, mode="wrap")
     height = p.height * (1 - 0.5 * a) + smooth * 0.5 * a
-    return shade(p, height, p.albedo * (1 - rng.uniform(0.12, 0.22) * a)), a
+    return shade(p, height, p.albedo * (1 - rng.uniform(0.2, 0.32) * a)), a
 
 
 DEFECTS = {"dent": dent, "clump": clump, "pebble": pebble, "groove": groove, "wet": wet}
