@@ -11,7 +11,7 @@ gradient, brightness and sensor noise.
 
 Defects (DEFECTS), each drawn here, mask = the pixels the defect changed (before sensor noise):
 
-* broken_wire: one wire is missing over one to two periods, its cut ends bent slightly out of line;
+* broken_wire: one wire is missing over two to three periods, its cut ends bent slightly out of line;
 * bent_wire: one wire is pushed sideways over a few periods, so the openings beside it change size;
 * dent: the mesh is pressed in locally: the weave is drawn towards the centre and the tilted wires catch
   less light;
@@ -144,27 +144,27 @@ def _wire_at(rng, m: Mesh) -> tuple[int, int, np.ndarray, float]:
 # Each defect: (rng, part) -> (noise-free unlit image, explicit support or None).
 def broken_wire(rng, m: Mesh):
     fam, k, along, at = _wire_at(rng, m)
-    half = rng.uniform(0.5, 1.0) * m.period  # a gap of one to two periods
+    half = rng.uniform(0.8, 1.5) * m.period  # a gap of about two to three periods
     gap = np.clip(half - np.abs(along - at) + 0.5, 0.0, 1.0)
     m.cuts[(fam, k)] = 1.0 - gap
     end = np.exp(-((np.abs(along - at) - half) / (0.4 * m.period)) ** 2) * (np.abs(along - at) > half)
-    m.offsets[(fam, k)] = rng.uniform(0.08, 0.2) * m.period * rng.choice([-1.0, 1.0]) * end  # bent cut ends
+    m.offsets[(fam, k)] = rng.uniform(0.15, 0.3) * m.period * rng.choice([-1.0, 1.0]) * end  # bent cut ends
     return weave(m, m.u, m.v), None
 
 
 def bent_wire(rng, m: Mesh):
     fam, k, along, at = _wire_at(rng, m)
-    half = rng.uniform(1.0, 2.0) * m.period
-    m.offsets[(fam, k)] = rng.uniform(0.25, 0.4) * m.period * rng.choice([-1.0, 1.0]) * np.clip(
+    half = rng.uniform(1.5, 2.5) * m.period
+    m.offsets[(fam, k)] = rng.uniform(0.3, 0.45) * m.period * rng.choice([-1.0, 1.0]) * np.clip(
         1 - ((along - at) / half) ** 2, 0, None) ** 2
     return weave(m, m.u, m.v), None
 
 
 def dent(rng, m: Mesh):
     cx, cy, uc, vc = _spot(rng, m)
-    r = rng.uniform(10.0, 16.0) * m.s
+    r = rng.uniform(14.0, 20.0) * m.s
     w = draw.bump(m.x, m.y, cx, cy, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi))
-    pull = rng.uniform(0.12, 0.22)  # the weave is drawn towards the centre
+    pull = rng.uniform(0.15, 0.25)  # the weave is drawn towards the centre
     img = weave(m, m.u + pull * w * (m.u - uc), m.v + pull * w * (m.v - vc))
     gy, gx = np.gradient(w)
     tilt = -(gx * m.lx + gy * m.ly) * r * rng.uniform(0.25, 0.45)  # slopes facing the light are brighter
@@ -173,16 +173,16 @@ def dent(rng, m: Mesh):
 
 def twist(rng, m: Mesh):
     cx, cy, uc, vc = _spot(rng, m)
-    r = rng.uniform(12.0, 18.0) * m.s
+    r = rng.uniform(14.0, 20.0) * m.s
     w = np.clip(1.5 * draw.bump(m.x, m.y, cx, cy, r, r, 0.0), 0, 1)
-    ang = np.deg2rad(rng.uniform(10.0, 20.0)) * rng.choice([-1.0, 1.0]) * w
+    ang = np.deg2rad(rng.uniform(15.0, 25.0)) * rng.choice([-1.0, 1.0]) * w
     du, dv = draw.rotate(m.u - uc, m.v - vc, ang)
     return weave(m, uc + du, vc + dv), None
 
 
 def debris(rng, m: Mesh):
     cx, cy, _, _ = _spot(rng, m)
-    area = rng.uniform(60.0, 160.0) * m.s * m.s
+    area = rng.uniform(100.0, 250.0) * m.s * m.s
     a = draw.blob_alpha(m.x, m.y, cx, cy, area, rng, aspect=rng.uniform(1.0, 2.2))
     relief = ndimage.gaussian_filter(a, 1.5 * m.s)
     gy, gx = np.gradient(relief)
