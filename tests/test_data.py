@@ -193,4 +193,7 @@ def test_digits_config_picks_the_task_of_the_protocol_and_first_use_writes_only_
     root = builtin.ensure_dataset(cfg.data, cfg.seed)
     assert [p.name for p in root.parent.iterdir()] == ["loco_7"]
     assert {s.defect_type for s in scan_test(root)} == {"good", "digit_7"}
-    assert len(builtin.generate(cfg.data, cfg.seed)) == 19  # `python -m pipeline data data=digits`: both protocols
+    asked = []
+    monkeypatch.setattr(builtin, "generate_digits", lambda root, tasks, **kw: asked.extend(tasks) or [])
+    builtin.generate(cfg.data, cfg.seed)  # `python -m pipeline data data=digits`: every task of both protocols
+    assert sorted(asked) == sorted([f"digit_{d}" for d in range(10)] + [f"loco_{d}" for d in range(10)])

@@ -125,16 +125,24 @@ def _speed(s: dict) -> list[str]:
 
 
 def _quality(q: dict, alpha: float | None) -> list[str]:
-    builtin = [n for n, r in q.items() if r["has_masks"]]
+    # The product's own categories (its defaults are chosen on them), then the report-only families.
+    builtin = [n for n, r in q.items() if r["has_masks"] and not r.get("report_only")]
+    report_only = [n for n, r in q.items() if r.get("report_only")]
     digits = [n for n in q if not q[n]["has_masks"]]
     any_r = next(iter(q.values()))["product"]
     lines = ["## 4. Detection quality", "",
              f"Product default as composed from conf/: model `{any_r['model']}`, score `{any_r['score']}`, map "
              f"`{any_r['map']}`. All methods train on the same split (the product's validation images held out) and "
              "are scored on the same test images; maps are compared at the original resolution.", ""]
-    for name in builtin:
+    for name in [*builtin, *report_only]:
         r = q[name]
-        lines += [f"### `{name}` ({r['n_train']} train, {r['n_test']} test of which {r['n_anomalous']} defective)", ""]
+        kind = " — report-only family" if name in report_only else ""
+        lines += [f"### `{name}`{kind} ({r['n_train']} train, {r['n_test']} test of which {r['n_anomalous']} "
+                  "defective)", ""]
+        if name == (report_only or [None])[0]:
+            lines += ["Report-only families (`data.report_categories`, docs/datasets.md) show how the detector "
+                      "carries over to parts it was not designed on; no default of the product is chosen on them, "
+                      "and the score, map and false-alarm tables below leave them out.", ""]
         rows = []
         for key, label in METHODS:
             res = r[key] if key in ("product", "ae") else r["baselines"].get(key, {})
@@ -153,7 +161,7 @@ def _quality(q: dict, alpha: float | None) -> list[str]:
         rows = [[n, *(_f(cell(q[n], k)) for k, _ in METHODS)] for n in digits]
         rows.append(["**mean**", *(_f(_mean(cell(q[n], k) for n in digits)) for k, _ in METHODS)])
         lines += _table(header, rows)
-    lines += _seed_table(q, builtin, digits)
+    lines += _seed_table(q, [*builtin, *report_only], digits)
     cols = [*builtin, *(["digits (mean)"] if digits else [])]
     lines += ["### Every score of the product VAE (image AUROC)", ""]
     lines += _table(["score", *cols], [[s, *(_f(q[n]["product"]["scores"][s]) for n in builtin),

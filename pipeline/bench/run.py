@@ -55,12 +55,14 @@ def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
 def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false",
             "trainer.enable_progress_bar=false"]
-    tasks = [(c, ["data=builtin", f"data.category={c}"]) for c in bench.categories]
+    report_only = list(bench.report_categories or [])
+    tasks = [(c, ["data=builtin", f"data.category={c}"]) for c in [*bench.categories, *report_only]]
     tasks += [(f"digit_{d}", ["data=digits", f"data.normal_digit={d}"]) for d in sizes.digits]
     results = {}
     for name, data in tasks:
         other_seeds = [_vae_and_ae(base, data, work, name, seed) for seed in sizes.extra_seeds]
         results[name] = quality.evaluate_dataset(*_vae_and_ae(base, data, work, name), bench, sizes, other_seeds)
+        results[name]["report_only"] = name in report_only
     return results
 
 
