@@ -36,7 +36,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     product = [*TINY, f"data.root={tiny_dataset}"]
     md, js = tmp_path / "B.md", tmp_path / "B.json"
     overrides = ["bench.quick=true", f"bench.overrides=[{','.join(repr(o) for o in product)}]",
-                 "bench.sizes.quick.digits=[]", "bench.categories=[tiny]", "bench.sizes.quick.train_epochs=2",
+                 "bench.sizes.quick.digits=[]", "bench.categories=[tiny]", "bench.report_categories=[extra]", "bench.sizes.quick.train_epochs=2",
                  "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0", "bench.sizes.quick.pyod_vae_epochs=2",
                  "bench.sizes.quick.extra_seeds=[1]",
                  "bench.iforest_trees=20", "bench.speed_tracking=false", f"bench.markdown={md}", f"bench.json={js}",
@@ -56,7 +56,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
         assert [e["seed"] for e in tiny["seeds"][model]] == [0, 1]
         assert tiny["seeds"][model][0]["image_auroc"] == tiny[model]["image_auroc"]
         assert 0 <= tiny["seeds"][model][1]["aupro"] <= 1
+    assert data["quality"]["extra"]["report_only"] and not tiny["report_only"]  # a report-only family
     text = md.read_text()
+    assert "### `extra` — report-only family" in text
     for heading in ("## 1. Training", "## 2. Scoring", "## 3. Peak memory", "## 4. Detection quality", "## 5. Wall",
                     "### Product VAE vs plain autoencoder, per training seed"):
         assert heading in text

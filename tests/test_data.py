@@ -148,3 +148,52 @@ def test_symlinks_out_of_the_dataset_are_not_followed(tiny_dataset, tmp_path, ca
     assert "train/good/link.png" not in names and "train/good/alias.png" in names
     assert all("dirlink" not in s.rel_path for s in scan_test(tiny_dataset))
     assert "links outside" in caplog.text
+
+
+def _indices(folder) -> set[int]:
+    return {int(p.stem) for p in folder.glob("*.png")}
+
+
+def test_digits_both_protocols_share_one_cut_and_never_train_on_their_test_images(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from pipeline.data.digits import generate_digits
+
+    target = load_digits().target
+    written = generate_digits(tmp_path, tasks=["digit_3", "digit_5", "loco_3"], seed=4)
+    assert [p.name for p in written] == ["digit_3", "digit_5", "loco_3"]
+    loco = tmp_path / "loco_3"
+    assert sorted(p.name for p in (loco / "test").iterdir()) == ["digit_3", "good"]
+    train, good, held_out = (_indices(loco / "train" / "good"), _indices(loco / "test" / "good"),
+                             _indices(loco / "test" / "digit_3"))
+    assert set(target[list(train)]) == set(target[list(good)]) == set(range(10)) - {3}  # the nine others
+    assert set(np.flatnonzero(target == 3)) == held_out  # all of the held-out digit
+    assert not train & good and not train & held_out
+    # one cut of every digit into test and training shares, the same in both protocols
+    assert _indices(tmp_path / "digit_3" / "test" / "good") == held_out - _indices(tmp_path / "digit_3" / "train" / "good")
+    fives_test = _indices(tmp_path / "digit_5" / "test" / "good")
+    assert fives_test == {i for i in good if target[i] == 5} and not fives_test & train
+    assert len(good) == sum(round((target == d).sum() * 0.3) for d in range(10) if d != 3)
+    again = generate_digits(tmp_path / "again", tasks=["loco_3"], seed=4, n_test_heldout=10)
+    assert _indices(again[0] / "train" / "good") == train and len(_indices(again[0] / "test" / "digit_3")) == 10
+    assert generate_digits(tmp_path, tasks=["loco_3"], seed=4) == []  # exists: left as it is
+    with pytest.raises(ValueError, match="unknown digits tasks"):
+        generate_digits(tmp_path, tasks=["loco_x"])
+
+
+def test_digits_config_picks_the_task_of_the_protocol_and_first_use_writes_only_it(tmp_path, monkeypatch):
+    from pipeline.config import compose
+    from pipeline.data import builtin
+
+    monkeypatch.setattr(builtin, "generated_parent", lambda kind: tmp_path / kind)
+    assert compose(["data=digits", "data.normal_digit=2"]).data.root.endswith("data/digits/digit_2")
+    cfg = compose(["data=digits", "data.protocol=leave_one_out", "data.anomaly_digit=7",
+                   f"data.root={tmp_path / 'digits' / 'loco_7'}"])
+    assert cfg.data.category == "loco_7" and cfg.data.name == "loco_7"
+    root = builtin.ensure_dataset(cfg.data, cfg.seed)
+    assert [p.name for p in root.parent.iterdir()] == ["loco_7"]
+    assert {s.defect_type for s in scan_test(root)} == {"good", "digit_7"}
+    asked = []
+    monkeypatch.setattr(builtin, "generate_digits", lambda root, tasks, **kw: asked.extend(tasks) or [])
+    builtin.generate(cfg.data, cfg.seed)  # `python -m pipeline data data=digits`: every task of both protocols
+    assert sorted(asked) == sorted([f"digit_{d}" for d in range(10)] + [f"loco_{d}" for d in range(10)])

@@ -1,0 +1,118 @@
+"""The built-in dataset generators: rendering is exact and deterministic, masks are the pixels a defect
+changed, the writer's layout, and generation on first use of only the requested category."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data import builtin
+from pipeline.data.generators import draw, writer
+from pipeline.data.generators import CATEGORIES, DEFECT_TYPES, generate_builtin, generate_category, render_sample
+from pipeline.data.layout import scan_test, scan_train
+
+# sha256 (first 16 hex digits) of image bytes + mask bytes, computed with the generator these modules replaced
+# (pipeline/data/synthetic.py): the product's own categories must keep rendering exactly these images.
+REFERENCE = {
+    ("fabric", "train/good", 0, 128): "1c695a2162f5024e",
+    ("fabric", "test/good", 3, 64): "a01470f3d65868b6",
+    ("fabric", "test/hole", 1, 128): "460fd53e4bf84b8e",
+    ("fabric", "test/stain", 1, 128): "7bca278ede1068bb",
+    ("fabric", "test/fiber", 1, 128): "a9db0474394f2132",
+    ("fabric", "test/thread_pull", 1, 128): "eeb4b46134a934c7",
+    ("fabric", "test/misweave", 1, 128): "51e4d3922322f50b",
+    ("bracket", "train/good", 0, 128): "84a9125a1d7edbb8",
+    ("bracket", "test/good", 3, 64): "207edac86237a3ba",
+    ("bracket", "test/scratch", 1, 128): "0bbe26324b002181",
+    ("bracket", "test/crack", 1, 128): "e369118740929e2b",
+    ("bracket", "test/chip", 1, 128): "4eab5776761d0468",
+    ("bracket", "test/contamination", 1, 128): "930f019df83d56c5",
+    ("bracket", "test/bent", 1, 128): "6fec36e35a359981",
+    ("bracket", "test/misprint", 1, 128): "517ba1973dac1abe",
+}
+
+
+def _digest(image, mask) -> str:
+    h = hashlib.sha256(image.tobytes())
+    if mask is not None:
+        h.update(mask.astype(np.uint8).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("key", sorted(REFERENCE))
+def test_product_categories_render_exactly_as_before(key):
+    category, split, index, size = key
+    assert _digest(*render_sample(category, split, index, seed=0, image_size=size)) == REFERENCE[key]
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_defect_is_deterministic_and_masked_where_it_changed_pixels(category):
+    good, none = render_sample(category, "train/good", 4, seed=1)
+    assert good.shape == (128, 128) and good.dtype == np.uint8 and none is None
+    assert np.array_equal(good, render_sample(category, "train/good", 4, seed=1)[0])
+    assert not np.array_equal(good, render_sample(category, "train/good", 5, seed=1)[0])  # parts vary
+    assert 4 <= len(DEFECT_TYPES[category]) <= 6
+    for defect in DEFECT_TYPES[category]:
+        for index in range(3):
+            image, mask = render_sample(category, f"test/{defect}", index, seed=1)
+            again, mask_again = render_sample(category, f"test/{defect}", index, seed=1)
+            assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+            assert mask.dtype == bool and mask.shape == image.shape
+            assert 10 <= mask.sum() <= 0.25 * mask.size, (defect, index, mask.sum())
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_a_defect_changes_only_the_pixels_of_its_mask(category):
+    """A part's nuisance is drawn before its defect, so rendering the same stream without the defect gives the
+    same good part: outside the mask the images agree (within the rounding of changes below 1 grey level)."""
+    render = writer._FAMILIES[category].render
+    for defect in DEFECT_TYPES[category]:
+        for index in range(2):
+            key = (3, category, f"test/{defect}", index)
+            image, mask = render(draw.image_rng(*key), 96, defect)
+            good, _ = render(draw.image_rng(*key), 96, None)
+            change = np.abs(image.astype(int) - good.astype(int))
+            assert change[~mask].max(initial=0) <= 1, (defect, index)
+            assert (change[mask] > 2).sum() >= 5, (defect, index)
+
+
+def test_unknown_category_and_defect_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown category 'nope'"):
+        render_sample("nope", "train/good", 0)
+    with pytest.raises(ValueError, match="unknown defect type 'hole' for 'bracket'"):
+        render_sample("bracket", "test/hole", 0)
+    with pytest.raises(ValueError, match="unknown category"):
+        generate_category(tmp_path, "nope")
+
+
+def test_writer_layout_partial_and_no_overwrite(tmp_path):
+    (tmp_path / "fabric.partial" / "junk").mkdir(parents=True)  # a killed earlier run
+    messages = []
+    [root] = generate_builtin(tmp_path, categories=["fabric"], seed=2, image_size=32, n_train=3, n_test_good=2,
+                              n_test_defect_per_type=2, progress=messages.append)
+    assert root == tmp_path / "fabric" and not (tmp_path / "fabric.partial").exists()
+    assert len(scan_train(root)) == 3 and "fabric: 3 train" in messages[0]
+    test = scan_test(root)
+    assert {s.defect_type for s in test} == {"good", *DEFECT_TYPES["fabric"]} and len(test) == 2 + 2 * 5
+    for sample in test:
+        written = np.asarray(Image.open(sample.path))
+        image, mask = render_sample("fabric", sample.rel_path.rsplit("/", 1)[0], int(sample.path.stem), seed=2,
+                                    image_size=32)
+        assert np.array_equal(written, image)
+        if mask is not None:
+            assert np.array_equal(np.asarray(Image.open(sample.mask_path)) > 0, mask)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        generate_category(tmp_path, "fabric", image_size=32, n_train=1, n_test_good=1, n_test_defect_per_type=1)
+
+
+def test_first_use_generates_only_the_requested_category(tmp_path, tiny_cfg, monkeypatch):
+    monkeypatch.setattr(builtin, "generated_parent", lambda kind: tmp_path / "data" / kind)
+    cfg = tiny_cfg(f"data.root={tmp_path / 'data' / 'builtin' / 'bracket'}", "data.generate.n_train=2",
+                   "data.generate.n_test_good=1", "data.generate.n_test_defect_per_type=1")
+    root = builtin.ensure_dataset(cfg.data, cfg.seed)
+    assert root == tmp_path / "data" / "builtin" / "bracket"
+    assert sorted(p.name for p in root.parent.iterdir()) == ["bracket"]
+    assert builtin.ensure_dataset(cfg.data, cfg.seed) == root  # exists: nothing generated
+    written = builtin.generate(cfg.data, cfg.seed)  # `python -m pipeline data`: the configured list
+    assert [p.name for p in written] == [c for c in cfg.data.generate.categories if c != "bracket"]
