@@ -73,6 +73,7 @@ def _quiet_libraries() -> None:
     """Our own progress bars and log lines only: Lightning's banners and MLflow's per-artifact download bars
     (about 90 carriage-return bars per model load) would drown them."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its own handler: a filter misses it
     for handler in logging.getLogger().handlers:
         handler.addFilter(_LibraryNoise())
     warnings.filterwarnings("ignore", module=r"pytorch_lightning\.utilities\._pytree")  # a deprecation inside Lightning

@@ -10,7 +10,7 @@ import torch
 from pipeline.bench.drift import blur, gain, measure_drift, process_shifts, zoom
 from pipeline.config import compose
 from pipeline.data.images import to_model_tensor
-from pipeline.data.synthetic import DEFECT_TYPES, generate_category, render_sample
+from pipeline.data.generators import DEFECT_TYPES, generate_category, render_sample
 from pipeline.scoring.drift import FEATURES, drift_test, image_statistics
 
 ORIGINAL, MODEL = 128, 64  # the built-in data's original side and the model's input side

@@ -38,8 +38,7 @@ def scale_map(maps: torch.Tensor, std: torch.Tensor, power: float, floor_fractio
     power 1 divides each pixel by its own normal spread (texture noise calmed everywhere); power 0 by the
     image-wide mean spread only (the plain map's shape, in comparable units). In between, pixels where
     normal parts vary (a printed code, edges) are calmed only partly, so a defect there still shows.
-    No mean is subtracted: the normal error level carries information where defects sit (measured in
-    docs/quality-studies.md)."""
+    No mean is subtracted: the normal error level carries information where defects sit."""
     spread = std + floor_fraction * std.mean()
     return maps / (spread.pow(power) * std.mean().pow(1.0 - power))
 
