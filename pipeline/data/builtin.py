@@ -9,7 +9,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.config import project_root
+from pipeline.data.digits import generate_digits
 from pipeline.data.layout import DatasetLayoutError
+from pipeline.data.synthetic import CATEGORIES, generate_category
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,6 @@ def generate(data_cfg: DictConfig, seed: int) -> list[Path]:
     """Generate every category/task of the configured kind that does not exist yet."""
     parent = generated_parent(data_cfg.kind)
     if data_cfg.kind == "builtin":
-        from pipeline.data.synthetic import CATEGORIES, generate_category
-
         missing = [c for c in CATEGORIES if not (parent / c).exists()]
         gen = data_cfg.generate
         for category in missing:
@@ -33,8 +33,6 @@ def generate(data_cfg: DictConfig, seed: int) -> list[Path]:
                               n_test_good=gen.n_test_good, n_test_defect_per_type=gen.n_test_defect_per_type)
         return [parent / c for c in missing]
     if data_cfg.kind == "digits":
-        from pipeline.data.digits import generate_digits
-
         if all((parent / f"digit_{d}").exists() for d in range(10)):
             return []
         return generate_digits(parent, seed=seed, test_good_fraction=data_cfg.generate.test_good_fraction,
