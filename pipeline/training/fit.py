@@ -39,7 +39,9 @@ class FitReport:
 
 
 def build_trainer(trainer_cfg: DictConfig, callbacks: list[pl.Callback], logger, max_epochs: int,
-                  min_epochs: int = 0, max_steps: int = -1) -> pl.Trainer:
+                  min_epochs: int = 0, max_steps: int = -1, checkpointing: bool = True) -> pl.Trainer:
+    """`checkpointing=False`: no checkpoint callback at all (Lightning's default one would write into the
+    working directory, or into the logger's folder, since only the VAE's fit gives its own `dirpath`)."""
     t = trainer_cfg
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=build_strategy(t), num_nodes=t.num_nodes,
@@ -47,7 +49,7 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list[pl.Callback], logger,
         min_epochs=min(min_epochs, max_epochs), max_steps=max_steps, log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         enable_progress_bar=False, callbacks=callbacks, logger=logger if logger is not None else False,
-        enable_model_summary=False, num_sanity_val_steps=0)
+        enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=checkpointing)
 
 
 def load_best_weights(net: torch.nn.Module, checkpoint_path: str, prefix: str = "net.") -> None:
@@ -122,7 +124,8 @@ def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: Dict
     trainer = build_trainer(trainer_cfg, [history, StopOnNonFiniteLoss("(the learned map keeps no checkpoints)"),
                                           ProgressBar("training the anomaly map", "step",
                                                       ("head/val_pixel_auroc",), trainer_cfg.enable_progress_bar),
-                                          *callbacks], logger, epochs, max_steps=int(head_cfg.steps))
+                                          *callbacks], logger, epochs, max_steps=int(head_cfg.steps),
+                            checkpointing=False)
     started = time.perf_counter()
     head.train()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=validation_loader)
