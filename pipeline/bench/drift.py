@@ -28,9 +28,11 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import binomtest
 
-from pipeline.data.datamodule import split_train_val
+from pipeline.config import compose
+from pipeline.data.datamodule import SplitSettings
 from pipeline.data.images import ImageReadError, ReadOptions, read_image, to_model_tensor
 from pipeline.data.layout import GOOD, scan_test, scan_train
+from pipeline.data.splits import split_indices
 from pipeline.scoring.drift import FEATURES, drift_test, image_statistics
 
 Shift = Callable[[np.ndarray], np.ndarray]
@@ -115,7 +117,7 @@ def _run_batches(reference: np.ndarray, draw: Callable[[np.random.Generator], np
 
 
 def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int, n_batches: int, seed: int, *,
-                  val_fraction: float = 0.3, read_options: ReadOptions = ReadOptions(),
+                  split: SplitSettings = SplitSettings(), read_options: ReadOptions = ReadOptions(),
                   shifts: dict[str, Shift] | None = None, defect_shares: Sequence[float] = (0.0, 0.1, 0.2),
                   alpha: float = 0.01, trim: float = 0.2, min_images: int = 20, min_shift: float = 0.5,
                   test: str = "mannwhitneyu", min_frequency: float = 1 / 16) -> dict:
@@ -128,7 +130,7 @@ def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int
     root = Path(root)
     shifts = process_shifts(1.15, (0.85, 1.15), 1.0) if shifts is None else shifts  # those of the targets
     train = scan_train(root)
-    _, held_out = split_train_val(len(train), val_fraction, seed)  # the detector's calibration images
+    _, _, held_out = split_indices(len(train), split.sizes(len(train)), seed)  # the detector's calibration images
     reference_paths = [train[i].path for i in held_out.tolist()[:n_reference]]
     reference, _ = _statistics(reference_paths, image_size, read_options, min_frequency, {})
     test_samples = scan_test(root)
@@ -172,8 +174,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.config import compose
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench.drift", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="dataset root in the MVTec AD layout")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -185,11 +185,10 @@ def main(argv: list[str]) -> int:
                           strict_channels=data.strict_channels)
     result = measure_drift(
         args.root.resolve(), data.image_size, bench.n_reference, bench.batch_size, bench.n_batches, cfg.seed,
-        val_fraction=data.val_fraction, read_options=options,
+        split=SplitSettings(alpha=float(cfg.score.alpha), **data.split), read_options=options,
         shifts=process_shifts(bench.zoom, list(bench.gains), bench.blur_sigma),
         defect_shares=list(bench.defect_shares), alpha=inspect.drift_alpha, trim=inspect.drift_trim,
-        min_images=inspect.drift_min_images, min_shift=inspect.drift_min_shift, test=inspect.drift_test,
-        min_frequency=inspect.drift_min_frequency)
+        min_images=inspect.drift_min_images, min_shift=inspect.drift_min_shift, test=inspect.drift_test)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result))

@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.data.layout import scan_test
+from pipeline.detector import AnomalyDetector
+from pipeline.detector.files import score_files
+
 
 def peak_rss_mb() -> float:
     """High-water mark of this process's resident memory, MB. Linux: VmHWM of /proc/self/status, which
@@ -40,17 +44,13 @@ def measure(detector_dir: Path, root: Path, n_images: int, batch_size: int, out_
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.data.layout import scan_test
-    from pipeline.scoring.detector import AnomalyDetector
-    from pipeline.scoring.run import score_dataset
-
     detector_dir, root, n_images, batch_size, out_dir = argv
     detector = AnomalyDetector.load(detector_dir)
     test = scan_test(root)
     samples = [test[i % len(test)] for i in range(int(n_images))]
     before = peak_rss_mb()
-    frame, errors, _ = score_dataset(detector, samples, Path(out_dir), int(batch_size), keep_maps=False)
-    print(json.dumps({"n_images": len(samples), "n_scored": len(frame), "n_errors": len(errors),
+    scored = score_files(detector, samples, Path(out_dir), int(batch_size))
+    print(json.dumps({"n_images": len(samples), "n_scored": len(scored.frame), "n_errors": len(scored.errors),
                       "peak_rss_mb_before_scoring": before, "peak_rss_mb": peak_rss_mb()}))
     return 0
 

@@ -19,14 +19,17 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.bench import baselines as B
+from pipeline.commands.train import run_train
 from pipeline.data.builtin import ensure_dataset
+from pipeline.data.conditional import build_datamodule
 from pipeline.data.images import read_image, read_mask, to_model_tensor
 from pipeline.data.layout import scan_test
 from pipeline.scoring import metrics as MET
 from pipeline.scoring.aupro import aupro
-from pipeline.scoring.detector import MAP_KINDS, AnomalyDetector
+from pipeline.detector import AnomalyDetector
+from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.maps import resize_map
-from pipeline.scoring.scores import SCORE_NAMES
+from pipeline.scoring.scores import MONTE_CARLO_SCORES, SCORE_NAMES, STRUCTURE_SCORES
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,14 @@ def detector_outputs(detector: AnomalyDetector, images: torch.Tensor, batch_size
                      every_map: bool = True) -> dict[str, np.ndarray]:
     """Every score (N,) and every map kind 'map.<kind>' (N, S, S) for in-memory images (only the
     detector's own map kind unless every_map)."""
-    kinds = MAP_KINDS if every_map else (detector.spec.map_kind,)
-    extra = tuple(k for k in kinds if k != detector.spec.map_kind)  # the default kind is out["map"]
+    own = detector.spec.detect["map"]
+    kinds = MAP_KINDS if every_map else (own,)
+    # the default kind is out["map"]; every score in SCORE_NAMES, the Monte Carlo and structure ones included
+    extra = (*MONTE_CARLO_SCORES, *STRUCTURE_SCORES, *(f"map.{k}" for k in kinds if k != own))
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
-        out = detector.score_batch(images[start:start + batch_size], map_kinds=extra)
-        out[f"map.{detector.spec.map_kind}"] = out["map"]
+        out = detector.score_batch(images[start:start + batch_size], extra=extra)
+        out[f"map.{own}"] = out["map"]
         for key in (*SCORE_NAMES, *(f"map.{k}" for k in kinds)):
             parts.setdefault(key, []).append(out[key].float().cpu())
     return {key: torch.cat(chunks).numpy() for key, chunks in parts.items()}
@@ -93,7 +98,7 @@ def false_alarm_rates(detector: AnomalyDetector, outputs: dict[str, np.ndarray],
     None when there are too few calibration images for alpha (the threshold is +inf: nothing is flagged)."""
     rates = {}
     for name in SCORE_NAMES:
-        detector.recalibrate_for(score=name, alpha=alpha)
+        detector.set_decision(score=name, alpha=alpha)
         finite = np.isfinite(detector.threshold_)
         rates[name] = MET.false_alarm_rate(labels, outputs[name] > detector.threshold_) if finite else None
     return rates
@@ -102,12 +107,10 @@ def false_alarm_rates(detector: AnomalyDetector, outputs: dict[str, np.ndarray],
 def _train_and_score(cfg: DictConfig, split: TestSplit, every_map: bool):
     """Train one product detector through `run_train`, score the test split; -> (training summary,
     detector, outputs, metrics of the configured score and map)."""
-    from pipeline.training.train import run_train
-
     summary = run_train(cfg)
     detector = AnomalyDetector.load(summary["detector_dir"])
     outputs = detector_outputs(detector, split.images, cfg.data.batch_size, every_map)
-    default = method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.score.map}"],
+    default = method_metrics(split, outputs[cfg.score.score], outputs[f"map.{cfg.detect.map}"],
                              cfg.score.aupro_fpr_limit)
     return summary, detector, outputs, default
 
@@ -122,8 +125,8 @@ def evaluate_product(cfg: DictConfig, split: TestSplit, alpha: float) -> dict:
     for kind in MAP_KINDS:
         maps = outputs[f"map.{kind}"]
         per_map[kind] = method_metrics(split, maps.reshape(len(maps), -1).max(axis=1), maps, fpr_limit)
-    return {"model": cfg.model.kind, "score": cfg.score.score, "map": cfg.score.map, **default,
-            "epochs": summary["epochs"], "n_calibration": summary["n_calibration"],
+    return {"model": cfg.model.kind, "score": cfg.score.score, "map": cfg.detect.map, **default,
+            "epochs": summary["epochs"], "n_calibration": summary["sizes"]["n_calibration"],
             "n_normal_test": int((split.labels == 0).sum()), "train_seconds": summary["train_seconds"],
             "seconds": time.perf_counter() - started, "scores": per_score, "maps": per_map,
             "false_alarm": false_alarm_rates(detector, outputs, split.labels, alpha)}
@@ -151,8 +154,6 @@ def evaluate_baseline(name: str, detector, train_images: np.ndarray, split: Test
 def training_split(cfg: DictConfig, root: Path):
     """The product's own training images (validation held out with the same seed), (N, C, S, S), and
     the read options it settled on (expected image size)."""
-    from pipeline.training.train import build_datamodule
-
     datamodule = build_datamodule(cfg, root)
     datamodule.setup("fit")
     return datamodule.train_images.numpy(), datamodule.read_options
@@ -171,8 +172,8 @@ def evaluate_dataset(vae_cfg: DictConfig, ae_cfg: DictConfig, bench: DictConfig,
               "n_anomalous": int(split.labels.sum()), "has_masks": split.masks is not None,
               "product": evaluate_product(vae_cfg, split, bench.alpha_false_alarm),
               "ae": evaluate_product(ae_cfg, split, bench.alpha_false_alarm)}
-    baselines = {"pca": B.PCAReconstruction(bench.pca_variance, vae_cfg.score.map_sigma, vae_cfg.seed),
-                 "pca_map_max": B.PCAReconstruction(bench.pca_variance, vae_cfg.score.map_sigma, vae_cfg.seed, "map_max"),
+    baselines = {"pca": B.PCAReconstruction(bench.pca_variance, vae_cfg.detect.map_sigma, vae_cfg.seed),
+                 "pca_map_max": B.PCAReconstruction(bench.pca_variance, vae_cfg.detect.map_sigma, vae_cfg.seed, "map_max"),
                  "iforest": B.PixelIsolationForest(bench.iforest_trees, vae_cfg.seed)}
     reason = B.pyod_unavailable_reason()
     if reason is None:

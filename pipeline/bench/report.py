@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import project_root
-from pipeline.scoring.detector import MAP_KINDS
+from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.scores import SCORE_NAMES
 
 PACKAGES = ("torch", "pytorch-lightning", "mlflow", "numpy", "scikit-learn", "scipy", "pillow", "pyod", "hydra-core")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from pipeline.bench import memory, quality, report, speed
 from pipeline.config import compose, project_root
 from pipeline.data.layout import scan_test
-from pipeline.scoring.detector import AnomalyDetector
+from pipeline.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ PyTorch loop over the same in-memory images, same network, loss, optimizer and b
 same per-epoch work (one pass over the training images, one validation pass). The first epoch of each
 is warm-up and not counted.
 
-Scoring: `score_dataset` end to end (read and decode files, every score, maps, write .npy) vs
+Scoring: `score_files` end to end (read and decode files, every score, maps, write .npy) vs
 `score_batch` on in-memory tensors (the same computations, no I/O) and vs a bare encoder+decoder
 forward; plus the time of each stage on the same images so the bottleneck is visible.
 """
@@ -22,13 +22,15 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from pipeline.commands.train import run_train
+from pipeline.data.conditional import build_datamodule
 from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.factory import build_network
-from pipeline.scoring.detector import AnomalyDetector
-from pipeline.scoring.maps import resize_map
-from pipeline.scoring.run import defect_regions, map_file, save_map, score_dataset
+from pipeline.detector import AnomalyDetector
+from pipeline.detector.files import map_file, save_map, score_files
+from pipeline.scoring.maps import defect_regions, resize_map
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,9 @@ def _counted(epochs: list[tuple[float, float]], n_images: int) -> dict:
 
 def pipeline_training(cfg: DictConfig) -> tuple[dict, dict]:
     """Run the real training entry point; returns (throughput, run_train summary)."""
-    from pipeline.training.train import run_train
-
     timer = EpochTimer()
     summary = run_train(cfg, extra_callbacks=[timer])
-    return _counted(timer.epochs, summary["n_train"]), summary
+    return _counted(timer.epochs, summary["sizes"]["n_train"]), summary
 
 
 def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.Tensor, epochs: int) -> dict:
@@ -114,13 +114,11 @@ def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.
 
 def training_throughput(cfg: DictConfig) -> dict:
     """Pipeline vs raw loop on the same data; efficiency = pipeline / raw images per second."""
-    from pipeline.training.train import build_datamodule
-
     piped, summary = pipeline_training(cfg)
     datamodule = build_datamodule(cfg, Path(cfg.data.root))
     datamodule.setup("fit")
-    raw = raw_training(cfg, datamodule.train_images, datamodule.val_images, cfg.trainer.max_epochs)
-    return {"pipeline": piped, "raw": raw, "n_train": summary["n_train"], "batch_size": cfg.data.batch_size,
+    raw = raw_training(cfg, datamodule.train_images, datamodule.selection_images, cfg.trainer.max_epochs)
+    return {"pipeline": piped, "raw": raw, "n_train": summary["sizes"]["n_train"], "batch_size": cfg.data.batch_size,
             "epochs": cfg.trainer.max_epochs, "efficiency": piped["images_per_second"] / raw["images_per_second"],
             "efficiency_cpu": piped["images_per_cpu_second"] / raw["images_per_cpu_second"],
             "detector_dir": summary["detector_dir"]}
@@ -136,18 +134,18 @@ def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) ->
     """Encoder + posterior-mean decoder only: the least any scorer must compute."""
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            mu, _ = detector.net.encode(images[start:start + batch])
-            torch.sigmoid(detector.net.decode(mu))
+            mu, _ = detector.vae.encode(images[start:start + batch])
+            torch.sigmoid(detector.vae.decode(mu))
 
 
 def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: Path, batch: int,
                        num_workers: int, warmup_batches: int) -> dict:
     """End-to-end scoring vs in-memory computation, and the cost of each stage, on the same images."""
     warm = samples[:max(1, warmup_batches) * batch]
-    score_dataset(detector, warm, work / "warmup", batch, num_workers)
+    score_files(detector, warm, work / "warmup", batch, num_workers)
 
     started = _now()
-    score_dataset(detector, samples, work / "end_to_end", batch, num_workers, keep_maps=False)
+    score_files(detector, samples, work / "end_to_end", batch, num_workers)
     end_to_end = _rate(len(samples), started)
 
     # Stage 1, decode: read every file through the same Dataset and DataLoader, no model.
@@ -180,7 +178,7 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
     # Stage 4, writing: one float16 .npy per image.
     started = _now()
     for sample, f in zip(samples, full):
-        save_map(map_file(work / "stage_write", sample), f)
+        save_map(map_file(work / "stage_write", sample.rel_path), f)
     write = _rate(len(samples), started)
 
     return {"n_images": len(samples), "batch_size": batch, "num_workers": num_workers,
