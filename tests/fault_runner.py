@@ -1,8 +1,10 @@
 """Run a `python -m pipeline` command with one fault injected at one write point (crash tests in the
 spirit of SQLite's): the process raises, or kills itself with SIGKILL, at the n-th time the target is
-reached, before or after the target's own work.
+reached, before or after the target's own work. Or, with `pause=<seconds>`, it only waits there, at
+the n-th call and every later one: a test that wants to kill a run at a moment of its choosing widens
+that moment from outside the product (the product has no test hooks).
 
-    python -m tests.fault_runner <module:attr[.attr]> <before|after> <raise|kill> <nth> -- <command> [overrides]
+    python -m tests.fault_runner <module:attr[.attr]> <before|after> <raise|kill|pause=S> <nth> -- <command> [overrides]
 
 `target` is patched where the product looks it up. The special target `os:replace=<suffix>` fires
 when a file ending in <suffix> is about to become visible (its temporary file complete, not yet
@@ -17,6 +19,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 
 
 class InjectedFault(OSError):
@@ -45,9 +48,11 @@ def _resolve(target: str):
 
 
 def install(target: str, when: str, mode: str, nth: int) -> dict:
-    """Wrap `target` so that its nth call fails (before or after doing its own work). Returns the
-    wrapper's state: {"n": calls so far, "fired": whether the fault was injected}."""
-    if when not in ("before", "after") or mode not in ("raise", "kill") or nth < 1:
+    """Wrap `target` so that its nth call fails (before or after doing its own work), or, in mode
+    'pause=<seconds>', waits that long at its nth and every later call. Returns the wrapper's state:
+    {"n": calls so far, "fired": whether the fault was injected}."""
+    pause = float(mode.split("=", 1)[1]) if mode.startswith("pause=") else None
+    if when not in ("before", "after") or (mode not in ("raise", "kill") and pause is None) or nth < 1:
         raise ValueError(f"bad fault spec: {target} {when} {mode} {nth}")
     suffix = None
     if target.startswith("os:replace="):
@@ -61,6 +66,14 @@ def install(target: str, when: str, mode: str, nth: int) -> dict:
         if suffix is not None and not str(args[1] if len(args) > 1 else kwargs.get("dst", "")).endswith(suffix):
             return real(*args, **kwargs)
         calls["n"] += 1
+        if pause is not None:  # wait, never fail
+            calls["fired"] |= calls["n"] >= nth
+            if calls["n"] >= nth and when == "before":
+                time.sleep(pause)
+            result = real(*args, **kwargs)
+            if calls["n"] >= nth and when == "after":
+                time.sleep(pause)
+            return result
         hit = calls["n"] == nth
         calls["fired"] |= hit
         if hit and when == "before":
