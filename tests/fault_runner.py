@@ -9,6 +9,10 @@ that moment from outside the product (the product has no test hooks).
 `target` is patched where the product looks it up. The special target `os:replace=<suffix>` fires
 when a file ending in <suffix> is about to become visible (its temporary file complete, not yet
 renamed), the moment an atomic write is most exposed.
+
+`run_killed` does the same from a test without paying for a fresh interpreter each time: the child is
+forked from a multiprocessing fork server that has imported the product once (its state is that of a
+fresh `python -m pipeline` process, nothing of the test process's), and it really dies by SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
+import multiprocessing
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 class InjectedFault(OSError):
@@ -85,6 +91,38 @@ def install(target: str, when: str, mode: str, nth: int) -> dict:
 
     setattr(owner, attr, wrapper)
     return calls
+
+
+PRELOAD = ["tests.fault_runner", "pipeline.__main__", "pipeline.commands.inspect", "pipeline.commands.score",
+           "pipeline.commands.train"]
+
+
+def _child(target: str, when: str, mode: str, nth: int, argv: list[str], env: dict, log: str) -> None:
+    """In the forked child: the test's environment, output to `log`, the fault, then the command."""
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    install(target, when, mode, nth)
+    from pipeline.__main__ import main as pipeline_main
+
+    sys.exit(pipeline_main(argv))
+
+
+def run_killed(target: str, when: str, nth: int, argv: list[str], log: Path, timeout: float = 300) -> int:
+    """Run the CLI in a child process that SIGKILLs itself at the fault point; returns its exit code
+    (-SIGKILL when the point was reached). The child's stdout and stderr go to `log`."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (the first call)
+    process = context.Process(target=_child, args=(target, when, "kill", nth, list(argv), dict(os.environ), str(log)))
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"the faulty run did not end within {timeout} s:\n{log.read_text()[-3000:]}")
+    return process.exitcode
 
 
 def main(argv: list[str]) -> int:
