@@ -3,11 +3,14 @@ and system metrics on a real MLflow store."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import compose
+from pipeline.data.datamodule import drop_last
 from pipeline.data.layout import Sample
 from pipeline.detector.distributed import fingerprint, merge_rank_rows, wants_distributed
 from pipeline.training.distributed import build_strategy, global_rank_from_env, resolve_precision
@@ -87,10 +90,6 @@ def test_a_short_run_still_gets_system_metrics(tiny_cfg):
 
 
 def test_a_small_shard_still_gets_a_training_batch():
-    from types import SimpleNamespace
-
-    from pipeline.data.datamodule import drop_last
-
     assert drop_last(13, 8, None) and drop_last(13, 8, SimpleNamespace(world_size=1))  # one full batch, rest dropped
     assert not drop_last(13, 8, SimpleNamespace(world_size=2))  # 6-7 images per rank: keep the partial batch
     assert drop_last(40, 8, SimpleNamespace(world_size=4))
