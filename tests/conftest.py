@@ -1,7 +1,12 @@
-"""Shared fixtures: a tiny hand-made dataset in the MVTec AD layout and the real config, shrunk."""
+"""Shared fixtures: a tiny hand-made dataset in the MVTec AD layout, the real config shrunk, and one tiny
+detector trained through the CLI that many tests share (read-only)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +17,12 @@ from pipeline.config import compose
 
 TINY = [
     "data.image_size=32", "data.batch_size=8", "data.generate.image_size=48",
+    # 24 normal images: 13 training, 4 selection, 7 calibration (alpha=0.2 needs at least 4)
+    "data.split.min_train=8", "data.split.min_selection=4",
     "model.hidden_channels=[8,16]", "model.latent_dim=4", "model.kl_warmup_epochs=1",
+    "head.widths=[4,8]", "head.steps=4", "head.validate_every=2", "head.batch_size=4",
     "trainer.max_epochs=2", "trainer.min_epochs=1", "trainer.enable_progress_bar=false",
-    "trainer.accelerator=cpu", "detect.mc_samples=2", "score.alpha=0.2",
+    "trainer.accelerator=cpu", "detect.mc_samples=2", "score.alpha=0.2", "report.enabled=false",
 ]
 
 
@@ -29,6 +37,19 @@ def tiny_cfg(tmp_path):
     def make(*extra: str):
         return compose(tiny_overrides(tmp_path, *extra))
     return make
+
+
+def cli(*args: str, expect: int = 0) -> dict:
+    """Run `python -m pipeline <args>` in this process; returns its JSON summary (the last stdout block)."""
+    from pipeline.__main__ import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    text = out.getvalue()
+    assert code == expect, f"pipeline {' '.join(args)} exited {code}:\n{text[-3000:]}"
+    start = text.rfind("\n{") + 1 if "\n{" in text else text.find("{")
+    return json.loads(text[start:]) if start >= 0 and text[start:].strip() else {}
 
 
 def _part(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -64,6 +85,32 @@ def make_tiny_dataset(root: Path) -> Path:
         write_png(root / "test" / "scratch" / f"{i:03d}.png", image)
         write_png(root / "ground_truth" / "scratch" / f"{i:03d}_mask.png", mask)
     return root
+
+
+@dataclass
+class Trained:
+    """A detector trained by `python -m pipeline train` into a local SQLite store (tiny-vae version 1,
+    the champion). Shared by many tests: they may add scoring runs to its store, never change the model."""
+
+    base: Path               # tmp folder holding the dataset, outputs/ and mlruns/
+    root: Path               # the dataset
+    summary: dict            # train's JSON summary
+    overrides: list[str]     # the overrides it was trained with (tracking on, local store)
+
+    @property
+    def detector_dir(self) -> Path:
+        return Path(self.summary["detector_dir"])
+
+    def with_(self, *extra: str) -> list[str]:
+        return [*self.overrides, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    base = tmp_path_factory.mktemp("trained")
+    root = make_tiny_dataset(base / "tiny")
+    overrides = tiny_overrides(base, f"data.root={root}")
+    return Trained(base, root, cli("train", *overrides), overrides)
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,18 @@
 """Run a `python -m pipeline` command with one fault injected at one write point (crash tests in the
 spirit of SQLite's): the process raises, or kills itself with SIGKILL, at the n-th time the target is
-reached, before or after the target's own work.
+reached, before or after the target's own work. Or, with `pause=<seconds>`, it only waits there, at
+the n-th call and every later one: a test that wants to kill a run at a moment of its choosing widens
+that moment from outside the product (the product has no test hooks).
 
-    python -m tests.fault_runner <module:attr[.attr]> <before|after> <raise|kill> <nth> -- <command> [overrides]
+    python -m tests.fault_runner <module:attr[.attr]> <before|after> <raise|kill|pause=S> <nth> -- <command> [overrides]
 
 `target` is patched where the product looks it up. The special target `os:replace=<suffix>` fires
 when a file ending in <suffix> is about to become visible (its temporary file complete, not yet
 renamed), the moment an atomic write is most exposed.
+
+`run_killed` does the same from a test without paying for a fresh interpreter each time: the child is
+forked from a multiprocessing fork server that has imported the product once (its state is that of a
+fresh `python -m pipeline` process, nothing of the test process's), and it really dies by SIGKILL.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
+import multiprocessing
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 
 class InjectedFault(OSError):
@@ -45,9 +54,11 @@ def _resolve(target: str):
 
 
 def install(target: str, when: str, mode: str, nth: int) -> dict:
-    """Wrap `target` so that its nth call fails (before or after doing its own work). Returns the
-    wrapper's state: {"n": calls so far, "fired": whether the fault was injected}."""
-    if when not in ("before", "after") or mode not in ("raise", "kill") or nth < 1:
+    """Wrap `target` so that its nth call fails (before or after doing its own work), or, in mode
+    'pause=<seconds>', waits that long at its nth and every later call. Returns the wrapper's state:
+    {"n": calls so far, "fired": whether the fault was injected}."""
+    pause = float(mode.split("=", 1)[1]) if mode.startswith("pause=") else None
+    if when not in ("before", "after") or (mode not in ("raise", "kill") and pause is None) or nth < 1:
         raise ValueError(f"bad fault spec: {target} {when} {mode} {nth}")
     suffix = None
     if target.startswith("os:replace="):
@@ -61,6 +72,14 @@ def install(target: str, when: str, mode: str, nth: int) -> dict:
         if suffix is not None and not str(args[1] if len(args) > 1 else kwargs.get("dst", "")).endswith(suffix):
             return real(*args, **kwargs)
         calls["n"] += 1
+        if pause is not None:  # wait, never fail
+            calls["fired"] |= calls["n"] >= nth
+            if calls["n"] >= nth and when == "before":
+                time.sleep(pause)
+            result = real(*args, **kwargs)
+            if calls["n"] >= nth and when == "after":
+                time.sleep(pause)
+            return result
         hit = calls["n"] == nth
         calls["fired"] |= hit
         if hit and when == "before":
@@ -72,6 +91,38 @@ def install(target: str, when: str, mode: str, nth: int) -> dict:
 
     setattr(owner, attr, wrapper)
     return calls
+
+
+PRELOAD = ["tests.fault_runner", "pipeline.__main__", "pipeline.commands.inspect", "pipeline.commands.score",
+           "pipeline.commands.train"]
+
+
+def _child(target: str, when: str, mode: str, nth: int, argv: list[str], env: dict, log: str) -> None:
+    """In the forked child: the test's environment, output to `log`, the fault, then the command."""
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    install(target, when, mode, nth)
+    from pipeline.__main__ import main as pipeline_main
+
+    sys.exit(pipeline_main(argv))
+
+
+def run_killed(target: str, when: str, nth: int, argv: list[str], log: Path, timeout: float = 300) -> int:
+    """Run the CLI in a child process that SIGKILLs itself at the fault point; returns its exit code
+    (-SIGKILL when the point was reached). The child's stdout and stderr go to `log`."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (the first call)
+    process = context.Process(target=_child, args=(target, when, "kill", nth, list(argv), dict(os.environ), str(log)))
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"the faulty run did not end within {timeout} s:\n{log.read_text()[-3000:]}")
+    return process.exitcode
 
 
 def main(argv: list[str]) -> int:

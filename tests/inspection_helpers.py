@@ -1,5 +1,5 @@
-"""Helpers for the inspection tests: an untrained but calibrated detector (inspection does not care
-how good the model is, only that it judges every file exactly once) and inbox images."""
+"""Helpers for the inspection tests: an untrained but calibrated detector (tests/detectors.make_detector:
+inspection does not care how good the model is, only that it judges every file exactly once) and inbox images."""
 
 from __future__ import annotations
 
@@ -8,33 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline.data.images import to_model_tensor
-from pipeline.models.factory import build_network
-from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
-from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY, _part, write_png
+from tests.detectors import make_detector
+
+__all__ = ["SIZE", "add_dark", "add_parts", "inspect_overrides", "ledger_rows", "make_detector", "results"]
 
 SIZE = 48
 
 
-def make_detector(folder: Path, n_calibration: int = 30) -> Path:
-    """A tiny VAE (random weights, seed 0) calibrated on the scores of n normal parts; saved to folder."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(123)
-    spec = DetectorSpec(model_kind="vae", in_channels=1, image_size=32, latent_dim=4, hidden_channels=[8, 16],
-                        recon_loss="bce", mc_samples=2, alpha=0.2, expected_size=[SIZE, SIZE])
-    detector = AnomalyDetector(build_network("vae", 1, 32, 4, [8, 16]), spec)
-    images = torch.stack([to_model_tensor(_part(rng, SIZE)[:, :, None], 32) for _ in range(n_calibration)])
-    out = detector.score_batch(images)
-    detector.calibrate({k: out[k].numpy() for k in SCORE_NAMES})
-    return detector.save(folder)
-
-
-def add_parts(inbox: Path, names: list[str], seed: int = 0) -> list[Path]:
+def add_parts(inbox: Path, names: list[str], seed: int = 0, gain: float = 1.0) -> list[Path]:
+    """Normal parts; `gain` < 1 darkens them (a lighting change: drift, not a defect)."""
     rng = np.random.default_rng(seed)
-    return [write_png(inbox / name, _part(rng, SIZE)) for name in names]
+    return [write_png(inbox / name, np.clip(_part(rng, SIZE) * gain, 0, 255).astype(np.uint8)) for name in names]
 
 
 def add_dark(inbox: Path, name: str) -> Path:
@@ -44,7 +30,7 @@ def add_dark(inbox: Path, name: str) -> Path:
 
 def inspect_overrides(tmp_path: Path, inbox: Path, out: Path, detector: Path | str, *extra: str) -> list[str]:
     return [*TINY, f"output_root={tmp_path / 'outputs'}", f"tracking.store_dir={tmp_path / 'mlruns'}",
-            f"inspect.inbox={inbox}", f"inspect.output_dir={out}", f"inspect.model={detector}",
+            f"inspect.inbox={inbox}", f"inspect.output_dir={out}", f"detector={detector}",
             "inspect.min_age_seconds=0", *extra]
 
 

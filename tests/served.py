@@ -1,40 +1,25 @@
 """The product run by a new user against a real MLflow tracking server, through the CLI:
 
     train (-> version 1, champion)   train (-> version 2)   score (newest: version 2)
-    promote 2 (-> champion)          score score.model=1
+    promote 2 (-> champion)          score detector=1
 
-State is shared by tests/test_registry_server.py and tests/e2e/test_ui.py.
+State is shared by tests/test_registry_server.py, tests/test_inspection_process.py and tests/e2e/test_mlflow_ui.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from pipeline.__main__ import main
-from tests.conftest import TINY, make_tiny_dataset
+from tests.conftest import TINY, cli, make_tiny_dataset
 from tests.mlflow_server import mlflow_server
 
 # alpha=0.5 puts the threshold at the median of the few calibration scores, so a two-epoch model
 # flags some images of both kinds: panels to look at and false alarms to review.
 SERVED_ALPHA = "score.alpha=0.5"
-
-
-def cli(*args: str) -> dict:
-    """Run `python -m pipeline <args>` in this process; returns its JSON summary (the last stdout block)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    text = out.getvalue()
-    assert code == 0, f"pipeline {' '.join(args)} exited {code}:\n{text}"
-    start = text.rfind("\n{") + 1 if "\n{" in text else text.find("{")
-    return json.loads(text[start:]) if start >= 0 and text[start:].strip() else {}
 
 
 def overrides(folder: Path, *extra: str) -> list[str]:
@@ -54,9 +39,10 @@ def served_pipeline(folder: Path):
         (folder / "server" / "url").write_text(url)
         first = cli("train", *overrides(folder))
         second = cli("train", *overrides(folder, "seed=1"))  # other weights than version 1
-        newest = cli("score", *overrides(folder, f"score.output_dir={folder / 'scored-newest'}"))
+        # an audit sample of 4 of the 12 test images: some flagged images lie outside it (calibrate must ignore them)
+        newest = cli("score", *overrides(folder, f"score.output_dir={folder / 'scored-newest'}", "review.audit_size=4"))
         promoted = cli("promote", "2", *overrides(folder))
-        old = cli("score", *overrides(folder, "score.model=1", f"score.output_dir={folder / 'scored-v1'}"))
+        old = cli("score", *overrides(folder, "detector=1", f"score.output_dir={folder / 'scored-v1'}"))
         yield {"url": url, "folder": folder, "root": folder / "tiny", "train": [first, second], "score_newest": newest,
                "promoted": promoted, "score_v1": old, "overrides": lambda *extra: overrides(folder, *extra),
                "env": {**os.environ}}

@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.__main__ import main
 from pipeline.bench.baselines import PCAReconstruction, PixelIsolationForest
-from pipeline.scoring.detector import MAP_KINDS
+from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY
 

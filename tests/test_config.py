@@ -36,3 +36,15 @@ def test_cli_reports_config_errors_with_exit_code_2(capsys):
 def test_cli_reports_a_missing_data_root(tmp_path, capsys):
     assert main(["score", f"data.root={tmp_path / 'nope'}", f"tracking.store_dir={tmp_path / 'm'}"]) == 1
     assert f"data root {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_one_key_names_the_model_of_every_command_and_overrides_are_recorded():
+    cfg = compose(["detector=3", "score.alpha=0.05"])
+    assert cfg.detector == 3 and compose([]).detector is None  # null: each command's own default
+    assert list(cfg.command_line) == ["detector=3", "score.alpha=0.05"]
+    for gone in ("score.model", "export.model", "inspect.model", "review.calibrate_model", "promote.version",
+                 "score.mc_samples", "data.val_fraction", "inspect.pause_before_commit"):
+        with pytest.raises(ConfigError, match=gone.split(".")[-1]):
+            compose([f"{gone}=1"])
+    assert {"map", "mc_samples", "components"} <= set(compose([]).detect)  # fixed at training, in conf/detect
+    assert {"widths", "steps", "synthesis"} <= set(compose([]).head)

@@ -5,10 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.datamodule import InspectionDataModule, split_train_val
+from pipeline.data.datamodule import InspectionDataModule, SplitSettings
 from pipeline.data.datasets import ImageDataset, load_images
 from pipeline.data.images import ImageReadError, ReadOptions, read_image, read_mask, to_model_tensor
 from pipeline.data.layout import DatasetLayoutError, scan_test, scan_train
+from pipeline.data.splits import (TooFewNormalImages, min_calibration_images, smallest_alpha, split_indices,
+                                  split_sizes)
 from tests.conftest import write_png
 
 
@@ -104,9 +106,13 @@ def test_missing_root_and_empty_folders(tmp_path, tiny_dataset, caplog):
 def test_bad_training_images_are_skipped_and_reported(tiny_dataset):
     (tiny_dataset / "train" / "good" / "zz_corrupt.png").write_bytes(b"\x89PNG garbage")
     write_png(tiny_dataset / "train" / "good" / "zz_small.png", np.zeros((20, 20), np.uint8))
-    dm = InspectionDataModule(tiny_dataset, 32, ReadOptions(), 0.25, 8)
+    dm = InspectionDataModule(tiny_dataset, 32, ReadOptions(), SplitSettings(alpha=0.2, min_train=8, min_selection=4), 8)
     dm.setup("fit")
-    assert len(dm.train_samples) + len(dm.val_samples) == 24
+    parts = (dm.train_samples, dm.selection_samples, dm.calibration_samples)
+    assert sum(len(p) for p in parts) == 24 and (len(dm.train_images), len(dm.selection_images),
+                                                 len(dm.calibration_images)) == tuple(len(p) for p in parts)
+    names = [s.rel_path for p in parts for s in p]
+    assert len(set(names)) == 24 and not any("zz_" in n for n in names)  # disjoint, the bad files left out
     reasons = {os.path.basename(e.path): e.reason for e in dm.skipped}
     assert set(reasons) == {"zz_corrupt.png", "zz_small.png"}
     assert "20x20" in reasons["zz_small.png"]
@@ -121,14 +127,29 @@ def test_streaming_dataset_returns_errors_instead_of_raising(tiny_dataset):
     assert ok["error"] == "" and ok["orig_hw"].tolist() == [48, 48]
 
 
-def test_validation_split_is_deterministic_and_disjoint():
-    a_train, a_val = split_train_val(50, 0.2, seed=3)
-    b_train, b_val = split_train_val(50, 0.2, seed=3)
-    assert torch.equal(a_val, b_val) and len(a_val) == 10
-    assert set(a_train.tolist()).isdisjoint(a_val.tolist())
-    assert len(set(a_train.tolist()) | set(a_val.tolist())) == 50
-    with pytest.raises(ValueError):
-        split_train_val(1, 0.2, 0)
+def test_three_way_split_is_deterministic_disjoint_and_sized_to_alpha():
+    sizes = split_sizes(100, alpha=0.05, calibration_fraction=0.3, selection_fraction=0.1, min_selection=16,
+                        min_train=32, max_calibration_share=0.5)
+    # calibration 30 % (>= the 19 that alpha=0.05 needs), selection max(16, 10 %), training the rest
+    assert (sizes.n_train, sizes.n_selection, sizes.n_calibration) == (54, 16, 30) and sizes.supports_alpha
+    a, b = split_indices(100, sizes, seed=3), split_indices(100, sizes, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert [len(p) for p in a] == [54, 16, 30] and sorted(torch.cat(a).tolist()) == list(range(100))
+    assert not torch.equal(split_indices(100, sizes, seed=4)[2], a[2])  # the seed chooses the images
+
+
+def test_calibration_share_grows_to_what_alpha_needs_or_says_what_is_missing():
+    assert min_calibration_images(0.01) == 99 and min_calibration_images(0.2) == 4
+    grown = split_sizes(300, 0.01, 0.3, 0.1, 16, 32, 0.5)
+    assert grown.n_calibration == 99 and grown.supports_alpha and grown.shortfall() == ""  # 30 % would be 90
+    short = split_sizes(100, 0.01, 0.3, 0.1, 16, 32, 0.5)  # 99 would exceed half of the images
+    assert short.n_calibration == 30 and not short.supports_alpha
+    message = short.shortfall()
+    assert "alpha=0.01" in message and f"{smallest_alpha(30):.3g}" in message and "needs 99 calibration" in message
+    with pytest.raises(TooFewNormalImages, match="training needs at least 32"):
+        split_sizes(40, 0.2, 0.3, 0.1, 16, 32, 0.5)
+    with pytest.raises(ValueError, match="data.split.calibration_fraction"):
+        split_sizes(100, 0.2, 1.5, 0.1, 16, 32, 0.5)
 
 
 def test_load_images_with_no_readable_image_is_an_error(tmp_path):

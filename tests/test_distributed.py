@@ -17,10 +17,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
 from pipeline.config import compose
+from pipeline.data.conditional import build_datamodule
+from pipeline.detector import AnomalyDetector
 from pipeline.models.factory import build_network
-from pipeline.scoring.detector import AnomalyDetector
+from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.scoring.threshold import conformal_threshold
-from pipeline.training.train import build_datamodule, build_spec, load_best_weights, score_images
+from pipeline.training.fit import load_best_weights
 from tests.conftest import _part, tiny_overrides, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,8 @@ def ddp_job(tmp_path_factory):
     """A tiny dataset with one unreadable test file, and a detector trained on it by 2 gloo processes."""
     tmp = tmp_path_factory.mktemp("ddp")
     root, rng = tmp / "tiny", np.random.default_rng(1)
-    # 23 training images: 5 held out for validation, which 2 ranks can only shard evenly by padding one.
+    # 23 training images: 12 training, 4 selection, 7 calibration; 2 ranks shard 12 training images into
+    # batches of 8 unevenly, and the sampler pads the odd shards.
     for i in range(23):
         write_png(root / "train" / "good" / f"{i:03d}.png", _part(rng, 48))
     for i in range(6):
@@ -72,39 +75,42 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
     assert [str(v.version) for v in client.search_model_versions("name='tiny-vae'")] == ["1"]
     assert len(list((tmp / "outputs" / "train" / "tiny").iterdir())) == 1  # one output folder, rank 0's
 
-    # The best checkpoint loads and holds the weights the detector was saved with.
+    # The best checkpoint loads and holds the VAE weights the detector was saved with.
     cfg = compose(overrides)
     net = build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
                         cfg.model.hidden_channels, cfg.model.latent_layout)
     load_best_weights(net, str(Path(summary["detector_dir"]).parent / "checkpoints" / "best.ckpt"))
     saved = AnomalyDetector.load(summary["detector_dir"])
-    for name, tensor in saved.net.state_dict().items():
+    for name, tensor in saved.vae.state_dict().items():
         assert torch.equal(tensor, net.state_dict()[name]), name
 
-    # Here, in one process, on the full validation split: the same threshold the DDP job logged.
+    # Here, in one process: the same calibration images (same seed, same split), each once, score exactly as
+    # the DDP job stored them, so the threshold is the one a single process computes (no sampler padding).
     datamodule = build_datamodule(cfg, Path(cfg.data.root))
     datamodule.setup("fit")
-    assert summary["n_calibration"] == len(datamodule.val_images) == 7  # 30 % of the 24 training images
-    detector = AnomalyDetector(net, build_spec(cfg, datamodule))
-    detector.fit_map_statistics(datamodule.train_images, batch_size=2)  # the default map is standardized by them
-    scores = score_images(detector, datamodule.val_images, batch_size=2)[cfg.score.score]
-    expected = conformal_threshold(scores, cfg.score.alpha)
-    assert summary["threshold"] == pytest.approx(expected, rel=1e-6)
-    assert run.data.metrics["threshold"] == pytest.approx(expected, rel=1e-6)
-    assert len(saved.spec.calibration_scores[cfg.score.score]) == 7  # every validation image once
+    assert summary["sizes"] == {"n_train": 12, "n_selection": 4, "n_calibration": 7} == {
+        "n_train": len(datamodule.train_images), "n_selection": len(datamodule.selection_images),
+        "n_calibration": len(datamodule.calibration_images)}
+    scores = saved.score(datamodule.calibration_images, batch_size=2, extra=("neg_elbo", "neg_iwae", "msgms_error"))
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(saved.spec.calibration_scores[name], scores[name], rtol=1e-5, err_msg=name)
+    expected = conformal_threshold(scores[cfg.score.score], cfg.score.alpha)
+    assert summary["threshold"] == pytest.approx(expected, rel=1e-5)
+    assert run.data.metrics["threshold"] == pytest.approx(expected, rel=1e-5)
+    assert len(saved.spec.calibration_scores[cfg.score.score]) == 7  # every calibration image once
 
 
 def test_distributed_scoring_scores_every_image_once_like_one_process(ddp_job, capsys):
     tmp, overrides, _ = ddp_job
     single_dir, ddp_dir = tmp / "scored-1", tmp / "scored-2"
-    assert main(["score", *overrides, f"score.output_dir={single_dir}"]) == 0
+    assert main(["score", *overrides, f"score.output_dir={single_dir}", "score.extra=[neg_elbo]"]) == 0
     single_metrics = json.loads(capsys.readouterr().out)
-    ddp_metrics = run_cli("score", *overrides, f"score.output_dir={ddp_dir}", *DDP)
+    ddp_metrics = run_cli("score", *overrides, f"score.output_dir={ddp_dir}", "score.extra=[neg_elbo]", *DDP)
 
     single, ddp = pd.read_csv(single_dir / "scores.csv"), pd.read_csv(ddp_dir / "scores.csv")
     assert len(ddp) == 12 and ddp["image_path"].is_unique  # one row per readable image
     assert list(ddp["image_path"]) == list(single["image_path"])
-    for column in ("score", "recon_error", "neg_elbo", "p_value"):
+    for column in ("score", "fused", "map_max", "recon_error", "neg_elbo", "p_value", "defect_area"):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-5, atol=1e-7)
     assert (ddp["is_anomaly"] == single["is_anomaly"]).all()
     errors = pd.read_csv(ddp_dir / "errors.csv")
@@ -114,6 +120,11 @@ def test_distributed_scoring_scores_every_image_once_like_one_process(ddp_job, c
                                    np.load(single_dir / "maps" / f"{rel}.npy").astype(np.float32), rtol=2e-3, atol=1e-3)  # float16 maps
     assert not (ddp_dir / ".ranks").exists()  # per-rank scratch files merged and removed
     assert ddp_metrics["image_auroc"] == pytest.approx(single_metrics["image_auroc"])
+    # the same review set: flagged images first by rank, the same audit sample
+    single_records = json.loads((single_dir / "review" / "records.json").read_text())
+    ddp_records = json.loads((ddp_dir / "review" / "records.json").read_text())
+    assert [(r["key"], r["status"], r["audit"]) for r in ddp_records] == \
+        [(r["key"], r["status"], r["audit"]) for r in single_records]
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     scoring = client.search_runs([client.get_experiment_by_name("vae-scoring").experiment_id])

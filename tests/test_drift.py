@@ -3,12 +3,15 @@ with 20 % defects not called drift, and the measurement harness on a small gener
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.drift import blur, gain, measure_drift, process_shifts, zoom
+from pipeline.bench.drift import blur, gain, main as drift_main, measure_drift, process_shifts, zoom
 from pipeline.config import compose
+from pipeline.data.datamodule import SplitSettings
 from pipeline.data.images import to_model_tensor
 from pipeline.data.generators import DEFECT_TYPES, generate_category, render_sample
 from pipeline.scoring.drift import FEATURES, drift_test, image_statistics
@@ -119,8 +122,10 @@ def test_no_test_below_the_minimum_batch(fabric, settings):
 
 def test_measure_drift_on_a_small_generated_dataset(tmp_path):
     root = generate_category(tmp_path, "bracket", image_size=64, n_train=60, n_test_good=30, n_test_defect_per_type=2)
+    # The reference is the detector's calibration share of train/good: 19 of 60 images at alpha=0.05.
+    split = SplitSettings(alpha=0.05, min_selection=8, min_train=8)
     kwargs = dict(image_size=32, n_reference=18, batch_size=30, n_batches=20, seed=0, min_images=20,
-                  shifts=process_shifts(1.15, (0.85,), 1.0), defect_shares=(0.0, 0.2))
+                  shifts=process_shifts(1.15, (0.85,), 1.0), defect_shares=(0.0, 0.2), split=split)
     result = measure_drift(root, **kwargs)
     assert set(result["shifts"]) == {"zoom_x1.15", "gain_x0.85", "blur_sigma1"}
     assert set(result["defect_shares"]) == {"0%", "20%"}
@@ -129,3 +134,10 @@ def test_measure_drift_on_a_small_generated_dataset(tmp_path):
         assert rate["batches"] == 20 and rate["ci95"][0] <= rate["rate"] <= rate["ci95"][1]
     assert result["shifts"]["gain_x0.85"]["rate"] == 1.0 and result["defect_shares"]["0%"]["rate"] <= 0.1
     assert measure_drift(root, **kwargs) == result  # deterministic for a seed
+
+    # The command line composes the real config (data.split, score.alpha, inspect.drift_*) into the same call.
+    assert drift_main(["--root", str(root), "--json", str(tmp_path / "drift.json"), "data.image_size=32",
+                       "data.split.min_selection=8", "data.split.min_train=8", "score.alpha=0.05",
+                       "bench.drift.n_batches=3", "bench.drift.batch_size=20", "bench.drift.defect_shares=[0.0]"]) == 0
+    written = json.loads((tmp_path / "drift.json").read_text())
+    assert written["n_reference"] == 19 and written["shifts"]["gain_x0.85"]["batches"] == 3

@@ -1,4 +1,5 @@
-"""Train for two epochs on a tiny dataset, score it, and check the files and the real MLflow store."""
+"""Train for two epochs on a tiny dataset (the shared `trained` fixture: `python -m pipeline train`), score it,
+evaluate it, and check the files and the real MLflow store."""
 
 import json
 
@@ -7,56 +8,77 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
-from pipeline.scoring.detector import AnomalyDetector
-from tests.conftest import tiny_overrides
+from pipeline.detector import AnomalyDetector
+from pipeline.report.review_set import FLAGGED, RECORDS
+from pipeline.scoring.scores import BASE_SCORES, FUSED
 
 
-def test_train_then_score_writes_results_and_tracks_runs(tmp_path, tiny_dataset, capsys):
-    overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={tmp_path / 'scored'}")
-    assert main(["train", *overrides]) == 0
-    train_summary = json.loads(capsys.readouterr().out)
+def test_train_then_score_writes_results_and_tracks_runs(trained, tmp_path, capsys):
+    train_summary = trained.summary
+    overrides = trained.with_(f"score.output_dir={tmp_path / 'scored'}", "score.extra=[neg_elbo]")
     assert main(["score", *overrides]) == 0
     metrics = json.loads(capsys.readouterr().out)
 
     out = tmp_path / "scored"
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == 12 and scores["image_path"].is_unique  # one row per test image
-    assert {"image_path", "score", "threshold", "is_anomaly", "recon_error", "neg_elbo", "label",
-            "defect_type"} <= set(scores.columns)
+    assert {"image_path", "score", "threshold", "is_anomaly", "p_value", "defect_area", "label", "defect_type",
+            FUSED, *BASE_SCORES, "neg_elbo"} <= set(scores.columns)  # every base score, and the extra asked for
+    assert (scores["score"] == scores[FUSED]).all()  # the default decision score
     assert (scores["is_anomaly"] == (scores["score"] > scores["threshold"])).all()
+    assert (scores["is_anomaly"] == (scores["p_value"] <= 0.2)).all()  # the same decision, as a p-value
     for rel in scores["image_path"]:
         anomaly_map = np.load(out / "maps" / f"{rel}.npy")
         assert anomaly_map.shape == (48, 48)  # the original resolution, not the model's 32
     assert metrics["image_auroc"] is not None and 0 <= metrics["pixel_auroc"] <= 1
     assert json.loads((out / "metrics.json").read_text())["n_images"] == 12
-    assert len(list((out / "overlays").rglob("*.png"))) == int(scores["is_anomaly"].sum())
+    assert metrics["n_calibration"] == train_summary["sizes"]["n_calibration"] == 7 and metrics["can_flag"]
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    # The review set: the flagged images by rank, each with its panel; nothing else under review/panels.
+    records = json.loads((out / RECORDS).read_text())
+    flagged = scores.sort_values("score", ascending=False)
+    flagged = flagged.loc[flagged["is_anomaly"] == 1, "image_path"].tolist()
+    assert [r["image_path"] for r in records if r["status"] == FLAGGED] == flagged
+    assert sorted(p.name for p in (out / "review" / "panels").iterdir()) == sorted(f"{r['key']}.png" for r in records)
+    assert (out / "review" / "index.html").is_file()
+
+    client = MlflowClient(f"sqlite:///{trained.base / 'mlruns' / 'mlflow.db'}")
     train_run = client.get_run(train_summary["run_id"])
-    assert train_run.data.params["model.latent_dim"] == "4"
+    assert train_run.data.params["model.latent_dim"] == "4" and train_run.data.params["head.steps"] == "4"
     assert float(train_run.data.metrics["threshold"]) == train_summary["threshold"]
-    assert {"train/loss", "val/loss", "val/kl", "val/recon"} <= set(train_run.data.metrics)
-    assert train_run.data.tags["threshold.method"].startswith("conformal")
+    assert {"train/loss", "val/loss", "val/kl", "val/recon", "head/train_loss", "n_calibration"} <= set(
+        train_run.data.metrics)
+    assert train_run.data.tags["threshold.method"].startswith("split conformal")
+    assert train_run.data.tags["threshold.status"] == "ok" and train_run.data.tags["has_detector"] == "true"
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "figures")}
-    assert {"figures/loss_curves.png", "figures/reconstructions.png"} <= artifacts
+    assert {"figures/loss_curves.png", "figures/reconstructions.png", "figures/calibration_scores.png",
+            "figures/synthetic_anomalies.png"} <= artifacts
     versions = client.search_model_versions("name='tiny-vae'")
     assert len(versions) == 1 and str(client.get_model_version_by_alias("tiny-vae", "champion").version) == "1"
+    assert versions[0].tags["weights_sha256"] == train_summary["weights_sha256"]
 
     score_run = client.get_run(metrics["run_id"])
-    assert score_run.data.tags["model_run_id"] == train_summary["run_id"]
-    assert score_run.data.tags["weights_sha256"] == train_summary["weights_sha256"]
+    tags = score_run.data.tags
+    assert tags["model_run_id"] == train_summary["run_id"] and tags["stage"] == "score"
+    assert tags["weights_sha256"] == train_summary["weights_sha256"]
+    assert (tags["model_name"], tags["model_version"]) == ("tiny-vae", "1")  # the default: the newest version
+    assert tags["detection.status"] == "ok" and tags["review.status"] == ("pending" if flagged else "nothing_flagged")
     assert score_run.data.metrics["image_auroc"] == metrics["image_auroc"]
     logged = {a.path for a in client.list_artifacts(score_run.info.run_id)}
-    assert {"scores.csv", "metrics.json", "figures"} <= logged
+    assert {"scores.csv", "errors.csv", "metrics.json", "figures", "review"} <= logged
+    gallery = {a.path for a in client.list_artifacts(score_run.info.run_id, "images")}
+    assert sum(f"flagged~{r['key']}" in p for p in gallery for r in records if r["status"] == FLAGGED) >= len(flagged)
 
     # `evaluate` recomputes the metrics from the output folder and logs them into the same run.
     assert main(["evaluate", *overrides]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["image_auroc"] == metrics["image_auroc"]
-    assert evaluated["aupro"] is not None and set(evaluated["per_defect_type"]) == {"scratch"}
+    assert evaluated["image_auroc"] == metrics["image_auroc"] and evaluated["run_id"] == metrics["run_id"]
+    assert evaluated["aupro"] is not None
+    assert set(json.loads((out / "metrics.json").read_text())["per_defect_type"]) == {"scratch"}
+    assert "scratch.image_auroc" in client.get_run(metrics["run_id"]).data.metrics  # per defect type, in the run
     assert {"figures/roc.png", "figures/pr.png", "figures/scores_by_defect_type.png"} <= {
         a.path for a in client.list_artifacts(score_run.info.run_id, "figures")}
 
-    # The detector downloaded from the run scores like the one that was trained.
+    # The detector the training run saved carries the threshold it reported.
     detector = AnomalyDetector.load(train_summary["detector_dir"])
-    assert detector.threshold_ == train_summary["threshold"]
+    assert detector.threshold_ == train_summary["threshold"] == metrics["threshold"]

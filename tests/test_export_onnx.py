@@ -1,32 +1,39 @@
-"""ONNX export: ONNX Runtime gives the same recon_error scores and anomaly maps as the PyTorch detector."""
+"""ONNX export: ONNX Runtime alone (OnnxDetector) gives the fused scores, every base score, the anomaly maps,
+p-values and decisions of the PyTorch detector."""
 
 import json
 
 import numpy as np
 
 from pipeline.__main__ import main
-from pipeline.data.layout import scan_test
 from pipeline.data.datasets import load_images
-from pipeline.export.onnx import onnx_score_batch, onnx_session
-from pipeline.scoring.detector import AnomalyDetector
-from tests.conftest import tiny_overrides
+from pipeline.data.layout import scan_test
+from pipeline.detector import AnomalyDetector
+from pipeline.export.onnx import OnnxDetector
+from pipeline.scoring.scores import BASE_SCORES, FUSED
 
 
-def test_exported_onnx_model_scores_like_the_torch_detector(tmp_path, tiny_dataset, capsys):
-    overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", "tracking.enabled=false")
-    assert main(["train", *overrides]) == 0
-    detector_dir = json.loads(capsys.readouterr().out)["detector_dir"]
-    assert main(["export", *overrides, f"export.model={detector_dir}", f"export.output_dir={tmp_path / 'onnx'}"]) == 0
+def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, capsys):
+    overrides = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}",
+                              f"export.output_dir={tmp_path / 'onnx'}")
+    assert main(["export", *overrides]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["max_abs_score_diff"] < 1e-5
+    assert summary["max_abs_score_diff"] < 1e-2 and summary["max_abs_map_diff"] < 1e-4  # its own check on random images
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["decoder.onnx", "detector.json", "encoder.onnx",
+                                                                    "head.onnx"]
 
-    detector_json = json.loads((tmp_path / "onnx" / "detector.json").read_text())
-    torch_detector = AnomalyDetector.load(detector_dir)
-    assert detector_json["threshold"] == torch_detector.spec.threshold
-    images, _, _ = load_images(scan_test(tiny_dataset), 32, torch_detector.spec.read_options)  # (12, 1, 32, 32)
-    expected = torch_detector.score_batch(images)
-    got = onnx_score_batch(onnx_session(tmp_path / "onnx" / "model.onnx"), images.numpy(), detector_json)
-    np.testing.assert_allclose(got["recon_error"], expected["recon_error"].numpy(), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(got["map"], expected["map"].numpy(), rtol=1e-4, atol=1e-4)  # z-maps amplify rounding
-    flagged_torch = expected["recon_error"].numpy() > torch_detector.threshold_
-    np.testing.assert_array_equal(got["recon_error"] > torch_detector.threshold_, flagged_torch)
+    torch_detector = AnomalyDetector.load(trained.detector_dir)
+    exported = OnnxDetector(tmp_path / "onnx")
+    assert exported.spec.calibration_scores == torch_detector.spec.calibration_scores
+    images, _, _ = load_images(scan_test(trained.root), 32, torch_detector.spec.read_options)  # (12, 1, 32, 32)
+    expected = torch_detector.score(images, keep=("map",))
+    got = exported.score(images.numpy())
+    for name in BASE_SCORES:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # The fused score standardizes logit(map_max) by its spread on 4 selection images: float rounding of a
+    # probability near 0 is magnified there, so it agrees to a few thousandths (of a range of about 30).
+    np.testing.assert_allclose(got[FUSED], expected[FUSED], rtol=1e-4, atol=5e-3)
+    np.testing.assert_allclose(got["map"], expected["map"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got["is_anomaly"], torch_detector.predict(images))
+    np.testing.assert_allclose(got["p_value"], torch_detector.p_values(expected[FUSED]))
+    assert got["is_anomaly"].sum() > 0  # the comparison covers flagged images too (alpha=0.2 on this test split)

@@ -3,13 +3,15 @@ then a rerun; the invariants hold after each.
 
     inspect: every inbox image is in results.csv exactly once, the ledger agrees with results.csv,
              no staging folder or temporary file is left, every batch is logged to MLflow exactly once;
-    score:   scores.csv has one row per test image, every map is whole, no temporary file is left.
+    score:   scores.csv has one row per test image, every map is whole, no temporary file is left, and
+             the scoring run is logged to MLflow once, finished.
 
 While the process lies dead (before the rerun), every file a reader can see must parse completely:
 a crash may leave work undone, never half-written results.
 
 The faults are injected by tests/fault_runner.py, which wraps the write point where the product
-looks it up; a SIGKILL run is a real child process killing itself at that point.
+looks it up; a SIGKILL run is a real child process (forked from a fork server that imported the product
+once) killing itself at that point.
 """
 
 from __future__ import annotations
@@ -17,50 +19,54 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.data.layout import scan_test
+from pipeline.report.review_set import RECORDS
 from tests import fault_runner
-from tests.conftest import tiny_overrides
 from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector
 
-ROOT = Path(__file__).resolve().parents[1]
 
-# (target, before|after, n-th call). Inspection runs 5 batches of 3 images; the faults hit batch 2.
+# (target, before|after, n-th call). Inspection runs 3 batches (3, 3 and 1 images); the faults hit batch 2.
 INSPECT_POINTS = [
-    ("pipeline.scoring.run:save_map", "after", 4),                  # a map of batch 2 written, the rest not
+    ("pipeline.detector.files:save_map", "after", 4),               # a map of batch 2 written, the rest not
     ("os:replace=.npy", "before", 4),                               # a map's temporary file complete, not renamed
     ("pipeline.inspection.batch:_write_table", "after", 3),         # scores table staged, errors table not
-    ("pipeline.inspection.batch:write_panels", "before", 2),        # review panels
+    ("pipeline.inspection.batch:build_review", "before", 2),        # review panels and thumbnails
+    ("pipeline.inspection.batch:write_records", "after", 2),        # review records staged, review page not
     ("pipeline.inspection.run:publish", "before", 2),               # staging folder complete, not renamed
     ("pipeline.inspection.run:publish", "after", 2),                # batch folder visible, results not appended
     ("pipeline.inspection.commit:append_results", "after", 2),      # rows appended, ledger not committed
     ("pipeline.inspection.ledger:Ledger.commit_batch", "before", 2),
     ("pipeline.inspection.ledger:Ledger.commit_batch", "after", 2),  # committed, not logged, not moved
     ("pipeline.inspection.run:_move", "after", 4),                  # half of batch 2 moved to processed/
-    ("pipeline.tracking.inspection_run:log_inspection_batch", "after", 2),  # MLflow run done, outbox not told
+    ("pipeline.tracking.detection_run:_records", "before", 2),      # MLflow run half logged (artifacts, no images)
+    ("pipeline.inspection.run:log_batch", "after", 2),              # MLflow run done, outbox not told
     ("pipeline.inspection.ledger:Ledger.mark_logged", "before", 2),
 ]
-# Scoring writes 12 maps, then scores.csv, errors.csv, metrics.json, overlays, panels, the MLflow run.
+# Scoring writes 12 maps, then scores.csv, errors.csv, the review set (panels, records, page), figures,
+# metrics.json, then the MLflow run.
 SCORE_POINTS = [
-    ("pipeline.scoring.run:save_map", "after", 3),
+    ("pipeline.detector.files:save_map", "after", 3),
     ("os:replace=.npy", "before", 3),
     ("os:replace=scores.csv", "before", 1),
-    ("pipeline.scoring.run:atomic_write_text", "after", 1),         # scores.csv written, errors.csv not
-    ("pipeline.scoring.run:write_overlays", "before", 1),
-    ("pipeline.scoring.run:flagged_panels", "before", 1),
-    ("pipeline.tracking.scoring_run:log_scoring_run", "before", 1),
+    ("pipeline.commands.score:atomic_write_text", "after", 1),      # scores.csv written, errors.csv not
+    ("pipeline.commands.score:build_review", "before", 1),          # review panels
+    ("pipeline.commands.score:evaluation_figures", "before", 1),
+    ("pipeline.commands.score:write_records", "after", 1),          # review records written, page not
+    ("os:replace=metrics.json", "before", 1),
+    ("pipeline.tracking.detection_run:_records", "before", 1),      # MLflow run half logged
+    ("pipeline.commands.score:log_detection_run", "before", 1),
 ]
 MODES = ["raise", "kill"]
-INBOX = [f"cam{i % 2}/part {i:02d}.png" for i in range(13)]  # a space in every name, two folders
+INBOX = [f"cam{i % 2}/part {i:02d}.png" for i in range(7)]  # a space in every name, two folders
 
 
 def _point_id(point) -> str:
@@ -68,14 +74,14 @@ def _point_id(point) -> str:
     return f"{target.split(':')[-1]}-{when}-{nth}"
 
 
-def run_with_fault(point, mode: str, argv: list[str], monkeypatch) -> int:
+def run_with_fault(point, mode: str, argv: list[str], monkeypatch, log_dir: Path) -> int:
     """Run the CLI with the fault: in this process (raise) or as a child process that SIGKILLs itself."""
     target, when, nth = point
     if mode == "kill":
-        proc = subprocess.run([sys.executable, "-m", "tests.fault_runner", target, when, "kill", str(nth), "--", *argv],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == -signal.SIGKILL, f"the fault point was never reached:\n{proc.stderr[-3000:]}"
-        return proc.returncode
+        log = log_dir / "killed.log"
+        code = fault_runner.run_killed(target, when, nth, argv, log)
+        assert code == -signal.SIGKILL, f"the fault point was never reached (exit {code}):\n{log.read_text()[-3000:]}"
+        return code
     with monkeypatch.context() as patch:
         owner, attr = fault_runner._resolve("os:replace" if target.startswith("os:replace=") else target)
         patch.setattr(owner, attr, getattr(owner, attr))  # restored when the context ends
@@ -105,6 +111,9 @@ def assert_visible_files_whole(folder: Path) -> None:
             json.loads(path.read_text())
         elif path.suffix == ".parquet":
             pd.read_parquet(path)
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.load()
 
 
 def assert_no_temporaries(folder: Path) -> None:
@@ -119,7 +128,7 @@ def judge(tmp_path_factory) -> Path:
 
 
 def _mlflow_point(point) -> bool:
-    return "inspection_run" in point[0] or "mark_logged" in point[0]
+    return any(name in point[0] for name in ("detection_run", "log_batch", "mark_logged"))
 
 
 def assert_inspection_invariant(out: Path, tracking_store: Path | None) -> None:
@@ -151,15 +160,17 @@ def assert_inspection_invariant(out: Path, tracking_store: Path | None) -> None:
 def test_inspection_survives_a_fault_at_every_write_point(point, mode, judge, tmp_path, monkeypatch, capsys):
     inbox, out, processed = tmp_path / "inbox", tmp_path / "out", tmp_path / "processed"
     add_parts(inbox, INBOX[:-1])
-    add_dark(inbox, INBOX[-1])  # flagged: review panels are written
+    add_dark(inbox, INBOX[-1])  # flagged (and every image of a 3-image batch is in its audit sample): panels
     tracking = _mlflow_point(point)
     # tracking.uri=null: the local store under tmp_path, whatever MLFLOW_TRACKING_URI other tests left set
     extra = ["tracking.uri=null"] if tracking else ["tracking.enabled=false"]
     if "_move" in point[0]:
         extra += ["inspect.move_processed=true", f"inspect.processed_dir={processed}"]
-    argv = ["inspect", *inspect_overrides(tmp_path, inbox, out, judge, "inspect.max_batch_images=3", *extra)]
+    # an audit sample of one per batch keeps the panels (and MLflow images) few: every batch still has some
+    argv = ["inspect", *inspect_overrides(tmp_path, inbox, out, judge, "inspect.max_batch_images=3",
+                                          "review.audit_size=1", *extra)]
 
-    run_with_fault(point, mode, argv, monkeypatch)
+    run_with_fault(point, mode, argv, monkeypatch, tmp_path)
     assert_visible_files_whole(out)          # dead or failed: nothing half-written is visible
     assert len(list(inbox.rglob("*.png"))) + len(list(processed.rglob("*.png"))) == len(INBOX)  # no input lost
 
@@ -176,43 +187,37 @@ def test_inspection_survives_a_fault_at_every_write_point(point, mode, judge, tm
 
 # ---- scoring ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained model and its dataset, shared by the scoring crash tests (read-only for them)."""
-    from tests.conftest import make_tiny_dataset
-
-    base = tmp_path_factory.mktemp("trained")
-    dataset = make_tiny_dataset(base / "data")
-    overrides = tiny_overrides(base, f"data.root={dataset}")
-    assert main(["train", *overrides]) == 0
-    return base, dataset
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("point", SCORE_POINTS, ids=_point_id)
 def test_scoring_survives_a_fault_at_every_write_point(point, mode, trained, tmp_path, monkeypatch, capsys):
-    base, dataset = trained
     out = tmp_path / "score"
-    tracking = "scoring_run" in point[0]
-    overrides = tiny_overrides(base, f"data.root={dataset}", f"score.output_dir={out}")
-    if not tracking:
-        overrides.append("tracking.enabled=false")
-        # without the store, `score` takes the detector folder of the training run
-        detector = next((base / "outputs" / "train").rglob("detector.json")).parent
-        overrides.append(f"score.model={detector}")
+    tracking = "detection_run" in point[0]
+    experiment = f"faults-{tmp_path.name}"  # this test's scoring runs only
+    overrides = trained.with_(f"score.output_dir={out}", f"tracking.score_experiment={experiment}",
+                              "review.audit_size=2")
+    if not tracking:  # without the store, `score` takes the trained detector's folder
+        overrides += ["tracking.enabled=false", f"detector={trained.detector_dir}"]
     argv = ["score", *overrides]
 
-    run_with_fault(point, mode, argv, monkeypatch)
+    run_with_fault(point, mode, argv, monkeypatch, tmp_path)
     if out.exists():
         assert_visible_files_whole(out)
 
     capsys.readouterr()
     assert main(argv) == 0
-    n_images = len(scan_test(dataset))
+    metrics = json.loads(capsys.readouterr().out)
+    n_images = len(scan_test(trained.root))
     frame = pd.read_csv(out / "scores.csv")
     assert len(frame) == n_images and frame["image_path"].is_unique
     assert sorted(p.relative_to(out / "maps").as_posix()[:-len(".npy")] for p in (out / "maps").rglob("*.npy")) \
         == sorted(frame["image_path"])
     assert json.loads((out / "metrics.json").read_text())["n_images"] == n_images
+    records = json.loads((out / RECORDS).read_text())
+    assert records and all((out / r["panel_file"]).is_file() for r in records)
     assert_no_temporaries(out)
     assert_visible_files_whole(out)
+    if tracking:
+        client = MlflowClient(f"sqlite:///{trained.base / 'mlruns' / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                  filter_string="attributes.status = 'FINISHED'")
+        assert [r.info.run_id for r in runs] == [metrics["run_id"]], "the rerun's run is the one finished run"

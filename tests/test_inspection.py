@@ -9,18 +9,24 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.inspection.control import flag_batch, score_drift
+from pipeline.detector import AnomalyDetector
+from pipeline.detector import calibration as C
 from pipeline.inspection.lock import InspectionLock
-from pipeline.inspection.run import EXIT_FILE_ERRORS, EXIT_LOCKED, EXIT_OK
+from pipeline.inspection.run import EXIT_CANNOT_RUN, EXIT_DRIFT, EXIT_FILE_ERRORS, EXIT_LOCKED, EXIT_OK
+from pipeline.report.review_set import FLAGGED, RECORDS
 from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector, results
 
 NO_MLFLOW = "tracking.enabled=false"
 
 
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    return make_detector(tmp_path_factory.mktemp("judge") / "detector")
+
+
 @pytest.fixture
-def setup(tmp_path):
-    inbox, out = tmp_path / "inbox", tmp_path / "out"
-    detector = make_detector(tmp_path / "detector")
+def setup(tmp_path, judge):
+    inbox, out, detector = tmp_path / "inbox", tmp_path / "out", judge
 
     def run(*extra, capsys=None):
         code = main(["inspect", *inspect_overrides(tmp_path, inbox, out, detector, NO_MLFLOW, *extra)])
@@ -46,7 +52,11 @@ def test_second_run_scores_nothing_and_results_are_complete(setup, capsys):
     assert dark["is_anomaly"] == 1 and dark["score"] > dark["threshold"]
     assert (frame["is_anomaly"] == (frame["score"] > frame["threshold"])).all()
     batch = out / "batches" / dark["batch_id"]
-    assert (batch / "panels" / "line2" / "dark.png.png").is_file()
+    records = json.loads((batch / RECORDS).read_text())
+    shown = {r["image_path"]: r for r in records}
+    assert shown["line2/dark.png"]["status"] == FLAGGED and shown["line2/dark.png"]["rank"] == 1
+    assert shown["line2/dark.png"]["key"] == "001_line2_dark"
+    assert (batch / "review" / "panels" / "001_line2_dark.png").is_file() and (batch / "review" / "index.html").is_file()
     assert (batch / "maps" / "line2" / "dark.png.npy").is_file() and (batch / "scores.parquet").is_file()
     assert "line2/dark.png" in json.loads((batch / "summary.json").read_text())["flagged"]
 
@@ -160,34 +170,52 @@ def test_move_processed_moves_only_committed_scored_files(setup, capsys):
     assert len(results(out)) == 2
 
 
-def test_benjamini_hochberg_control_hand_computed():
-    p = np.array([0.01, 0.04, 0.03, 0.2])
-    # BH: sorted p (0.01, 0.03, 0.04, 0.2) * m / rank = (0.04, 0.06, 0.0533, 0.2), then cumulative min from the top
-    flags, q = flag_batch(np.zeros(4), p, threshold=0.0, control="bh", fdr_q=0.055)
-    np.testing.assert_allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.2])
-    assert flags.tolist() == [1, 1, 1, 0]
-    flags, q = flag_batch(np.array([1.0, 3.0]), np.array([0.5, 0.01]), threshold=2.0, control="alpha", fdr_q=0.1)
-    assert flags.tolist() == [0, 1] and np.isnan(q).all()
-    with pytest.raises(ValueError, match="inspect.control"):
-        flag_batch(np.zeros(1), np.zeros(1), 0.0, "bonferroni", 0.1)
+def test_benjamini_hochberg_control_hand_computed(judge):
+    spec = AnomalyDetector.load(judge).spec
+    spec.calibration_scores = {spec.score: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]}  # p = (1 + #>=) / 10
+    scores = np.array([9.5, 6.5, 7.5, 0.5])  # p = 0.1, 0.4, 0.3, 1.0
+    flags, q = C.decide(spec, scores, fdr_q=0.45)
+    # BH: sorted p (0.1, 0.3, 0.4, 1.0) * m / rank = (0.4, 0.6, 0.533, 1.0), then the running minimum from the top
+    np.testing.assert_allclose(q, [0.4, 1.6 / 3, 1.6 / 3, 1.0])
+    assert flags.tolist() == [1, 0, 0, 0]
+    spec.alpha = 0.2  # per image: k = ceil(10 * 0.8) = 8 -> threshold 8.0
+    flags, q = C.decide(spec, scores)
+    assert flags.tolist() == [1, 0, 0, 0] and q is None and C.thresholds(spec) == {None: 8.0}
 
 
-def test_drift_check_flags_a_shifted_batch_only():
-    rng = np.random.default_rng(0)
-    calibration = rng.normal(size=300)
-    assert not score_drift(rng.normal(size=200), calibration, 0.01, 20)["drifted"]
-    shifted = score_drift(rng.normal(1.0, 1.0, size=200), calibration, 0.01, 20)
-    assert shifted["drifted"] and shifted["p_value"] < 1e-6
-    assert score_drift(rng.normal(5.0, 1.0, size=5), calibration, 0.01, 20) == {"tested": False, "n": 5,
-                                                                                "drifted": False}
+def test_an_unknown_control_is_refused(setup, capsys):
+    inbox, out, run = setup
+    add_parts(inbox, ["a.png"])
+    assert run("inspect.control=bonferroni") == EXIT_CANNOT_RUN
+    assert "inspect.control" in capsys.readouterr().err and not (out / "results.csv").exists()
 
 
-def test_bh_and_drift_in_a_batch_of_defects(setup, capsys):
+def test_bh_in_a_batch_of_defects_and_it_drifted(setup, capsys):
     inbox, out, run = setup
     for i in range(25):
         add_dark(inbox, f"dark{i:02d}.png")
-    assert run("inspect.control=bh", "inspect.fdr_q=0.1", "inspect.drift_min_images=20") == EXIT_OK
+    assert run("inspect.control=bh", "inspect.fdr_q=0.1", "inspect.drift_min_images=20") == EXIT_DRIFT
     summary = _summary(capsys)
-    assert summary["drift_batches"] == [summary["batches"][0]["batch_id"]]
+    assert [d["batch_id"] for d in summary["drift_batches"]] == [summary["batches"][0]["batch_id"]]
     frame = results(out)
     assert frame["is_anomaly"].all() and (frame["q_value"] <= 0.1).all()
+
+
+def test_a_drifted_batch_is_judged_but_exits_6_and_says_why(setup, capsys):
+    inbox, out, run = setup
+    add_parts(inbox, [f"normal/{i:02d}.png" for i in range(20)], seed=1)
+    assert run() == EXIT_OK  # a normal batch of 20 is tested and does not drift
+    normal = _summary(capsys)
+    assert normal["batches"][0]["drift"]["tested"] and not normal["drift_batches"]
+    add_parts(inbox, [f"dim/{i:02d}.png" for i in range(20)], seed=2, gain=0.85)  # the lighting went down 15 %
+    assert run() == EXIT_DRIFT
+    drifted = _summary(capsys)
+    assert drifted["n_scored"] == 20 and len(results(out)) == 40  # judged and recorded all the same
+    (entry,) = drifted["drift_batches"]
+    assert "darker" in entry["reason"] and "mean intensity" in entry["reason"]
+    batch = json.loads((out / "batches" / entry["batch_id"] / "summary.json").read_text())
+    assert batch["drift"]["drifted"] and "mean_intensity" in batch["drift"]["moved"]
+    assert "drift" in (out / "batches" / entry["batch_id"] / "review" / "index.html").read_text()
+    add_parts(inbox, [f"few/{i:02d}.png" for i in range(5)], seed=3, gain=0.85)
+    assert run() == EXIT_OK  # below inspect.drift_min_images: not tested
+    assert not _summary(capsys)["batches"][0]["drift"]["tested"]

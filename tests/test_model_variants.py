@@ -11,11 +11,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.__main__ import main
+from pipeline.commands.sweep import expand_grid
+from pipeline.detector import AnomalyDetector
+from pipeline.models.cvae import ConditionalConvVAE
 from pipeline.models.corruption import corrupt
-from pipeline.models.cvae import ConditionalConvVAE, conditioned
-from pipeline.scoring.detector import AnomalyDetector
 from pipeline.training.module import VAELightningModule
-from pipeline.training.sweep import expand_grid
 from tests.conftest import tiny_overrides
 
 REPORT_FIGURES = {"latent_map.png", "manifold.png", "latent_walk.gif", "kl_per_dim.png"}
@@ -27,7 +27,7 @@ def _client(tmp_path) -> MlflowClient:
 
 def test_report_writes_every_figure_and_logs_them_to_the_training_run(tmp_path, tiny_dataset, capsys):
     overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", "model.latent_dim=2",
-                               "model.latent_layout=dense",
+                               "model.latent_layout=dense", "report.enabled=true",
                                f"report.output_dir={tmp_path / 'report'}", "report.grid_size=3", "report.walk_steps=4")
     assert main(["train", *overrides]) == 0
     trained = json.loads(capsys.readouterr().out)
@@ -41,7 +41,7 @@ def test_report_writes_every_figure_and_logs_them_to_the_training_run(tmp_path, 
     gif = Image.open(out / "latent_walk.gif")
     assert gif.n_frames == 2 * 4 - 2  # forth and back without repeating the ends
     summary = json.loads((out / "latent_summary.json").read_text())
-    assert summary["n_test"] == 12 and summary["n_val"] == trained["n_calibration"]
+    assert summary["n_test"] == 12 and summary["n_val"] == trained["sizes"]["n_selection"] == 4  # selection images
     assert len(summary["kl_per_dim"]) == 2 and summary["active_dims"] + summary["collapsed_dims"] == 2
     assert report["logged_to_run"] == trained["run_id"]
     logged = {a.path for a in _client(tmp_path).list_artifacts(trained["run_id"], "latent")}
@@ -97,12 +97,16 @@ def test_conditional_vae_trains_on_two_categories_and_scores_each_with_its_label
     overrides = tiny_overrides(tmp_path, "data=builtin_all", "model=cvae", f"data.root={parent}",
                                "data.categories=[disc,inverted]", f"data.roots=[{disc},{parent / 'inverted'}]",
                                "model.denoise.kind=mask", "model.denoise.level=0.3",
-                               f"score.output_dir={tmp_path / 'scored'}", f"report.output_dir={tmp_path / 'report'}")
+                               f"score.output_dir={tmp_path / 'scored'}", f"report.output_dir={tmp_path / 'report'}",
+                               "report.enabled=true")
     assert main(["train", *overrides]) == 0
     trained = json.loads(capsys.readouterr().out)
     detector = AnomalyDetector.load(trained["detector_dir"])
-    assert detector.spec.categories == ["disc", "inverted"] and detector.spec.model_kind == "cvae"
-    assert trained["n_train"] == 2 * 17  # both categories' training splits (24 images each, 30 % held out)
+    assert detector.spec.categories == ["disc", "inverted"] and detector.spec.model["kind"] == "cvae"
+    assert trained["sizes"]["n_train"] == 2 * 13  # both categories' training splits (24 images each)
+    # one threshold per category, each from that category's own 7 calibration images
+    assert sorted(detector.thresholds_) == [0, 1] and detector.spec.calibration_labels.count(1) == 7
+    assert trained["guarantee"]["n_calibration"] == 7
     assert {"manifold_disc.png", "manifold_inverted.png", "latent_walk_inverted.gif"} <= set(trained["report"]["figures"])
     params = _client(tmp_path).get_run(trained["run_id"]).data.params
     assert params["model.denoise.kind"] == "mask" and params["model.kind"] == "cvae"
@@ -111,18 +115,23 @@ def test_conditional_vae_trains_on_two_categories_and_scores_each_with_its_label
     metrics = json.loads(capsys.readouterr().out)
     scores = pd.read_csv(tmp_path / "scored" / "scores.csv")
     assert len(scores) == 24 and scores.groupby("category").size().to_dict() == {"disc": 12, "inverted": 12}
-    assert scores["image_path"].is_unique and 0 <= metrics["disc.image_auroc"] <= 1
+    assert scores["image_path"].is_unique and all(p.startswith(("disc/test/", "inverted/test/"))
+                                                  for p in scores["image_path"])
+    for category, label in (("disc", 0), ("inverted", 1)):  # each image against its own category's threshold
+        assert set(scores.loc[scores["category"] == category, "threshold"]) == {detector.thresholds_[label]}
+    assert 0 <= metrics["disc.image_auroc"] <= 1 and 0 <= metrics["inverted.image_auroc"] <= 1
+    assert metrics["mean_image_auroc"] == pytest.approx((metrics["disc.image_auroc"] + metrics["inverted.image_auroc"]) / 2)
     assert metrics["model_run_id"] == trained["run_id"]
 
     # Scoring a category under its own label differs from scoring it under the other one.
     x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad(), conditioned(detector.net, 0):
-        own = detector.score_batch(x)["recon_error"]
-    with torch.no_grad(), conditioned(detector.net, 1):
-        other = detector.score_batch(x)["recon_error"]
-    assert not torch.allclose(own, other)
+    own = detector.score(x, torch.tensor([0, 0]), keep=())["recon_error"]
+    other = detector.score(x, torch.tensor([1, 1]), keep=())["recon_error"]
+    assert not np.allclose(own, other)
     with pytest.raises(RuntimeError, match="needs the category"):
-        detector.net.encode(x)
+        detector.vae.encode(x)
+    with pytest.raises(RuntimeError, match="needs the category"):
+        detector.predict(x)  # never scored under a category it was not given
 
     bad = [o for o in overrides if not o.startswith("data.categories")] + ["data.categories=[disc,unknown]"]
     assert main(["score", *bad]) == 1

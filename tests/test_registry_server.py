@@ -1,5 +1,5 @@
-"""Registry, aliases, scoring provenance, the review gallery, verdicts and recalibration, all through a
-real `mlflow server` process (see tests/served.py for the runs it makes)."""
+"""Registry, aliases, scoring provenance, the review set in the run, verdicts (CLI and hand-set tags) and
+recalibration from the audit sample, all through a real `mlflow server` process (see tests/served.py)."""
 
 import json
 import subprocess
@@ -11,16 +11,17 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
+from pipeline.report.review_set import AUDIT, FLAGGED, RECORDS
 from tests.served import cli
 
 NAME = "tiny-vae"
 
 
-def _flagged(served, folder="scored-newest") -> pd.DataFrame:
-    return pd.read_csv(served["folder"] / folder / "review" / "flagged.csv", dtype={"sample_id": str})
+def _records(served, folder="scored-newest") -> list[dict]:
+    return json.loads((served["folder"] / folder / RECORDS).read_text())
 
 
-def _artifact_json(client, run_id, path) -> pd.DataFrame:
+def _artifact_table(client, run_id, path) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         return pd.read_json(client.download_artifacts(run_id, path, tmp), orient="split", dtype=False)
 
@@ -31,11 +32,12 @@ def test_every_training_run_is_a_version_and_only_promotion_moves_the_champion(s
     assert [v.version for v in versions[:2]] == ["1", "2"]
     assert [v.run_id for v in versions[:2]] == [t["run_id"] for t in served["train"]]
     assert all(v.current_stage in (None, "None") for v in versions)  # no deprecated stages
-    assert served["train"][0]["version"] == "1" and served["train"][1]["version"] == "2"
+    assert [str(t["version"]) for t in served["train"]] == ["1", "2"]
     assert served["promoted"] == {"registered_model": NAME, "alias": "champion", "version": "2",
                                   "previous_champion": "1", "model_uri": f"models:/{NAME}@champion"}
     assert client.get_model_version_by_alias(NAME, "champion").version == "2"
     assert "promoted_at" in client.get_model_version(NAME, "2").tags
+    assert "split conformal" in client.get_model_version(NAME, "2").description  # what its threshold promises
 
 
 def test_each_scoring_run_records_the_model_name_version_and_weights(served):
@@ -50,23 +52,27 @@ def test_each_scoring_run_records_the_model_name_version_and_weights(served):
     assert served["train"][0]["weights_sha256"] != served["train"][1]["weights_sha256"]
 
 
-def test_scoring_run_logs_a_gallery_and_a_flagged_table_of_every_flagged_image(served):
+def test_scoring_run_holds_the_review_set_and_a_gallery_sorted_by_rank(served):
     client = MlflowClient(served["url"])
     run_id = served["score_newest"]["run_id"]
+    run = client.get_run(run_id)
     scores = pd.read_csv(served["folder"] / "scored-newest" / "scores.csv")
-    n_flagged = int(scores["is_anomaly"].sum())
-    assert n_flagged > 0
-    tags = client.get_run(run_id).data.tags
-    assert tags["review.n_flagged"] == tags["review.n_panels"] == str(n_flagged)
+    flagged = scores.loc[scores["is_anomaly"] == 1].sort_values("score", ascending=False)["image_path"].tolist()
+    assert flagged and run.data.metrics["n_flagged"] == len(flagged)
+    records = _records(served)
+    assert [r["image_path"] for r in records if r["status"] == FLAGGED] == flagged  # by rank
+    assert sum(r["audit"] for r in records) == 4 and {r["status"] for r in records} <= {FLAGGED, AUDIT}
+    assert run.data.tags["review.status"] == "pending" and run.data.tags["detection.status"] == "ok"
+    assert "verdict.<sample id>" in run.data.tags["mlflow.note.content"]  # the description says how to review
+    assert {a.path for a in client.list_artifacts(run_id, "review")} >= {RECORDS, "review/index.html",
+                                                                         "review/panels", "review/thumbnails"}
+    panels = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(run_id, "review/panels")}
+    assert panels == {f"{r['key']}.png" for r in records}
+    # log_image with a key writes the image and a compressed copy per record, under '<status>~<rank>_<id>'
     images = [a.path for a in client.list_artifacts(run_id, "images")]
-    # log_image with a key writes a full PNG and a compressed copy per image.
-    assert len([p for p in images if p.endswith(".png") and "flagged~" in p]) == n_flagged
-    table = _artifact_json(client, run_id, "review/flagged_samples.json")
-    assert {"sample_id", "image_path", "panel", "score", "p_value", "defect_area", "review_status"} <= set(table.columns)
-    assert sorted(table["image_path"]) == sorted(scores.loc[scores["is_anomaly"] == 1, "image_path"])
-    assert set(table["review_status"]) == {"pending"}
-    assert all(p["type"] == "image" for p in table["panel"])
-    assert json.loads(tags["mlflow.loggedArtifacts"]) == [{"path": "review/flagged_samples.json", "type": "table"}]
+    for r in records:
+        prefix = "flagged" if r["status"] == FLAGGED else "audit"
+        assert any(f"{prefix}~{r['key']}" in p for p in images), r["key"]
 
 
 def test_the_registered_model_scores_alone_in_a_fresh_process(served, tmp_path):
@@ -81,59 +87,71 @@ def test_the_registered_model_scores_alone_in_a_fresh_process(served, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     got = pd.DataFrame(json.loads(done.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(got["score"], scores["score"], rtol=1e-5)
+    np.testing.assert_allclose(got["fused"], scores["fused"], rtol=1e-5)
     np.testing.assert_allclose(got["p_value"], scores["p_value"])
     np.testing.assert_array_equal(got["is_anomaly"], scores["is_anomaly"])
 
 
-def test_review_records_verdicts_as_table_and_tags_then_calibrate_feeds_false_alarms_back(served, tmp_path, capsys):
+def test_verdicts_are_tags_from_the_cli_or_by_hand_and_calibrate_takes_only_the_audit_sample(served, tmp_path, capsys):
     client = MlflowClient(served["url"])
     run_id = served["score_newest"]["run_id"]
-    flagged = _flagged(served)
-    assert len(flagged) >= 2, "alpha=0.5 should flag several images"
-    # The reviewer calls a flagged good image (else the weakest flag) a false alarm and the top other flag a defect.
-    goods = flagged[flagged["image_path"].str.startswith("test/good/")]
-    normal = goods.iloc[0] if len(goods) else flagged.iloc[-1]
-    normal_id = normal["sample_id"]
-    defect_id = flagged.loc[flagged["sample_id"] != normal_id, "sample_id"].iloc[0]
+    records = _records(served)
+    flagged = [r for r in records if r["status"] == FLAGGED]
+    outside = [r for r in flagged if not r["audit"]]  # flagged, not drawn for the audit
+    audited_good = [r for r in records if r["audit"] and r["image_path"].startswith("test/good/")]
+    assert len(flagged) >= 2 and outside and audited_good, "alpha=0.5 flags several images, audit_size=4 some goods"
+    ignored, normal = outside[0], audited_good[0]
+    defect = next(r for r in flagged if r["sample_id"] not in (ignored["sample_id"], normal["sample_id"]))
 
-    args = ["review", run_id, *served["overrides"](f"review.set=[{defect_id}:true_defect,{normal_id}:f]",
-                                                   "review.interactive=false")]
+    # 1. The CLI: a flagged defect and a flagged false alarm outside the audit sample.
+    args = ["review", run_id, *served["overrides"](f"review.set=[{defect['sample_id']}:true_defect,"
+                                                   f"{ignored['sample_id']}:f]", "review.interactive=false")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert defect_id in out and "panel_path" in out and ".png" in out  # the table, with local panel files
+    assert defect["sample_id"] in out and "panel_path" in out and ".png" in out  # the table, with local panel files
     tags = client.get_run(run_id).data.tags
-    pending = len(flagged) - 2
-    assert tags["review.status"] == ("partial" if pending else "complete")
-    assert (tags["review.n_true_defect"], tags["review.n_false_alarm"], tags["review.n_pending"]) == \
-        ("1", "1", str(pending))
-    assert tags["review.flag_precision"] == "0.5000"
-    assert client.get_run(run_id).data.metrics["review.flag_precision"] == 0.5
-    table = _artifact_json(client, run_id, "review/flagged_samples.json")
-    status = dict(zip(table["sample_id"], table["review_status"]))
-    assert (status[defect_id], status[normal_id]) == ("true_defect", "false_alarm")
+    assert (tags[f"verdict.{defect['sample_id']}"], tags[f"verdict.{ignored['sample_id']}"]) == ("true_defect",
+                                                                                                  "false_alarm")
+    assert (tags["review.n_true_defect"], tags["review.n_false_alarm"]) == ("1", "1")
+    assert tags["review.n_pending"] == str(len(records) - 2) and tags["review.status"] == "partial"
+    assert tags["review.flag_precision"] == "0.5000" and client.get_run(run_id).data.metrics["review.flag_precision"] == 0.5
 
-    # The rest from a CSV; verdicts accumulate in review/verdicts.json.
-    rest = flagged[~flagged["sample_id"].isin([defect_id, normal_id])]
+    # 2. By hand in the MLflow UI: a tag on the run is a verdict; `review` reads it and counts it.
+    client.set_tag(run_id, f"verdict.{normal['sample_id']}", "false_alarm")
+    assert main(["review", run_id, *served["overrides"]("review.interactive=false")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rfind("\n{") + 1:])
+    assert summary["recorded"] == 0 and summary["n_false_alarm"] == 2 and summary["n_reviewed"] == 3
+    line = next(x for x in out.splitlines() if normal["sample_id"] in x)
+    assert "false_alarm" in line
+    assert client.get_run(run_id).data.tags["review.n_false_alarm"] == "2"
+
+    # 3. The rest from a CSV; the CLI's verdicts accumulate in review/verdicts.json.
+    reviewed = {defect["sample_id"], ignored["sample_id"], normal["sample_id"]}
+    rest = [r["sample_id"] for r in records if r["sample_id"] not in reviewed]
     csv = tmp_path / "verdicts.csv"
-    pd.DataFrame({"sample_id": rest["sample_id"], "verdict": "unsure"}).to_csv(csv, index=False)
+    pd.DataFrame({"sample_id": rest, "verdict": "unsure"}).to_csv(csv, index=False)
     assert main(["review", run_id, *served["overrides"](f"review.verdicts={csv}")]) == 0
-    verdicts = _artifact_json(client, run_id, "review/verdicts.json")
-    assert len(verdicts) == len(flagged) and set(verdicts["verdict"]) <= {"true_defect", "false_alarm", "unsure"}
+    history = _artifact_table(client, run_id, "review/verdicts.json")
+    assert sorted(history["sample_id"]) == sorted([defect["sample_id"], ignored["sample_id"], *rest])
     assert client.get_run(run_id).data.tags["review.status"] == "complete"
 
-    # A verdict for a sample that was not flagged is an error naming it; nothing is recorded.
+    # 4. A verdict for a sample that was not shown is an error naming it; nothing is recorded.
     assert main(["review", run_id, *served["overrides"]("review.set=[no_such_sample:d]")]) == 1
     assert "no_such_sample" in capsys.readouterr().err
-    assert len(_artifact_json(client, run_id, "review/verdicts.json")) == len(flagged)
+    assert len(_artifact_table(client, run_id, "review/verdicts.json")) == len(history)
 
-    # Feedback: the confirmed-normal image joins the calibration set of a new version; champion unchanged.
+    # 5. calibrate: the audited image confirmed normal joins the calibration set of a new version; the flagged
+    #    false alarm outside the audit sample does not (it is not exchangeable with new normal images).
     summary = cli("calibrate", *served["overrides"]())
-    assert summary["added"] == [normal["image_path"]] and summary["n_added"] == 1
-    assert summary["version"] == "3" and summary["threshold"] >= summary["previous_threshold"]
-    assert client.get_model_version_by_alias(NAME, "champion").version == "2"
+    assert summary["added"] == [f"{served['root']}/{normal['image_path']}"] and summary["n_added"] == 1
+    assert summary["n_ignored_not_audited"] == 1
+    assert str(summary["version"]) == "3" and summary["threshold"] >= summary["previous_threshold"]
+    assert summary["n_calibration"] == served["train"][1]["sizes"]["n_calibration"] + 1
+    assert client.get_model_version_by_alias(NAME, "champion").version == "2"  # not promoted
     run = client.get_run(summary["run_id"])
     assert run.data.tags["stage"] == "calibrate" and run.data.tags["calibrated_from"] == f"models:/{NAME}/2"
-    assert run.data.metrics["n_calibration"] == served["train"][1]["n_calibration"] + 1 == summary["n_calibration"]
+    assert run.data.metrics["n_calibration"] == summary["n_calibration"]
     # Calibrating again finds nothing new (the image is already in version 3's calibration set).
     assert main(["calibrate", *served["overrides"]()]) == 1
-    assert "no new reviewed false alarms" in capsys.readouterr().err
+    assert "no new reviewed normal image of an audit sample" in capsys.readouterr().err

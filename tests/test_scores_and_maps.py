@@ -8,9 +8,11 @@ from pipeline.models.vae import ConvVAE
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.aupro import aupro
-from pipeline.scoring.detector import MAP_KINDS, AnomalyDetector, DetectorSpec
-from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, f1_optimal_threshold,
-                                        pixel_threshold)
+from pipeline.detector import fitting
+from pipeline.detector.compute import MAP_KINDS
+from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, conformal_threshold,
+                                        f1_optimal_threshold, pixel_threshold)
+from tests.detectors import small_detector
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +72,29 @@ def test_msgms_map_is_zero_for_identical_images_and_high_on_a_missing_edge():
 
 @pytest.mark.parametrize("kind", MAP_KINDS)
 def test_every_map_kind_has_the_input_shape_and_is_finite(net, kind):
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", mc_samples=2, map_kind=kind,
-                        projection={"steps": 2, "step_size": 0.05, "l1_weight": 1.0})
-    detector = AnomalyDetector(net, spec)
-    detector.fit_map_statistics(torch.rand(10, 1, 16, 16), batch_size=4)  # the z-maps need them
-    out = detector.score_batch(torch.rand(3, 1, 16, 16))
+    detector = small_detector(net, head=kind == "head", map=kind,
+                              projection={"steps": 2, "step_size": 0.05, "l1_weight": 1.0})
+    fitting.fit_map_statistics(detector, torch.rand(10, 1, 16, 16), None, batch_size=4)  # the z-maps need them
+    out = detector.score_batch(torch.rand(3, 1, 16, 16), extra=(*S.MONTE_CARLO_SCORES, *S.STRUCTURE_SCORES))
     assert out["map"].shape == (3, 16, 16) and torch.isfinite(out["map"]).all()
-    for name in S.SCORE_NAMES:
+    assert S.FUSED not in out  # no fused score before the fit has standardized its components
+    for name in (*S.BASE_SCORES, *S.MONTE_CARLO_SCORES, *S.STRUCTURE_SCORES):
         assert out[name].shape == (3,) and torch.isfinite(out[name]).all(), name
+    if kind == "head":  # the learned map is a smoothed probability
+        assert out["map"].min() >= 0 and out["map"].max() <= 1
+
+
+def test_a_batch_computes_only_what_is_asked_for(net):
+    detector = small_detector(net)
+    x = torch.rand(3, 1, 16, 16)
+    plain = detector.score_batch(x)
+    assert set(S.BASE_SCORES) <= set(plain) and not set(plain) & {*S.MONTE_CARLO_SCORES, *S.STRUCTURE_SCORES}
+    both = detector.score_batch(x, extra=("neg_iwae", "map.msgms"))
+    assert both["map.msgms"].shape == (3, 16, 16) and {"neg_elbo", "neg_iwae"} <= set(both)
+    for name in S.BASE_SCORES:  # extras never change what the base scores are
+        torch.testing.assert_close(both[name], plain[name])
+    with pytest.raises(ValueError, match="unknown score 'nonsense'"):
+        detector.score_batch(x, extra=("nonsense",))
 
 
 def test_standardized_maps_by_hand():
@@ -99,17 +116,15 @@ def test_z_map_evens_out_pixels_that_vary_among_normal_images(net):
     test = torch.full((1, 1, 16, 16), 0.5)
     test[:, :, 2, 2] = 1.0                             # normal variation
     test[:, :, 12, 12] = 0.9                           # a real defect
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_sigma=0.0, map_kind="residual_z")
-    detector = AnomalyDetector(net, spec)
+    detector = small_detector(net, map="residual_z", map_sigma=0.0)
     with pytest.raises(RuntimeError, match="statistics"):
         detector.score_batch(test)
-    detector.fit_map_statistics(normal, batch_size=16)
-    x_hat = S.posterior_mean_reconstruction(net, test)[0]
-    plain, z = (detector.smoothed_map(test, x_hat, kind)[0] for kind in ("residual", "residual_z"))
+    fitting.fit_map_statistics(detector, normal, None, batch_size=16)
+    out = detector.score_batch(test, extra=("map.residual", "map.combined", "map.msgms_z"))
+    plain, z = out["map.residual"][0], out["map"][0]
     assert z[12, 12] > z[2, 2]
     assert plain[2, 2] > plain[12, 12] * 0.5  # the plain map cannot tell them apart as clearly
-    combined = detector.smoothed_map(test, x_hat, "combined")[0]
-    assert torch.allclose(combined, z + detector.smoothed_map(test, x_hat, "msgms_z")[0])
+    assert torch.allclose(out["map.combined"][0], z + out["map.msgms_z"][0])
 
 
 def test_balanced_map_calms_varying_pixels_partly_and_sums_both_scaled_maps(net):
@@ -126,18 +141,17 @@ def test_balanced_map_calms_varying_pixels_partly_and_sums_both_scaled_maps(net)
 
     torch.manual_seed(0)
     normal = torch.rand(30, 1, 16, 16) * 0.2 + 0.4
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_sigma=1.0, map_kind="balanced",
-                        balanced_powers={"residual": 0.5, "msgms": 1.0})
-    detector = AnomalyDetector(net, spec)
+    detector = small_detector(net, map="balanced", map_sigma=1.0, balanced_powers={"residual": 0.5, "msgms": 1.0})
     with pytest.raises(RuntimeError, match="statistics"):
         detector.score_batch(normal[:2])
-    detector.fit_map_statistics(normal, batch_size=16)
+    fitting.fit_map_statistics(detector, normal, None, batch_size=16)
     test = normal[:3].clone()
     test[:, :, 5:9, 5:9] = 1.0
-    x_hat = S.posterior_mean_reconstruction(net, test)[0]
-    expected = sum(M.scale_map(detector.smoothed_map(test, x_hat, kind), detector.map_statistics_[kind][1],
-                               spec.balanced_powers[kind], spec.map_std_floor) for kind in ("residual", "msgms"))
-    balanced = detector.score_batch(test)["map"]
+    out = detector.score_batch(test, extra=("map.residual", "map.msgms"))
+    detect, stats = detector.spec.detect, M.statistics_tensors(detector.spec.map_statistics)
+    expected = sum(M.scale_map(out[f"map.{kind}"], stats[kind][1], detect["balanced_powers"][kind],
+                               detect["map_std_floor"]) for kind in ("residual", "msgms"))
+    balanced = out["map"]
     assert torch.allclose(balanced, expected, atol=1e-5)
     assert balanced[:, 5:9, 5:9].mean() > balanced[:, 12:, 12:].mean()
 
@@ -148,8 +162,7 @@ def test_gradient_maps_light_up_where_the_input_was_changed():
     x = torch.full((1, 1, 16, 16), 0.5)
     x[..., 4:7, 4:7] = 0.9  # not 1.0: the projection clamps to [0, 1] and could not move it
     for kind in ("elbo_grad", "projection"):
-        spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", map_kind=kind, map_sigma=0.0)
-        m = AnomalyDetector(net, spec).score_batch(x)["map"][0]
+        m = small_detector(net, map=kind, map_sigma=0.0).score_batch(x)["map"][0]
         assert m[4:7, 4:7].mean() > m[10:, 10:].mean(), kind
 
 
@@ -184,8 +197,13 @@ def test_conformal_p_values_are_uniform_on_exchangeable_normals():
 def test_benjamini_hochberg_by_hand():
     p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205])
     # BH at q=0.05 with m=8: largest k with p_(k) <= k/8*0.05 is k=2 (0.008 <= 0.0125; 0.039 > 0.01875).
-    assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 6
-    assert benjamini_hochberg(np.array([]), 0.1).size == 0
+    flags, q = benjamini_hochberg(p, 0.05)
+    assert flags.tolist() == [True, True] + [False] * 6
+    # q-values: p_(k) * m / k, then the running minimum from the largest p down
+    np.testing.assert_allclose(q[:3], [0.008, 0.032, 0.0672])
+    assert all((q <= 0.05) == flags) and all(q >= p)
+    empty_flags, empty_q = benjamini_hochberg(np.array([]), 0.1)
+    assert empty_flags.size == 0 and empty_q.size == 0
 
 
 def test_f1_optimal_threshold_separates_perfectly_separable_scores():
@@ -202,10 +220,11 @@ def test_pixel_threshold_is_the_quantile_of_normal_pixels():
     assert pixel_threshold(maps, 0.5) == pytest.approx(499.5)
 
 
-def test_manual_threshold(net):
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", threshold_method="manual", manual_threshold=0.3)
-    detector = AnomalyDetector(net, spec)
-    detector.calibrate({name: np.arange(10.0) for name in S.SCORE_NAMES})
+def test_manual_threshold_and_back_to_conformal(net):
+    detector = small_detector(net)
+    detector.spec.calibration_scores = {name: list(np.arange(10.0)) for name in S.SCORE_NAMES}
+    detector.set_decision(score="recon_error", method="manual", manual_threshold=0.3)
     assert detector.threshold_ == 0.3
-    detector.recalibrate_for(method="conformal", alpha=0.1)
+    detector.set_decision(method="conformal", alpha=0.1)
     assert detector.threshold_ == 9.0  # k = ceil(11 * 0.9) = 10 -> the largest of 0..9
+    assert detector.threshold_ == conformal_threshold(np.arange(10.0), 0.1)

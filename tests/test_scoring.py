@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -5,12 +6,17 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from pipeline.__main__ import main
+from pipeline.data.filters import gaussian_blur
+from pipeline.detector import AnomalyDetector, TamperedModelError, file_sha256
 from pipeline.models.vae import ConvAutoencoder, ConvVAE
-from pipeline.scoring.detector import AnomalyDetector, DetectorSpec
-from pipeline.scoring.maps import gaussian_blur, residual_map, resize_map
+from pipeline.scoring.maps import residual_map, resize_map
 from pipeline.scoring.metrics import false_alarm_rate, image_auroc, pixel_auroc
-from pipeline.scoring.scores import neg_elbo, posterior_mean_reconstruction, recon_error
-from pipeline.scoring.threshold import conformal_p_values, conformal_rank, conformal_threshold
+from pipeline.scoring.scores import neg_elbo, posterior_mean, recon_error
+from pipeline.scoring.threshold import (binomial_interval, conformal_p_values, conformal_rank, conformal_threshold,
+                                        guarantee)
+from tests.conftest import tiny_overrides, write_png
+from tests.detectors import small_detector
 
 
 def test_conformal_threshold_is_the_ceil_rank_score():
@@ -22,11 +28,22 @@ def test_conformal_threshold_is_the_ceil_rank_score():
     assert conformal_rank(99, 0.01) == 99
 
 
-def test_conformal_threshold_warns_when_calibration_is_too_small():
-    with pytest.warns(UserWarning, match="too few"):
-        assert conformal_threshold(np.arange(10.0), 0.01) == math.inf
+def test_too_few_calibration_scores_give_an_infinite_threshold_and_the_guarantee_says_so():
+    # Silent here (a pure function); the commands refuse to judge with it (test_commands.py).
+    assert conformal_threshold(np.arange(10.0), 0.01) == math.inf
     with pytest.raises(ValueError):
         conformal_threshold(np.array([]), 0.1)
+    short, enough = guarantee(10, 0.01), guarantee(99, 0.01)
+    assert not short["can_flag"] and short["false_alarm_bound"] == 0.0 and short["smallest_alpha"] == 1 / 11
+    assert enough["can_flag"] and enough["false_alarm_bound"] == 0.01
+    assert enough["false_alarm_expected"] == pytest.approx(1 / 100)  # k = 99 of 99: (n + 1 - k) / (n + 1)
+
+
+def test_binomial_interval_is_clopper_pearson():
+    low, high = binomial_interval(0, 20)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 20))  # exact for k = 0
+    low, high = binomial_interval(5, 100)
+    assert low < 0.05 < high and binomial_interval(0, 0) is None
 
 
 def test_p_values_hand_computed_and_consistent_with_threshold():
@@ -73,8 +90,8 @@ def test_recon_error_and_neg_elbo_behave():
     torch.manual_seed(0)
     net = ConvVAE(1, 16, 3, [4, 8]).eval()
     x = torch.rand(4, 1, 16, 16)
-    x_hat, mu, log_var = posterior_mean_reconstruction(net, x)
-    assert recon_error(x, x_hat).shape == (4,)
+    logits, mu, log_var = posterior_mean(net, x)
+    assert recon_error(x, torch.sigmoid(logits)).shape == (4,)
     eps = torch.randn(5, 3)
     a = neg_elbo(net, x, mu, log_var, eps, "bce")
     # The score of an image does not depend on the batch it is in (shared Monte Carlo draws).
@@ -94,36 +111,16 @@ def test_metrics():
     assert false_alarm_rate(np.array([0, 0, 0, 1]), np.array([1, 0, 0, 1])) == pytest.approx(1 / 3)
 
 
-def test_detector_round_trip_and_recalibration(tmp_path):
-    torch.manual_seed(0)
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce", mc_samples=3, alpha=0.1)
-    detector = AnomalyDetector(ConvVAE(1, 16, 3, [4, 8]), spec)
-    x = torch.rand(30, 1, 16, 16)
-    out = detector.score_batch(x)
-    assert out["map"].shape == (30, 16, 16)
-    threshold = detector.calibrate({k: out[k].numpy() for k in ("recon_error", "neg_elbo")})
-    assert threshold == conformal_threshold(out["recon_error"].numpy(), 0.1)
-    loaded = AnomalyDetector.load(detector.save(tmp_path / "det"))
-    torch.testing.assert_close(loaded.score_batch(x)["neg_elbo"], out["neg_elbo"])
-    assert loaded.threshold_ == threshold
-    loaded.recalibrate_for(score="neg_elbo", alpha=0.2)
-    assert loaded.threshold_ == conformal_threshold(out["neg_elbo"].numpy(), 0.2)
-
-
 def test_a_tampered_weights_file_is_refused(tmp_path):
-    from pipeline.scoring.detector import TamperedModelError, file_sha256
-
-    spec = DetectorSpec("vae", 1, 16, 3, [4, 8], "bce")
-    folder = AnomalyDetector(ConvVAE(1, 16, 3, [4, 8]), spec).save(tmp_path / "det")
+    folder = small_detector().save(tmp_path / "det")
     good_sha = file_sha256(folder / "weights.pt")
     AnomalyDetector.load(folder, expected_sha256=good_sha)  # intact: loads
     state = torch.load(folder / "weights.pt", weights_only=True)
-    state["fc_mu.1.weight"] += 1.0  # dense head: Flatten, Linear
+    state["vae.fc_mu.1.weight"] += 1.0  # dense head: Flatten, Linear
     torch.save(state, folder / "weights.pt")
     with pytest.raises(TamperedModelError, match="does not match the one recorded in detector.json"):
         AnomalyDetector.load(folder)
     # Rewriting detector.json to match does not help when the registry's checksum is given.
-    import json
     meta = json.loads((folder / "detector.json").read_text())
     meta["weights_sha256"] = file_sha256(folder / "weights.pt")
     (folder / "detector.json").write_text(json.dumps(meta))
@@ -134,15 +131,9 @@ def test_a_tampered_weights_file_is_refused(tmp_path):
 def test_score_refuses_a_registered_model_whose_files_were_swapped_in_the_store(tmp_path, tiny_dataset, capsys):
     """Someone with write access to the artifact store replaces the weights of version 1 and rewrites
     detector.json's checksum to match: the checksum the registry recorded at training time catches it."""
-    import json
-
-    from pipeline.__main__ import main
-    from pipeline.scoring.detector import file_sha256
-    from tests.conftest import tiny_overrides
-
     overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={tmp_path / 'scored'}")
     assert main(["train", *overrides]) == 0
-    assert main(["score", *overrides, "score.model=1"]) == 0  # intact: scores
+    assert main(["score", *overrides, "detector=1"]) == 0  # intact: scores
     capsys.readouterr()
     swapped = 0
     for weights in (tmp_path / "mlruns").rglob("weights.pt"):
@@ -153,6 +144,14 @@ def test_score_refuses_a_registered_model_whose_files_were_swapped_in_the_store(
         (weights.parent / "detector.json").write_text(json.dumps(meta))
         swapped += 1
     assert swapped >= 1
-    assert main(["score", *overrides, "score.model=1", f"score.output_dir={tmp_path / 'scored-2'}"]) == 1
+    for command in ("score", "export", "calibrate", "report"):
+        assert main([command, *overrides, "detector=1", f"score.output_dir={tmp_path / 'scored-2'}",
+                     f"export.output_dir={tmp_path / 'onnx'}", f"report.output_dir={tmp_path / 'report'}"]) == 1
+        assert "recorded in the registry" in capsys.readouterr().err, command
+    assert not (tmp_path / "scored-2" / "scores.csv").exists() and not (tmp_path / "onnx").exists()
+    # inspect refuses it too, and never falls back to a cached copy (exit 4: cannot run)
+    (tmp_path / "inbox").mkdir()
+    write_png(tmp_path / "inbox" / "a.png", np.full((48, 48), 40, np.uint8))
+    assert main(["inspect", *overrides, "detector=1", f"inspect.inbox={tmp_path / 'inbox'}",
+                 f"inspect.output_dir={tmp_path / 'inspection'}", "inspect.min_age_seconds=0"]) == 4
     assert "recorded in the registry" in capsys.readouterr().err
-    assert not (tmp_path / "scored-2" / "scores.csv").exists()

@@ -7,13 +7,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.__main__ import main
-from tests.conftest import tiny_overrides
 
 
-def test_disk_full_while_writing_maps_then_rerun(tmp_path, tiny_dataset, capsys, monkeypatch):
-    overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={tmp_path / 'out'}")
-    assert main(["train", *overrides]) == 0
-    capsys.readouterr()
+def test_disk_full_while_writing_maps_then_rerun(trained, tmp_path, capsys, monkeypatch):
+    overrides = trained.with_(f"score.output_dir={tmp_path / 'out'}", "tracking.enabled=false",
+                              f"detector={trained.detector_dir}")
 
     real_save, calls = np.save, {"n": 0}
 

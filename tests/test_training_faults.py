@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.__main__ import main
 from pipeline.config import compose
 from pipeline.training.callbacks import NonFiniteLossError
-from pipeline.training.train import run_train
+from pipeline.commands.train import run_train
 from tests.conftest import tiny_overrides
 
 
@@ -47,11 +47,13 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path, tiny_dataset, c
     assert main(["train", *overrides[:-1], "trainer.max_epochs=3", "trainer.min_epochs=3", f"train.resume={last}"]) == 0
     resumed = json.loads(capsys.readouterr().out)
     assert resumed["run_id"] == first["run_id"] and resumed["epochs"] == 3
+    assert resumed["version"] == 2  # the resumed run's detector is a new version, logged into the same run
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("vae-training").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     epochs = [m.step for m in client.get_metric_history(first["run_id"], "val/loss")]
     assert len(epochs) == 3  # one validation per epoch, across both processes
+    assert client.get_run(first["run_id"]).data.tags["resumed_with.trainer.max_epochs"] == "3"
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -8,6 +8,7 @@ import sys
 
 from omegaconf import DictConfig
 
+from pipeline.config import ConfigError
 from pipeline.inspection.lock import InspectionLocked
 from pipeline.inspection.run import EXIT_CANNOT_RUN, EXIT_LOCKED, InspectionError, run_inspection
 
@@ -16,6 +17,8 @@ def inspect_command(cfg: DictConfig) -> dict:
     """run_inspection with the failures that stop a whole run mapped to their exit codes."""
     try:
         return run_inspection(cfg)
+    except ConfigError:  # a configuration error (e.g. a setting fixed at training given again) exits 2, as everywhere
+        raise
     except InspectionLocked as err:
         print(f"error: {err}", file=sys.stderr)
         return {"exit_code": EXIT_LOCKED, "error": str(err)}

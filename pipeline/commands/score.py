@@ -78,13 +78,19 @@ def run_score(cfg: DictConfig) -> dict:
     seconds = time.perf_counter() - started
     if scored.frame.empty:
         raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")
-    frame = decide_frame(detector, scored.frame, cfg.score.fdr_q,
-                         None if labels is None else pd.Series(labels)[scored.frame["index"]].to_numpy())
+    frame_labels = None if labels is None else pd.Series(labels)[scored.frame["index"]].to_numpy()
+    frame = decide_frame(detector, scored.frame, cfg.score.fdr_q, frame_labels)
+    if frame_labels is not None:  # conditional: each image's category, by name
+        frame.insert(0, "category", [detector.spec.categories[k] for k in frame_labels])
     scores_present = [n for n in S.SCORE_NAMES if n in frame]
-    atomic_write_text(out_dir / "scores.csv", frame[[*COLUMNS, *scores_present, "label", "defect_type"]].to_csv(index=False))
+    category = ["category"] if "category" in frame else []
+    atomic_write_text(out_dir / "scores.csv",
+                      frame[[*category, *COLUMNS, *scores_present, "label", "defect_type"]].to_csv(index=False))
     atomic_write_text(out_dir / "errors.csv", pd.DataFrame(scored.errors, columns=["image_path", "error"]).to_csv(index=False))
     labelled = frame["defect_type"].ne("good").any()
     metrics = evaluate(frame, samples, scored.maps, cfg.score.aupro_fpr_limit) if labelled else {"n_images": len(frame)}
+    if labelled and category:  # per category too: each has its own threshold, a pooled AUROC mixes their scales
+        metrics.update(per_category_metrics(frame, samples, scored.maps, cfg.score.aupro_fpr_limit))
     metrics.update(decision_metrics(detector, frame, scored.errors, cfg.score.fdr_q, seconds), **provenance)
     records = build_review(frame, scored.kept, audit, out_dir, detector.spec.pixel_threshold, cfg.review.max_panels,
                            cfg.review.top_when_none, cfg.review.tile_size, cfg.review.thumbnail_width)
@@ -102,6 +108,16 @@ def run_score(cfg: DictConfig) -> dict:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     metrics["output_dir"] = str(out_dir)
     return {k: v for k, v in metrics.items() if k != "per_defect_type"}
+
+
+def per_category_metrics(frame: pd.DataFrame, samples: list[Sample], maps: dict, fpr_limit: float) -> dict:
+    """'<category>.<metric>' for every category of a conditional detector's frame, and their mean image AUROC."""
+    metrics = {}
+    for name, rows in frame.groupby("category", sort=False):
+        metrics.update({f"{name}.{k}": v for k, v in evaluate(rows, samples, maps, fpr_limit).items()
+                        if not isinstance(v, dict)})
+    aurocs = [metrics[f"{c}.image_auroc"] for c in frame["category"].unique() if metrics.get(f"{c}.image_auroc") is not None]
+    return {**metrics, "mean_image_auroc": sum(aurocs) / len(aurocs) if aurocs else None}
 
 
 def decision_metrics(detector, frame: pd.DataFrame, errors: list, fdr_q: float | None, seconds: float) -> dict:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.data.builtin import ensure_dataset
-from pipeline.data.datamodule import InspectionDataModule, SplitSettings
+from pipeline.data.datamodule import InspectionDataModule, SplitSettings, drop_last
 from pipeline.data.images import ReadOptions
 from pipeline.data.layout import DatasetLayoutError
 from pipeline.data.splits import SplitSizes
@@ -76,7 +76,7 @@ class ConditionalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._indexed(self.train_images, self.train_labels), batch_size=self.batch_size,
-                          shuffle=True, drop_last=len(self.train_images) > self.batch_size)
+                          shuffle=True, drop_last=drop_last(len(self.train_images), self.batch_size, self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._indexed(self.selection_images, self.selection_labels), batch_size=self.batch_size,

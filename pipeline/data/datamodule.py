@@ -35,6 +35,13 @@ class SplitSettings:
                            self.min_train, self.max_calibration_share)
 
 
+def drop_last(n_images: int, batch_size: int, trainer: pl.Trainer | None) -> bool:
+    """Drop a last partial training batch only when every rank still has a full one: under DDP each rank
+    gets 1/world_size of the images, and dropping would otherwise leave a small shard with no batch at all."""
+    world_size = trainer.world_size if trainer is not None else 1
+    return n_images // world_size > batch_size
+
+
 class InspectionDataModule(pl.LightningDataModule):
     def __init__(self, root: str | Path, image_size: int, read_options: ReadOptions, split: SplitSettings,
                  batch_size: int, num_workers: int = 0, seed: int = 0, strict_size: bool = True):
@@ -77,7 +84,7 @@ class InspectionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._indexed(self.train_images), batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(self.train_images) > self.batch_size)
+                          drop_last=drop_last(len(self.train_images), self.batch_size, self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         """The selection images: early stopping looks here, never at the calibration images."""

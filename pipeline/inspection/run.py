@@ -38,6 +38,7 @@ from pipeline.tracking.store import open_store
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_CANNOT_RUN, EXIT_LOCKED, EXIT_DRIFT = 0, 3, 4, 5, 6
+CONTROLS = ("alpha", "bh")  # inspect.control: per-image conformal threshold | Benjamini-Hochberg over the batch
 
 
 class InspectionError(RuntimeError):
@@ -52,6 +53,8 @@ def _paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
         raise InspectionError(f"inspect.inbox={inbox} is not a folder")
     if out == inbox or inbox in out.parents:
         raise InspectionError(f"inspect.output_dir={out} is inside the inbox {inbox}: choose another folder")
+    if cfg.inspect.control not in CONTROLS:  # a mistyped control must not silently fall back to alpha
+        raise InspectionError(f"inspect.control must be one of {CONTROLS}, got {cfg.inspect.control!r}")
     if cfg.inspect.max_batch_images < 1:
         raise InspectionError(f"inspect.max_batch_images must be >= 1, got {cfg.inspect.max_batch_images}")
     return inbox, out, processed

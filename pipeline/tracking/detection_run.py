@@ -67,9 +67,9 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
     if reason:
         tags["review.reason"] = reason[:5000]
     for key in ("model_source", "model_name", "model_version", "model_alias", "model_aliases", "model_run_id",
-                "weights_sha256", "batch_id"):
+                "weights_sha256", "batch_id", "model_from_cache"):
         if summary.get(key):
-            tags[key] = str(summary[key])
+            tags[key] = str(summary[key]).lower() if isinstance(summary[key], bool) else str(summary[key])
     name = f"{kind}-{summary.get('batch_id') or cfg.data.name}" + ("" if status == "ok" else f" [{status.upper()}]")
     experiment = cfg.tracking.score_experiment if kind == "score" else cfg.inspect.experiment
     client, run_id = start_run(cfg, experiment, name, tags)

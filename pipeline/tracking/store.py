@@ -40,6 +40,15 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(token|password|secret)=[^&]+", r"\1=***", uri, flags=re.IGNORECASE)
 
 
+CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")  # user[:password]@ of a URI
+
+
+def redact_text(text: str) -> str:
+    """Free text (e.g. the command line, which may hold tracking.uri=...) with every URI's user:password
+    replaced by ***."""
+    return CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
 def open_store(cfg: DictConfig) -> MlflowClient:
     """A client on the configured store. For the local store this creates mlruns/ and the SQLite
     schema once, here in one process, before any DDP rank or second client opens it."""

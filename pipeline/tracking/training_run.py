@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.tracking.registry import RUN_ID
 from pipeline.tracking.runs import log_detector_model
-from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
+from pipeline.tracking.store import experiment_id, open_store, redact_text, redact_uri, tracking_uri
 
 UNABLE_TO_FLAG = "unable_to_flag"
 
@@ -37,7 +37,7 @@ def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> 
 
 
 def _params(flat_config: dict[str, object]) -> dict[str, str]:
-    params = {k: str(v) for k, v in flat_config.items()}
+    params = {k: redact_text(str(v)) for k, v in flat_config.items()}  # command_line may hold the tracking URI
     if "tracking.uri" in params and params["tracking.uri"] not in ("None", ""):
         params["tracking.uri"] = redact_uri(params["tracking.uri"])
     return params

@@ -1,5 +1,6 @@
 """Browser test: headless Debian chromium (driven by Playwright) opens the MLflow UI of the real server
-from tests/served.py, goes to the scoring run and checks that the flagged-sample panels render.
+from tests/served.py, goes to the scoring run and checks that the review set renders: the gallery of
+thumbnails (flagged and audit images) and the review page (review/index.html) with every panel.
 
 Without /usr/bin/chromium it skips with a reason, unless PIPELINE_REQUIRE_BROWSER=1 (`make e2e`,
 .ci/run), where it fails: CI never goes green without having looked at the UI.
@@ -7,11 +8,14 @@ Without /usr/bin/chromium it skips with a reason, unless PIPELINE_REQUIRE_BROWSE
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from pipeline.report.review_set import AUDIT, FLAGGED, RECORDS
 
 pytestmark = pytest.mark.e2e
 
@@ -56,27 +60,35 @@ def _rendered(page, selector: str, expected: int) -> list[int]:
     return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
 
 
-def test_mlflow_ui_shows_the_gallery_of_flagged_samples(chromium, served, browser_page, tmp_path):
+def test_mlflow_ui_shows_the_gallery_and_the_review_page(chromium, served, browser_page, tmp_path):
     client = MlflowClient(served["url"])
     run_id = served["score_newest"]["run_id"]
     run = client.get_run(run_id)
-    n_panels = int(run.data.tags["review.n_panels"])
-    assert n_panels > 0
+    records = json.loads((served["folder"] / "scored-newest" / RECORDS).read_text())
+    n_flagged = sum(r["status"] == FLAGGED for r in records)
+    n_audit = sum(r["status"] == AUDIT for r in records)
+    assert n_flagged > 0 and run.data.metrics["n_flagged"] == n_flagged
     shots = Path(os.environ.get("E2E_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     page = browser_page
     base = f"{served['url']}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
-    # The run page's Model metrics tab: one image card per flagged sample (log_image keys flagged/<id>).
+    # The run page's Model metrics tab: one image card per reviewed image (log_image keys flagged/<rank>_<id>,
+    # audit/<rank>_<id>).
     page.goto(f"{base}/model-metrics", timeout=TIMEOUT_MS)
-    widths = _rendered(page, 'img[src*="flagged~"]', n_panels)
-    assert len(widths) == n_panels and min(widths) > 0
+    widths = _rendered(page, 'img[src*="flagged~"]', n_flagged)
+    assert len(widths) == n_flagged and min(widths) > 0
+    if n_audit:
+        assert len(_rendered(page, 'img[src*="audit~"]', n_audit)) == n_audit
     page.screenshot(path=str(shots / "gallery.png"), full_page=True)
 
-    # The Artifacts tab: the flagged-samples table with its panel column as thumbnails.
-    page.goto(f"{base}/artifacts/review/flagged_samples.json", timeout=TIMEOUT_MS)
-    widths = _rendered(page, 'img[src*="table_images"]', 1)
-    assert min(widths) > 0
-    page.get_by_text("review_status").first.wait_for(timeout=TIMEOUT_MS)
-    page.screenshot(path=str(shots / "flagged_table.png"), full_page=True)
+    # The Artifacts tab: the review page, self-contained (panels embedded), shown in an iframe.
+    page.goto(f"{base}/artifacts/review/index.html", timeout=TIMEOUT_MS)
+    frame = page.frame_locator("iframe").first
+    frame.locator("img").nth(len(records) - 1).wait_for(timeout=TIMEOUT_MS)
+    widths = frame.locator("img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == len(records) and min(widths) > 0
+    first = frame.locator(".card").first.get_attribute("id")
+    assert first == records[0]["key"]  # highest score first
+    page.screenshot(path=str(shots / "review_page.png"), full_page=True)
     assert (shots / "gallery.png").stat().st_size > 10_000

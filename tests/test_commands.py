@@ -1,0 +1,81 @@
+"""The commands around a trained detector (the shared `trained` fixture): `score` and `inspect` judge the same
+images identically, settings fixed at training cannot be given again, and a threshold that cannot fire at the
+requested alpha is refused unless that is explicitly allowed."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import main
+from pipeline.scoring.scores import BASE_SCORES, FUSED
+from tests.conftest import cli
+
+DECISION = ["score", "threshold", "p_value", "is_anomaly", "defect_area", "defect_regions", FUSED, *BASE_SCORES]
+
+
+def test_score_and_inspect_give_the_same_scores_maps_and_decisions(trained, tmp_path):
+    common = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}")
+    scored = cli("score", *common, f"score.output_dir={tmp_path / 'scored'}")
+    inbox = tmp_path / "inbox"
+    shutil.copytree(trained.root / "test", inbox / "test")  # the same files, under the same relative paths
+    inspected = cli("inspect", *common, f"inspect.inbox={inbox}", f"inspect.output_dir={tmp_path / 'inspection'}",
+                    "inspect.min_age_seconds=0")
+    assert scored["n_images"] == inspected["n_scored"] == 12
+
+    by_score = pd.read_csv(tmp_path / "scored" / "scores.csv").set_index("image_path").sort_index()
+    by_inspect = pd.read_csv(tmp_path / "inspection" / "results.csv").set_index("image_path").sort_index()
+    assert list(by_score.index) == list(by_inspect.index)
+    for column in DECISION:
+        np.testing.assert_allclose(by_inspect[column], by_score[column], rtol=1e-6, atol=1e-7, err_msg=column)
+    assert (by_inspect["is_anomaly"] == by_score["is_anomaly"]).all() and by_score["is_anomaly"].any()
+    batch = tmp_path / "inspection" / "batches" / inspected["batches"][0]["batch_id"]
+    for rel in by_score.index:
+        np.testing.assert_allclose(np.load(batch / "maps" / f"{rel}.npy").astype(np.float32),
+                                   np.load(tmp_path / "scored" / "maps" / f"{rel}.npy").astype(np.float32),
+                                   rtol=1e-3, atol=1e-4, err_msg=rel)
+
+
+def test_a_setting_fixed_at_training_given_at_score_time_is_a_config_error(trained, tmp_path, capsys):
+    common = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}")
+    for command, override in (("score", "detect.map_sigma=3"), ("export", "model.latent_dim=8"),
+                              ("inspect", "head.widths=[8,16]")):
+        extra = [f"score.output_dir={tmp_path / 'scored'}", f"export.output_dir={tmp_path / 'onnx'}",
+                 f"inspect.inbox={trained.root / 'test'}", f"inspect.output_dir={tmp_path / 'inspection'}"]
+        assert main([command, *common, *extra, override]) == 2, command
+        err = capsys.readouterr().err
+        key = override.split("=")[0]
+        assert f"{key} is fixed when the model is trained" in err and f"train {key}=" in err, err
+    assert not (tmp_path / "scored" / "scores.csv").exists() and not (tmp_path / "inspection" / "results.csv").exists()
+    # The same value as stored is no change: allowed (scripts may spell out the whole configuration).
+    assert main(["score", *common, f"score.output_dir={tmp_path / 'scored'}", "detect.map_sigma=2.0"]) == 0
+
+
+def test_score_and_inspect_refuse_a_threshold_that_cannot_fire_unless_allowed(trained, tmp_path, capsys):
+    """7 calibration images support alpha >= 1/8; at alpha=0.05 the threshold is +inf: nothing could be flagged."""
+    scored = tmp_path / "scored"
+    assert main(["score", *trained.with_(f"score.output_dir={scored}", "score.alpha=0.05")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot flag anything at alpha=0.05" in err and "score.allow_unable_to_flag=true" in err
+    assert not scored.exists()
+
+    allowed = cli("score", *trained.with_(f"score.output_dir={scored}", "score.alpha=0.05",
+                                          "score.allow_unable_to_flag=true"))
+    assert not allowed["can_flag"] and allowed["n_flagged"] == 0 and allowed["threshold"] == float("inf")
+    assert "cannot flag anything" in allowed["unable_to_flag"]
+    tags = MlflowClient(f"sqlite:///{trained.base / 'mlruns' / 'mlflow.db'}").get_run(allowed["run_id"]).data.tags
+    assert (tags["detection.status"], tags["review.status"]) == ("unable_to_flag", "blocked")
+    assert "cannot flag anything" in tags["review.reason"] and "UNABLE TO FLAG" in tags["mlflow.note.content"]
+    assert "unable to flag" in (scored / "review" / "index.html").read_text()
+
+    inspect = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}", "score.alpha=0.05",
+                            f"inspect.inbox={trained.root / 'test'}", f"inspect.output_dir={tmp_path / 'inspection'}",
+                            "inspect.min_age_seconds=0")
+    assert main(["inspect", *inspect]) == 4
+    assert "cannot flag anything at alpha=0.05" in capsys.readouterr().err
+    assert not (tmp_path / "inspection" / "results.csv").exists()
+    result = cli("inspect", *inspect, "score.allow_unable_to_flag=true")
+    assert result["n_scored"] == 12 and result["n_flagged"] == 0
