@@ -8,8 +8,8 @@ A panel is three tiles side by side under a caption:
     [ input | reconstruction | heat map + outline of the defect region ]
 
 The defect region is the set of pixels whose map value exceeds the detector's pixel threshold (a high
-quantile of the calibration images' maps); its outline is drawn on the heat map. A thumbnail (input and
-map only, one large caption line) is sized to fit an MLflow gallery card whole.
+quantile of the calibration images' maps); its outline is drawn on the heat map. A thumbnail (caption, input
+and map in one flat row) is sized to fit an MLflow gallery card whole.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pipeline.scoring.maps import defect_region
 OUTLINE_RGB = (255, 0, 255)  # magenta: visible on the 'jet' heat map's blues, greens and reds
 CAPTION_RGB = (255, 255, 255)
 STATUS_RGB = {"FLAGGED": (255, 96, 96), "audit": (120, 200, 255), "not flagged": (170, 170, 170)}
+GOOD_FLAGGED_RGB = (255, 176, 48)  # orange: a part labelled good that was flagged (a false alarm by the labels)
 BACKGROUND_RGB = (24, 24, 24)
 
 
@@ -41,13 +42,28 @@ class PanelText:
     threshold: float
     p_value: float
     defect_area: float | None  # share of the image's pixels inside the defect region, None without a pixel threshold
+    truth: str | None = None   # where the data has labels: 'good' or the defect type; None without labels
+
+    @property
+    def good_flagged(self) -> bool:
+        """A part labelled good that was flagged: a false alarm by the labels."""
+        return self.status == "FLAGGED" and self.truth == "good"
+
+    def truth_note(self) -> str:
+        if self.truth is None:
+            return ""
+        return "good part" if self.truth == "good" else f"defect: {self.truth}"
+
+    def relation(self) -> str:
+        relation = ">" if self.score > self.threshold else "<="
+        limit = "inf (cannot flag)" if not math.isfinite(self.threshold) else f"{self.threshold:.4g}"
+        return f"score {self.score:.4g} {relation} threshold {limit}"
 
     def lines(self) -> list[str]:
         area = "no pixel threshold" if self.defect_area is None else f"defect area {100 * self.defect_area:.1f} %"
-        relation = ">" if self.score > self.threshold else "<="
-        limit = "inf (cannot flag)" if not math.isfinite(self.threshold) else f"{self.threshold:.4g}"
-        return [f"#{self.rank:03d} {self.sample_id}   {self.status}",
-                f"score {self.score:.4g} {relation} threshold {limit}   p = {self.p_value:.3g}   {area}"]
+        truth = f"   ({self.truth_note()})" if self.truth is not None else ""
+        return [f"#{self.rank:03d} {self.sample_id}   {self.status}{truth}",
+                f"{self.relation()}   p = {self.p_value:.3g}   {area}"]
 
 
 def to_image(chw: np.ndarray) -> np.ndarray:
@@ -102,9 +118,9 @@ def render_panel(image: np.ndarray, reconstruction: np.ndarray, anomaly_map: np.
     panel = Image.new("RGB", (width, height), BACKGROUND_RGB)
     draw = ImageDraw.Draw(panel)
     font = _font(font_size)
+    first = GOOD_FLAGGED_RGB if text.good_flagged else STATUS_RGB.get(text.status, CAPTION_RGB)
     for i, line in enumerate(text.lines()):
-        draw.text((6, 4 + i * (font_size + 6)), line, fill=STATUS_RGB.get(text.status, CAPTION_RGB) if i == 0
-                  else CAPTION_RGB, font=font)
+        draw.text((6, 4 + i * (font_size + 6)), line, fill=first if i == 0 else CAPTION_RGB, font=font)
     tiles = [("input", _tile(_as_rgb(image), tile_size)),
              ("reconstruction", _tile(_as_rgb(reconstruction), tile_size)),
              ("map + defect outline", overlay_with_outline(image, anomaly_map, vmax, pixel_threshold, tile_size))]
@@ -115,16 +131,38 @@ def render_panel(image: np.ndarray, reconstruction: np.ndarray, anomaly_map: np.
     return panel
 
 
+def _fitting_font(draw: ImageDraw.ImageDraw, lines: list[str], width: int, size: int):
+    """The default font at `size`, or smaller until every line fits `width` pixels (not below 9)."""
+    while True:
+        font = _font(size)
+        if size <= 9 or max(draw.textlength(line, font=font) for line in lines) <= width:
+            return font, size
+        size -= 1
+
+
 def render_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, pixel_threshold: float | None,
-                     text: PanelText, width: int = 240) -> Image.Image:
-    """A card-sized view: [input | map + outline] under one line (rank, status, score) large enough to read."""
-    tile = (width - 12) // 2
-    font_size = max(12, width // 16)
-    caption = font_size + 10
-    thumb = Image.new("RGB", (width, caption + tile + 4), BACKGROUND_RGB)
+                     text: PanelText, width: int = 256) -> Image.Image:
+    """A card-sized view, flat: [caption | input | map + outline], the caption being rank, status, score against
+    threshold and, with labels, the truth.
+
+    Why flat: MLflow's gallery card centres the image in a square box as wide as the wider of the image and
+    the run name above it (up to the card, 347 px at 1400 px) inside a 250 px high area, so an image stays
+    whole only while box + image height <= about 440 px: 256 x 92 fits any run name (measured by tests/e2e/)."""
+    gap = 4
+    tile = round(width * 0.31)
+    column = width - 2 * tile - 4 * gap  # the caption's width, left of the tiles
+    limit = "inf" if not math.isfinite(text.threshold) else f"{text.threshold:.3g}"
+    lines = [(f"#{text.rank:03d}", STATUS_RGB.get(text.status, CAPTION_RGB)),
+             (text.status, STATUS_RGB.get(text.status, CAPTION_RGB)),
+             (f"{text.score:.3g} {'>' if text.score > text.threshold else '<='} {limit}", CAPTION_RGB)]
+    if text.truth is not None:
+        lines.append((text.truth_note().removeprefix("defect: "),
+                      GOOD_FLAGGED_RGB if text.good_flagged else CAPTION_RGB))
+    thumb = Image.new("RGB", (width, tile + 2 * gap), BACKGROUND_RGB)
     draw = ImageDraw.Draw(thumb)
-    draw.text((4, 4), f"#{text.rank:03d} {text.status}  {text.score:.3g}", fill=STATUS_RGB.get(text.status, CAPTION_RGB),
-              font=_font(font_size))
-    thumb.paste(_tile(_as_rgb(image), tile), (4, caption))
-    thumb.paste(overlay_with_outline(image, anomaly_map, vmax, pixel_threshold, tile), (8 + tile, caption))
+    font, size = _fitting_font(draw, [t for t, _ in lines], column, round(width / 17))
+    for i, (line, colour) in enumerate(lines):
+        draw.text((gap, gap + i * (size + 5)), line, fill=colour, font=font)
+    thumb.paste(_tile(_as_rgb(image), tile), (column + 2 * gap, gap))
+    thumb.paste(overlay_with_outline(image, anomaly_map, vmax, pixel_threshold, tile), (column + 3 * gap + tile, gap))
     return thumb

@@ -1,6 +1,10 @@
 """The review page of a run: one self-contained HTML file (review/index.html) with every reviewed image's
 panel at full size, highest score first, its decision details, and how to record a verdict. The panels are
-embedded (data URIs), so the page renders as it is in MLflow's Artifacts tab, in a browser, or mailed on."""
+embedded (data URIs), so the page renders as it is in MLflow's Artifacts tab (a sandboxed iframe: no
+scripts are needed, the verdict tag's name is selected with one click), in a browser, or mailed on.
+
+Also the plain-text summary of a run (`summary_lines`, `status_of`) that the run's MLflow description repeats.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,32 @@ import html
 import math
 from pathlib import Path
 
-from pipeline.report.review_set import AUDIT, FLAGGED, ReviewRecord
+from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, ReviewRecord
 
 PAGE = "review/index.html"
+VERDICT_VALUES = "true_defect | false_alarm | unsure"
+STATUS_TITLE = {"ok": "ok", "unable_to_flag": "UNABLE TO FLAG", "drift": "DRIFT"}
+CONSEQUENCE = {"unable_to_flag": "This run could not flag any image: an image it did not flag is not known to be good.",
+               "drift": "The images differ from the calibration images: neither the flags nor their absence can be "
+                        "trusted until the cause (camera, lighting, focus) is fixed."}
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
-h1 { font-size: 20px; } .status { padding: 2px 8px; border-radius: 4px; color: white; }
+h1 { font-size: 20px; } h2 { font-size: 17px; margin: 0 0 6px 0; }
+.status { padding: 2px 8px; border-radius: 4px; color: white; }
 .ok { background: #2e7d32; } .bad { background: #c62828; }
-.card { border: 1px solid #ccc; border-radius: 6px; margin: 12px 0; padding: 8px; }
-.card img { max-width: 100%; height: auto; image-rendering: pixelated; display: block; }
+.banner { border: 2px solid #c62828; background: #ffebee; padding: 8px 12px; border-radius: 6px; }
+.note { border: 1px solid #999; background: #f5f5f5; padding: 8px 12px; border-radius: 6px; }
+.card { border: 1px solid #ccc; border-radius: 6px; margin: 14px 0; padding: 8px; }
+.panel { overflow-x: auto; }
+.panel img { display: block; max-width: none; }  /* full size: one image pixel per screen pixel */
 .FLAGGED { border-left: 6px solid #c62828; } .audit { border-left: 6px solid #1565c0; }
-.good-flagged { background: #fff3e0; } code { background: #f3f3f3; padding: 1px 4px; }
-table.details td { padding: 1px 10px 1px 0; font-size: 14px; }
+.not-flagged { border-left: 6px solid #9e9e9e; }
+.badge { display: inline-block; padding: 1px 6px; border-radius: 4px; font-size: 13px; margin-left: 6px; }
+.badge.good-flagged { background: #ff9800; color: black; } .badge.audit { background: #1565c0; color: white; }
+.badge.not-flagged { background: #9e9e9e; color: white; } .badge.FLAGGED { background: #c62828; color: white; }
+code { background: #f3f3f3; padding: 1px 4px; } code.tag { user-select: all; font-weight: bold; }
+table { border-collapse: collapse; } td, th { padding: 1px 10px 1px 0; font-size: 14px; text-align: left; }
+table.index td, table.index th { border-bottom: 1px solid #eee; }
 """
 
 
@@ -36,23 +54,42 @@ def _fmt(value, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
+def _badges(record: ReviewRecord) -> str:
+    badges = [(record.status.replace(" ", "-"), record.status)]
+    if record.audit:
+        badges.append(("audit", "random audit sample"))
+    if record.status == FLAGGED and record.label == 0:
+        badges.append(("good-flagged", "good part, flagged (a false alarm by the labels)"))
+    return "".join(f'<span class="badge {c}">{html.escape(t)}</span>' for c, t in badges)
+
+
 def _card(record: ReviewRecord, out_dir: Path, run_id: str | None) -> str:
-    good_flagged = record.status == FLAGGED and record.label == 0
-    rows = [("status", record.status + (" (audit sample)" if record.audit and record.status != AUDIT else "")),
-            ("image", record.image_path), ("score", _fmt(record.score)), ("threshold", _fmt(record.threshold)),
-            ("p-value", _fmt(record.p_value, 3)), ("BH q-value", _fmt(record.q_value, 3)),
+    rows = [("image", html.escape(record.image_path)), ("score", _fmt(record.score)),
+            ("threshold", _fmt(record.threshold)), ("p-value", _fmt(record.p_value, 3)),
+            ("BH q-value", _fmt(record.q_value, 3)),
             ("defect area", "—" if record.defect_area is None else f"{100 * record.defect_area:.1f} %")]
     if record.label is not None:
-        rows.append(("truth", f"{record.defect_type}" + (" — a good part that was flagged" if good_flagged else "")))
-    run = run_id or "<run id>"
-    command = f"python -m pipeline review {run} review.set=[{record.sample_id}:true_defect]"
+        rows.append(("label", html.escape("good" if record.label == 0 else f"defect ({record.defect_type})")))
+    command = f"python -m pipeline review {run_id or '<run id>'} review.set=[{record.sample_id}:true_defect]"
     details = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
-    return (f'<div class="card {html.escape(record.status.replace(" ", "-"))}{" good-flagged" if good_flagged else ""}" '
-            f'id="{html.escape(record.key)}"><b>#{record.rank:03d} {html.escape(record.sample_id)}</b>'
-            f'<img alt="{html.escape(record.key)}" src="{_image_uri(out_dir / record.panel_file)}">'
-            f'<table class="details">{details}</table>'
-            f"<div>verdict: tag <code>verdict.{html.escape(record.sample_id)}</code> = true_defect | false_alarm | unsure "
+    return (f'<div class="card {html.escape(record.status.replace(" ", "-"))}" id="{html.escape(record.key)}">'
+            f"<h2>#{record.rank:03d} {html.escape(record.sample_id)}{_badges(record)}</h2>"
+            f'<div class="panel"><img alt="{html.escape(record.key)}" src="{_image_uri(out_dir / record.panel_file)}">'
+            f'</div><table class="details">{details}</table>'
+            f'<div>verdict: tag <code class="tag">verdict.{html.escape(record.sample_id)}</code> = {VERDICT_VALUES} '
             f"on this run, or <code>{html.escape(command)}</code></div></div>")
+
+
+def _index(records: list[ReviewRecord]) -> str:
+    """One line per shown image, by rank, linking to its card."""
+    head = "<tr><th>rank</th><th>sample id</th><th>status</th><th>score</th><th>p-value</th><th>label</th></tr>"
+    rows = "".join(
+        f'<tr><td>{r.rank}</td><td><a href="#{html.escape(r.key)}">{html.escape(r.sample_id)}</a></td>'
+        f"<td>{html.escape(r.status)}{' (audit)' if r.audit and r.status != AUDIT else ''}</td>"
+        f"<td>{_fmt(r.score)}</td><td>{_fmt(r.p_value, 3)}</td>"
+        f"<td>{'—' if r.label is None else 'good' if r.label == 0 else html.escape(str(r.defect_type))}</td></tr>"
+        for r in records)
+    return f'<table class="index">{head}{rows}</table>'
 
 
 def status_of(summary: dict) -> tuple[str, str]:
@@ -65,36 +102,58 @@ def status_of(summary: dict) -> tuple[str, str]:
     return "ok", ""
 
 
+def alias_when_used(summary: dict) -> str:
+    """The alias the model was chosen by (inspect: champion), else the aliases its version had then."""
+    if summary.get("model_alias"):
+        return str(summary["model_alias"])
+    return str(summary.get("model_aliases") or "none")
+
+
 def summary_lines(summary: dict, kind: str) -> tuple[str, list[str]]:
     """(title, lines) that say what a run judged, with which model, and what its threshold promises."""
     model = summary.get("model_name")
     version = f"{model} version {summary.get('model_version')}" if model else str(summary.get("model_source"))
-    alias = summary.get("model_alias") or summary.get("model_aliases") or "none"
-    title = (f"{kind}: {summary.get('n_flagged', 0)} of {summary.get('n_images', summary.get('n_scored', 0))} "
-             "images flagged")
-    threshold = summary.get("threshold", float("nan"))
-    return title, [f"model: {version} (alias when used: {alias}), trained by run {summary.get('model_run_id')}",
-                   f"decision: score {summary.get('score')}, threshold {_fmt(threshold)}, "
+    n_images = summary.get("n_images", summary.get("n_scored", 0))
+    title = f"{kind}: {summary.get('n_flagged', 0)} of {n_images} images flagged"
+    n_cal = summary.get("n_calibration")
+    floor = f"; the smallest p-value is 1/(n+1) = {1 / (int(n_cal) + 1):.3g}, so images are ranked by score" \
+        if isinstance(n_cal, (int, float)) and n_cal >= 0 else ""
+    return title, [f"model: {version} (alias when used: {alias_when_used(summary)}), trained by run "
+                   f"{summary.get('model_run_id')}",
+                   f"decision: score {summary.get('score')}, threshold {_fmt(summary.get('threshold', float('nan')))}, "
                    f"{summary.get('false_alarm_control')}",
-                   f"guarantee: {summary.get('guarantee')}; {summary.get('n_calibration')} calibration images, "
-                   f"alpha = {summary.get('alpha')}",
+                   f"guarantee: {summary.get('guarantee')}; {n_cal} calibration images, alpha = {summary.get('alpha')}"
+                   f"{floor}",
                    f"unreadable files: {summary.get('n_errors', 0)}"]
 
 
 def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict, kind: str,
-                      run_id: str | None = None) -> Path:
-    """Write out_dir/review/index.html for a run's summary and its review records."""
+                      run_id: str | None = None, path: Path | None = None) -> Path:
+    """Write the review page of a run's summary and review records (out_dir/review/index.html unless `path`);
+    panel files are read from out_dir."""
     title, lines = summary_lines(summary, kind)
     status, reason = status_of(summary)
-    badge = f'<span class="status {"ok" if status == "ok" else "bad"}">{html.escape(status.replace("_", " "))}</span>'
+    badge = f'<span class="status {"ok" if status == "ok" else "bad"}">{STATUS_TITLE.get(status, status)}</span>'
+    problem = (f'<p class="banner"><b>{STATUS_TITLE.get(status, status)}</b>: {html.escape(reason)}. '
+               f"{CONSEQUENCE.get(status, '')}</p>") if reason else ""
+    records = sorted(records, key=lambda r: r.rank)
+    if not records:
+        shown = "<p>No image to review.</p>"
+    elif any(r.status == NOT_FLAGGED for r in records):
+        shown = (f'<p class="note">Nothing was flagged. The {sum(r.status == NOT_FLAGGED for r in records)} '
+                 "highest-scoring images are shown, marked <b>not flagged</b>, with the random audit sample.</p>")
+    else:
+        shown = ""
+    how = (f'<p class="note">Record a verdict from the MLflow UI: on this run\'s Overview, Tags, edit (pencil), add '
+           f"the tag <code>verdict.&lt;sample id&gt;</code> with the value {VERDICT_VALUES} (click the tag name on a "
+           "card to select it). `python -m pipeline review` reads these tags. Only verdicts on images of the "
+           "<b>random audit sample</b> feed `calibrate`.</p>")
     head = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-    problem = f"<p><b>{html.escape(reason)}</b></p>" if reason else ""
-    cards = "".join(_card(r, out_dir, run_id) for r in sorted(records, key=lambda r: r.rank))
-    empty = "" if records else "<p>No image to review.</p>"
+    cards = "".join(_card(r, out_dir, run_id) for r in records)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)} {badge}</h1>{problem}<ul>{head}</ul>"
-            f"{cards}{empty}</body></html>")
-    path = out_dir / PAGE
+            f"{shown}{how}{_index(records) if records else ''}{cards}</body></html>")
+    path = path or out_dir / PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path

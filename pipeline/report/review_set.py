@@ -101,8 +101,10 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
     for index, status in chosen:
         row, material = rows.loc[index], kept[index]
         key = f"{rank_of[index]:03d}_{ids[index]}"
+        labelled = "label" in row and not pd.isna(row["label"]) and row.get("defect_type") not in (None, "unknown")
         text = PanelText(rank_of[index], ids[index], status, float(row["score"]), float(row["threshold"]),
-                         float(row["p_value"]), None if pd.isna(row["defect_area"]) else float(row["defect_area"]))
+                         float(row["p_value"]), None if pd.isna(row["defect_area"]) else float(row["defect_area"]),
+                         str(row["defect_type"]) if labelled else None)
         image, recon = to_image(material.image), to_image(material.reconstruction)
         panel_file, thumbnail_file = f"{PANEL_DIR}/{key}.png", f"{THUMBNAIL_DIR}/{key}.png"
         for rel, picture in ((panel_file, render_panel(image, recon, material.map, vmax, pixel_threshold, text,
@@ -111,7 +113,6 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
                                                                thumbnail_width))):
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             picture.save(out_dir / rel)
-        labelled = "label" in row and not pd.isna(row["label"]) and row.get("defect_type") not in (None, "unknown")
         records.append(ReviewRecord(
             rank_of[index], ids[index], key, str(row["image_path"]), status, index in audit, text.score, text.threshold,
             text.p_value, None if pd.isna(row.get("q_value", np.nan)) else float(row["q_value"]), text.defect_area,

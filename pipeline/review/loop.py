@@ -43,6 +43,10 @@ def load_review(client: MlflowClient, run_id: str, cache_dir: Path) -> pd.DataFr
         return pd.DataFrame(columns=["key", "sample_id", "status", "image_path", "score", "p_value", "defect_area",
                                      "review_status", "panel_path"])
     tagged = verdict_tags(R.get_run(client, run_id).data.tags)
+    unknown = sorted(set(tagged) - set(table["sample_id"]))
+    if unknown:  # a mistyped id in the UI: say so, or the verdict would silently count for nothing
+        log.warning("ignored: tag(s) %s name no image shown for review in run %s (its sample ids are in "
+                    "review/index.html)", ", ".join(f"{VERDICT_TAG}{i}" for i in unknown), run_id)
     table["review_status"] = [tagged.get(i, V.PENDING) for i in table["sample_id"]]
     return table
 

@@ -3,48 +3,44 @@
 Logged from the output folder on disk (so an inspection batch committed while MLflow was down is logged
 later, unchanged, from the outbox). In the run:
 
-    description (the run page's Description)  model name, version and alias it had when used, the training
-                                               run, the threshold and its guarantee, counts, drift / cannot-flag
-    tags        stage, model_*, detection.status (ok | unable_to_flag | drift), review.status (pending |
-                nothing_flagged | blocked), review.reason
-    inputs      the model version's LoggedModel (the run page's "Logged models")
-    params      the decision: score, alpha, threshold, control, n_calibration
+    name        'score-<dataset>' or the batch id; '[UNABLE_TO_FLAG] <...>' or '[DRIFT] <...>' (run_name)
+    description the run page's Description (tracking/descriptions.py): model version (linked), the alias it
+                had when used, the training run (linked), threshold and guarantee, counts, drift / cannot-flag
+    tags        stage, model_*, decision.* (score, alpha, threshold, control, n_calibration, map),
+                detection.status (ok | unable_to_flag | drift), review.status (pending | nothing_flagged |
+                blocked), review.reason; verdicts are tags too: verdict.<sample id> (review/loop.py)
+    inputs      the model version's LoggedModel
     metrics     counts, rates, throughput; with labels every metric, per defect type as '<type>.<metric>'
-    artifacts   scores.csv, errors.csv, summary.json, figures/, review/ (panels/, thumbnails/, records.json,
-                index.html: the review page)
-    images      one thumbnail per reviewed image under '<status>/<rank>_<sample id>' (flagged/001_test_hole_004):
-                the Model metrics gallery, sorted by score
+    artifacts   scores.csv, errors.csv, metrics.json / summary.json, figures/, review/panels/ (one panel per
+                reviewed image, '<rank>_<sample id>.png'), review/records.json, review/index.html (the review
+                page, with this run's id in its commands)
+    images      the gallery (tracking/gallery.py): one card per reviewed image under '<section>/<rank>_<sample
+                id>' (flagged/001_test_hole_004), the card-sized thumbnail on the card, the panel on click
+
+No params: MLflow prints every param of the run under every gallery image, so the decision is in tags.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from mlflow.entities import LoggedModelInput
 from omegaconf import DictConfig
-from PIL import Image
 
-from pipeline.report.review_page import status_of, summary_lines
-from pipeline.report.review_set import AUDIT, FLAGGED, RECORDS
+from pipeline.report.review_page import status_of, write_review_page
+from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, PANEL_DIR, RECORDS, ReviewRecord
+from pipeline.tracking.descriptions import detection_description, save_review_view
+from pipeline.tracking.gallery import log_gallery_image, mark_run_has_images
 from pipeline.tracking.runs import start_run
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
 
 SUMMARY = "summary.json"
-GALLERY_PREFIX = {FLAGGED: "flagged", AUDIT: "audit"}  # anything else: 'not_flagged'
-
-
-def describe(summary: dict, kind: str) -> str:
-    """The run's Description (markdown): the review page's summary, and how to record a verdict."""
-    title, lines = summary_lines(summary, kind)
-    status, reason = status_of(summary)
-    head = f"## {title}" + ("" if status == "ok" else f" — **{status.replace('_', ' ').upper()}**")
-    problem = [f"**{status.replace('_', ' ')}**: {reason}", ""] if reason else []
-    return "\n".join([head, "", *problem, *(f"- {line}" for line in lines), "",
-                      "Review: open `review/index.html` in Artifacts; record a verdict with a tag "
-                      "`verdict.<sample id>` = `true_defect` | `false_alarm` | `unsure` on this run, or with "
-                      "`python -m pipeline review <run id> review.set=[<sample id>:<verdict>]`."])
+# Gallery sections, named so that MLflow (which sorts sections by name) shows the flags first.
+GALLERY_SECTION = {FLAGGED: "flagged", NOT_FLAGGED: "not_flagged", AUDIT: "random_audit"}
+DECISION_KEYS = ("score", "alpha", "threshold", "false_alarm_control", "n_calibration", "map")
 
 
 def _numeric(values: dict) -> dict[str, float]:
@@ -55,6 +51,18 @@ def _numeric(values: dict) -> dict[str, float]:
     return out
 
 
+def run_name(kind: str, summary: dict, dataset: str) -> str:
+    """'score-<dataset>' or the batch id; with a status, '[UNABLE_TO_FLAG] ' or '[DRIFT] ' first (the run list
+    shows about 20 characters of a name) and then only the batch id's random suffix: the gallery writes the
+    name above every image and widens the image's box to it, so a name wider than about 210 px (some 26
+    characters) pushes the image out of its card (tracking/gallery.py)."""
+    status, _ = status_of(summary)
+    batch = summary.get("batch_id")
+    if status == "ok":
+        return batch or f"{kind}-{dataset}"
+    return f"[{status.upper()}] " + (batch.rsplit("-", 1)[-1] if batch else f"{kind}-{dataset}")
+
+
 def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, records: list | None = None,
                       where: str = "") -> str:
     """One run for the judged images in `folder` (kind: score | inspect); returns its id."""
@@ -62,38 +70,32 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
     n_flagged = int(summary.get("n_flagged", 0))
     review = "blocked" if status != "ok" else "pending" if n_flagged else "nothing_flagged"
     tags = {"stage": kind, "detection.status": status, "review.status": review, "dataset": cfg.data.name,
-            "data_root" if kind == "score" else "inbox": where, "tracking_uri": redact_uri(tracking_uri(cfg)),
-            "mlflow.note.content": describe(summary, kind)}
+            "data_root" if kind == "score" else "inbox": where, "tracking_uri": redact_uri(tracking_uri(cfg))}
     if reason:
         tags["review.reason"] = reason[:5000]
     for key in ("model_source", "model_name", "model_version", "model_alias", "model_aliases", "model_run_id",
                 "weights_sha256", "batch_id", "model_from_cache"):
         if summary.get(key):
             tags[key] = str(summary[key]).lower() if isinstance(summary[key], bool) else str(summary[key])
-    name = f"{kind}-{summary.get('batch_id') or cfg.data.name}" + ("" if status == "ok" else f" [{status.upper()}]")
+    tags.update({f"decision.{key}": str(summary[key]) for key in DECISION_KEYS if key in summary})
     experiment = cfg.tracking.score_experiment if kind == "score" else cfg.inspect.experiment
-    client, run_id = start_run(cfg, experiment, name, tags)
+    client, run_id = start_run(cfg, experiment, run_name(kind, summary, cfg.data.name), tags)
     try:
+        run_list = save_review_view(client, experiment_id(client, cfg, experiment))
+        client.set_tag(run_id, "mlflow.note.content", detection_description(client, summary, kind, run_list))
         if summary.get("model_id"):
             client.log_inputs(run_id, models=[LoggedModelInput(summary["model_id"])])
-        for key in ("score", "alpha", "threshold", "false_alarm_control", "n_calibration", "map"):
-            if key in summary:
-                client.log_param(run_id, key, str(summary[key]))
-        metrics = _numeric(summary)
-        for defect_type, entry in (summary.get("per_defect_type") or {}).items():
-            metrics.update({f"{defect_type}.{k}": v for k, v in _numeric(entry).items()})
-        for key, value in metrics.items():
+        for key, value in _numeric(summary).items():
             client.log_metric(run_id, key, value)
+        for defect_type, entry in (summary.get("per_defect_type") or {}).items():
+            for key, value in _numeric(entry).items():
+                client.log_metric(run_id, f"{defect_type}.{key}", value)
         for name in ("scores.csv", "errors.csv", "metrics.json", SUMMARY):
             if (folder / name).is_file():
                 client.log_artifact(run_id, str(folder / name))
-        for sub in ("figures", "review"):
-            if (folder / sub).is_dir():
-                client.log_artifacts(run_id, str(folder / sub), artifact_path=sub)
-        for record in _records(folder, records):
-            prefix = GALLERY_PREFIX.get(record["status"], "not_flagged")
-            with Image.open(folder / record["thumbnail_file"]) as thumbnail:
-                client.log_image(run_id, thumbnail.convert("RGB"), key=f"{prefix}/{record['key']}", synchronous=True)
+        if (folder / "figures").is_dir():
+            client.log_artifacts(run_id, str(folder / "figures"), artifact_path="figures")
+        _log_review(client, run_id, folder, summary, kind, _records(folder, records))
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
@@ -101,11 +103,28 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
     return run_id
 
 
-def _records(folder: Path, records: list | None) -> list[dict]:
-    if records is not None:
-        return [r.as_row() if hasattr(r, "as_row") else r for r in records]
-    path = folder / RECORDS
-    return json.loads(path.read_text()) if path.is_file() else []
+def _log_review(client, run_id: str, folder: Path, summary: dict, kind: str, records: list[ReviewRecord]) -> None:
+    """review/ (panels, records, the page rendered with this run's id) and the gallery. The thumbnails stay in
+    the output folder: in MLflow they are the gallery's card images."""
+    if (folder / PANEL_DIR).is_dir():
+        client.log_artifacts(run_id, str(folder / PANEL_DIR), artifact_path=PANEL_DIR)
+    if (folder / RECORDS).is_file():
+        client.log_artifact(run_id, str(folder / RECORDS), artifact_path=str(Path(RECORDS).parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        page = write_review_page(folder, records, summary, kind, run_id, path=Path(tmp) / "index.html")
+        client.log_artifact(run_id, str(page), artifact_path="review")
+        for record in records:
+            log_gallery_image(client, run_id, f"{GALLERY_SECTION.get(record.status, 'not_flagged')}/{record.key}",
+                              record.sample_id, folder / record.panel_file, folder / record.thumbnail_file, Path(tmp))
+    if records:
+        mark_run_has_images(client, run_id)
+
+
+def _records(folder: Path, records: list | None) -> list[ReviewRecord]:
+    if records is None:
+        path = folder / RECORDS
+        records = json.loads(path.read_text()) if path.is_file() else []
+    return [r if isinstance(r, ReviewRecord) else ReviewRecord(**r) for r in records]
 
 
 def find_run(client, cfg: DictConfig, batch_id: str) -> str | None:

@@ -1,5 +1,6 @@
 """MLflow side of a training run: the Lightning logger, then what training produced (parameters, the
-threshold and its guarantee, validation numbers, figures, the detector as a registered model version).
+threshold and its guarantee, validation numbers, figures, the detector as a registered model version whose
+description says how its threshold was calibrated and links its training run and the runs that used it).
 Nothing here computes: the command hands over the fitted detector, the summary and the figures."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
+from pipeline.tracking.descriptions import version_description
 from pipeline.tracking.registry import RUN_ID
 from pipeline.tracking.runs import log_detector_model
 from pipeline.tracking.store import experiment_id, open_store, redact_text, redact_uri, tracking_uri
@@ -75,17 +77,12 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
         path.write_text(json.dumps(summary["skipped_images"], indent=1))
         client.log_artifact(run_id, str(path))
     registered = cfg.tracking.registered_model if cfg.tracking.get("register", True) else None
-    info = log_detector_model(client, run_id, detector_dir, registered, describe_version(summary, run_id))
+    info = log_detector_model(client, run_id, detector_dir, registered)
+    if info.get("version"):  # the description links runs filtered by this version: written once it is known
+        judged_in = {"scoring runs": experiment_id(client, cfg, cfg.tracking.score_experiment),
+                     "inspection batches": experiment_id(client, cfg, cfg.inspect.experiment)}
+        description = version_description(summary, run_id, client.get_run(run_id).info.experiment_id, judged_in,
+                                          info["registered_model"], info["version"])
+        client.update_model_version(info["registered_model"], info["version"], description=description)
     client.set_tag(run_id, "has_detector", "true")
     return info
-
-
-def describe_version(summary: dict, run_id: str) -> str:
-    """The model version's description (markdown): how its threshold was calibrated, and its training run."""
-    g = summary["guarantee"]
-    status = ("" if g["can_flag"] else f"\n\n**Cannot flag at alpha = {g['alpha']:g}**: {summary['shortfall']}")
-    return (f"Trained by run `{run_id}` on `{summary['data_root']}`: {summary['sizes']['n_train']} training, "
-            f"{summary['sizes']['n_selection']} selection, {g['n_calibration']} calibration images.\n\n"
-            f"Decision score `{summary['score']}`, threshold {summary['threshold']:.6g}: {g['method']}, "
-            f"alpha = {g['alpha']:g}, so at most {g['alpha']:.1%} of new normal images are flagged "
-            f"(exchangeable with the calibration images).{status}")
