@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.bench import drift, memory, quality, report, speed, thresholds
 from pipeline.config import compose, project_root
@@ -45,21 +47,37 @@ def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str
     return found
 
 
+def _quality_job(job: tuple) -> tuple[str, dict]:
+    """One task in a worker process (one thread: the workers share the machine's cores)."""
+    name, family, overrides, bench, alphas, extra_maps = job
+    torch.set_num_threads(1)
+    configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
+    try:
+        return name, {"family": family, **quality.evaluate_task(name, configs, OmegaConf.create(bench), alphas,
+                                                                 extra_maps)}
+    except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
+        return name, {"family": family, "dataset": name, "refused": str(err)}
+
+
 def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
+    """Every task in `bench.workers` processes, the built-in families first (the longest)."""
     base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false", "trainer.enable_progress_bar=false",
             f"score.alpha={bench.alpha_sizes}"]
-    results = {}
+    plain = OmegaConf.to_container(bench, resolve=True)
+    jobs = []
     for name, family, data in tasks(bench, sizes):
-        configs = {}
-        for method, overrides in bench.methods.items():
-            seeds = sizes.seeds if method == "new_default" else sizes.baseline_seeds
-            configs[method] = [compose([*base, *data, *overrides, f"seed={s}",
-                                        *_isolated(work, f"quality-{name}-{method}-{s}")]) for s in seeds]
-        try:
-            results[name] = {"family": family, **quality.evaluate_task(name, configs, bench, list(bench.alphas),
-                                                                     ("map.balanced",) if family == name else ())}
-        except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
-            results[name] = {"family": family, "dataset": name, "refused": str(err)}
+        overrides = {method: [[*base, *data, *extra, f"seed={s}", *_isolated(work, f"quality-{name}-{method}-{s}")]
+                              for s in (sizes.seeds if method == "new_default" else sizes.baseline_seeds)]
+                     for method, extra in bench.methods.items()}
+        first = compose(overrides["new_default"][0])
+        quality.ensure_dataset(first.data, first.seed)  # here, not in two workers at once
+        jobs.append((name, family, overrides, plain, list(bench.alphas), ("map.balanced",) if family == name else ()))
+    results = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=int(bench.workers), mp_context=context) as pool:
+        for done, (name, result) in enumerate(pool.map(_quality_job, jobs), start=1):
+            results[name] = result
+            log.info("bench quality: %d/%d tasks done (%s)", done, len(jobs), name)
     return results
 
 

@@ -80,7 +80,7 @@ def find_latest_training_run(client: MlflowClient, cfg: DictConfig, data_root: s
             return run.info.run_id
     raise LookupError(f"no finished training run on {data_root} in experiment '{cfg.tracking.train_experiment}' "
                       f"of {tracking_uri(cfg)}: run `python -m pipeline train data.root={data_root}` first, "
-                      "or set score.model=<model URI, run id or detector folder>")
+                      "or set detector=<model URI, version, run id or detector folder>")
 
 
 def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | None = None) -> tuple[Path, dict]:

@@ -23,7 +23,7 @@ shadow); groove and wet are closer to its lines and local intensity changes.
 Fixed settings (not tuned any further): the constants and parameter ranges in this file, at the defaults of
 `data.generate` (128 px; 1000 train, 400 test good, 30 per defect), generated with seed 0. The product's plain
 autoencoder at its defaults (seed 0; `python -m pipeline train data.category=sand model=ae
-tracking.enabled=false`, then `score` with `score.model=<its detector folder>`) measured image AUROC
+tracking.enabled=false`, then `score` with `detector=<its detector folder>`) measured image AUROC
 0.520, pixel AUROC 0.553, AUPRO 0.216 (docs/datasets.md).
 """
 
