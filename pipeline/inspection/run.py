@@ -104,6 +104,25 @@ def _move(path: Path, inbox: Path, processed: Path, sha256: str | None) -> None:
     shutil.move(path, target)
 
 
+def _result(inbox: Path, out: Path, batches: list[dict], recovered: list, counts: ScanCounts, errors: list[dict],
+            pending: int | None, model_version) -> dict:
+    """What one `inspect` call did, with its exit code: drift first, then file errors."""
+    result = {
+        "inbox": str(inbox), "output_dir": str(out), "results": str(out / RESULTS_CSV),
+        "batches": batches, "recovered_batches": recovered,
+        "n_seen": sum(b["n_seen"] for b in batches), "n_scored": sum(b["n_scored"] for b in batches),
+        "n_flagged": sum(b["n_flagged"] for b in batches), "n_errors": len(errors),
+        "already_judged": counts.already_judged, "too_recent": counts.too_recent,
+        "drift_batches": [{"batch_id": b["batch_id"], "reason": b["drift"]["reason"]}
+                          for b in batches if b["drift"]["drifted"]],
+        "errors": errors, "mlflow_pending_batches": pending,
+    }
+    if model_version is not None:
+        result["model_version"] = model_version
+    result["exit_code"] = EXIT_DRIFT if result["drift_batches"] else EXIT_FILE_ERRORS if errors else EXIT_OK
+    return result
+
+
 def run_inspection(cfg: DictConfig) -> dict:
     icfg = cfg.inspect
     inbox, out, processed = _paths(cfg)
@@ -153,17 +172,5 @@ def run_inspection(cfg: DictConfig) -> dict:
             pending = len(ledger.outbox())
         finally:
             ledger.close()
-    result = {
-        "inbox": str(inbox), "output_dir": str(out), "results": str(out / RESULTS_CSV),
-        "batches": batches, "recovered_batches": recovered,
-        "n_seen": sum(b["n_seen"] for b in batches), "n_scored": sum(b["n_scored"] for b in batches),
-        "n_flagged": sum(b["n_flagged"] for b in batches), "n_errors": len(errors),
-        "already_judged": counts.already_judged, "too_recent": counts.too_recent,
-        "drift_batches": [{"batch_id": b["batch_id"], "reason": b["drift"]["reason"]}
-                          for b in batches if b["drift"]["drifted"]],
-        "errors": errors, "mlflow_pending_batches": pending if cfg.tracking.enabled else None,
-    }
-    if model is not None:
-        result["model_version"] = model.version
-    result["exit_code"] = EXIT_DRIFT if result["drift_batches"] else EXIT_FILE_ERRORS if errors else EXIT_OK
-    return result
+    return _result(inbox, out, batches, recovered, counts, errors, pending if cfg.tracking.enabled else None,
+                   model.version if model is not None else None)

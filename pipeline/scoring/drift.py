@@ -150,6 +150,19 @@ def _reason(name: str, change_pct: float, shift: float) -> str:
     return f"images {up if shift > 0 else down} than calibration ({label} {change_pct:+.0f} %)"
 
 
+def _check_drift_arguments(reference: np.ndarray, batch: np.ndarray, alpha: float, trim: float, test: str,
+                           n_features: int) -> None:
+    if reference.ndim != 2 or batch.ndim != 2 or not reference.shape[1] == batch.shape[1] == n_features:
+        raise ValueError(f"reference (M, F) and batch (N, F) with F = {n_features} expected, "
+                         f"got {reference.shape} and {batch.shape}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"drift alpha must be in (0, 1), got {alpha}")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"drift trim must be in [0, 0.5), got {trim}")
+    if test not in TESTS:
+        raise ValueError(f"drift test must be one of {TESTS}, got {test!r}")
+
+
 def drift_test(reference: np.ndarray, batch: np.ndarray, alpha: float, trim: float = 0.2,
                min_images: int = 20, min_shift: float = 0.5, test: str = "mannwhitneyu",
                names: tuple[str, ...] = FEATURES) -> dict:
@@ -171,15 +184,7 @@ def drift_test(reference: np.ndarray, batch: np.ndarray, alpha: float, trim: flo
     (the same difference in reference standard deviations: 1.4826 x MAD), moved.
     """
     reference, batch = np.asarray(reference, dtype=np.float64), np.asarray(batch, dtype=np.float64)
-    if reference.ndim != 2 or batch.ndim != 2 or not reference.shape[1] == batch.shape[1] == len(names):
-        raise ValueError(f"reference (M, F) and batch (N, F) with F = {len(names)} expected, "
-                         f"got {reference.shape} and {batch.shape}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"drift alpha must be in (0, 1), got {alpha}")
-    if not 0.0 <= trim < 0.5:
-        raise ValueError(f"drift trim must be in [0, 0.5), got {trim}")
-    if test not in TESTS:
-        raise ValueError(f"drift test must be one of {TESTS}, got {test!r}")
+    _check_drift_arguments(reference, batch, alpha, trim, test, len(names))
     settings = {"alpha": alpha, "trim": trim, "min_images": min_images, "min_shift": min_shift, "test": test}
     n, m = len(batch), len(reference)
     if n < max(1, min_images) or m < 2:
