@@ -66,8 +66,9 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     plain = OmegaConf.to_container(bench, resolve=True)
     jobs = []
     for name, family, data in tasks(bench, sizes):
+        seeds = sizes.seeds if family == name else sizes.digits_seeds  # a built-in family, or a digits task
         overrides = {method: [[*base, *data, *extra, f"seed={s}", *_isolated(work, f"quality-{name}-{method}-{s}")]
-                              for s in (sizes.seeds if method == "new_default" else sizes.baseline_seeds)]
+                              for s in (seeds if method == "new_default" else sizes.baseline_seeds)]
                      for method, extra in bench.methods.items()}
         first = compose(overrides["new_default"][0])
         quality.ensure_dataset(first.data, first.seed)  # here, not in two workers at once
