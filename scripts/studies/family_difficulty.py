@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's `pipeline`, not an installed on
 from pipeline.data.generators import generate_category  # noqa: E402
 QUICK_DATA = {"n_train": 300, "n_test_good": 100, "n_test_defect_per_type": 15}
 QUICK_TRAIN = ["trainer.max_epochs=8", "trainer.min_epochs=8"]
+VERBOSE = False  # --verbose: show the commands' own output
 
 
 def plain_ae_overrides() -> list[str]:
@@ -52,8 +53,6 @@ def run(cmd: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL if not VERBOSE else None)
 
-
-VERBOSE = False
 
 
 def measure(family: str, work: Path, quick: bool, train_extra: list[str]) -> dict:
