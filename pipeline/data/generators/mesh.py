@@ -5,14 +5,20 @@ structure it was not designed on.
 A good part is two families of round wires in a frame rotated by a small angle: horizontal wires at
 v = j * period and vertical ones at u = i * period, each wire passing over and under the crossing wires in
 turn (the wire on top wins where both cover a pixel, the one below darkens where it dives). Wires are
-shaded as cylinders under a directional light with a highlight. Good parts vary in orientation (a few
-degrees), phase, period (scale jitter), wire thickness, per-wire waviness, light direction, lighting
-gradient, brightness and sensor noise.
+shaded as cylinders under a directional light with a specular highlight. Good parts vary the way photographs
+of a real mesh do, in ways a reconstruction model finds hard to reproduce exactly: orientation (up to 8
+degrees), weave phase, period (scale jitter 10 %), wire thickness (per part and along each wire), per-wire
+waviness, wire brightness along the wire, glints (the highlight's strength varies in patches), light
+direction, a strong lighting gradient and an off-centre vignette, focus blur and sensor noise (both varying
+from part to part).
 
-Defects (DEFECTS), each drawn here, mask = the pixels the defect changed (before sensor noise):
+Defects (DEFECTS), each drawn here and small (a few wire crossings), mask = the pixels the defect changed
+(after focus blur and lighting, before sensor noise):
 
-* broken_wire: one wire is missing over two to three periods, its cut ends bent slightly out of line;
-* bent_wire: one wire is pushed sideways over a few periods, so the openings beside it change size;
+* broken_wire: one wire is missing over about one and a half to two periods, its cut ends bent slightly out
+  of line;
+* bent_wire: one wire is pushed sideways by about a third of a period over a few periods, so the openings
+  beside it change size;
 * dent: the mesh is pressed in locally: the weave is drawn towards the centre and the tilted wires catch
   less light;
 * twist: the weave is locally rotated (a patch whose orientation differs from the rest);
@@ -22,12 +28,13 @@ Unlike anything the product's training-time anomaly synthesizer makes: broken_wi
 bent_wire and dent (geometric deformations), twist (a local change of the pattern's orientation) and
 debris (an object with its own shading and shadow).
 
-Settings: the constants and parameter ranges in this file, at the defaults of
+Fixed settings (not tuned any further): the constants and parameter ranges in this file, at the defaults of
 `data.generate` (128 px; 1000 train, 400 test good, 30 per defect), generated with seed 0. The product's plain
-autoencoder at its defaults (seed 0; `python -m pipeline train data.category=mesh model=ae
-tracking.enabled=false`, then `score` with `score.model=<its detector folder>`) measured image AUROC
-1.000, pixel AUROC 0.996, AUPRO 0.953 (docs/datasets.md): every defect is found, so the family does not yet
-meet its bar (image AUROC at most 0.90); its defects have to be made subtler and measured again.
+autoencoder as the bench defines it (conf/bench/default.yaml `methods.plain_ae`: `model=ae head.enabled=false
+detect.map=balanced detect.components=[map_max] score.score=map_max`, seed 0), measured with
+scripts/studies/family_difficulty.py: image AUROC 0.765, pixel AUROC 0.912, AUPRO 0.700; per defect image
+AUROC bent_wire 0.770, broken_wire 0.760, debris 0.712, dent 0.903, twist 0.681 (docs/datasets.md). Before
+the nuisance and the subtler defects: 1.000, 0.995, 0.951 (every defect found); the target is at most 0.90.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ class Mesh:
     background: np.ndarray
     light: np.ndarray
     noise: np.ndarray
+    thick: np.ndarray         # (n, n) wire radius factor: wire thickness varies along the wire
+    tint: np.ndarray          # (n, n) wire brightness factor (oxide, drawing marks)
+    gloss: np.ndarray         # (n, n) strength of the specular highlight (glints where the wire catches the light)
+    blur: float               # focus blur (Gaussian sigma, px)
     offsets: dict = field(default_factory=dict)  # (family, wire index) -> extra sideways offset (n, n)
     cuts: dict = field(default_factory=dict)     # (family, wire index) -> coverage multiplier (n, n)
 
@@ -71,9 +82,9 @@ class Mesh:
 def good_part(rng: np.random.Generator, n: int) -> Mesh:
     s = n / 128.0
     x, y = draw.grid(n)
-    theta = np.deg2rad(rng.uniform(-5.0, 5.0))
-    period = 10.0 * s * rng.uniform(0.95, 1.05)
-    radius = period * rng.uniform(0.20, 0.25)
+    theta = np.deg2rad(rng.uniform(-8.0, 8.0))
+    period = 10.0 * s * rng.uniform(0.9, 1.1)
+    radius = period * rng.uniform(0.19, 0.26)
     ph_u, ph_v = rng.uniform(0, 2 * period, size=2)
     u, v = draw.rotate(x, y, theta)
     wobble = np.stack([rng.uniform(0.0, 0.06, (2, N_WIRES)) * period, rng.uniform(2.0, 5.0, (2, N_WIRES)),
@@ -81,18 +92,29 @@ def good_part(rng: np.random.Generator, n: int) -> Mesh:
     ang = np.deg2rad(rng.uniform(200.0, 250.0))  # light from the upper left
     metal = rng.uniform(0.62, 0.75)
     background = rng.uniform(0.10, 0.16) * (1 + 0.15 * draw.smooth_field(rng, n, 16 * s))
-    light = draw.lighting(rng, x, y, n, grad=0.25, bright=0.08)
-    noise = 0.012 * rng.standard_normal((n, n))
-    return Mesh(n, s, x, y, theta, (ph_u, ph_v), u + ph_u, v + ph_v, period, radius, wobble, np.cos(ang), np.sin(ang), metal,
-                background, light, noise)
+    light = draw.lighting(rng, x, y, n, grad=0.4, bright=0.12) * _vignette(rng, x, y, n)
+    noise = rng.uniform(0.01, 0.035) * rng.standard_normal((n, n))
+    thick = 1 + rng.uniform(0.05, 0.15) * draw.smooth_field(rng, n, 5.0 * s)
+    tint = 1 + rng.uniform(0.05, 0.15) * draw.smooth_field(rng, n, 4.0 * s)
+    gloss = np.clip(draw.smooth_field(rng, n, 3.0 * s) - rng.uniform(0.0, 1.0), 0, None) * rng.uniform(0.1, 0.3)
+    blur = rng.uniform(0.2, 0.8) * s  # focus varies from part to part
+    return Mesh(n, s, x, y, theta, (ph_u, ph_v), u + ph_u, v + ph_v, period, radius, wobble, np.cos(ang),
+                np.sin(ang), metal, background, light, noise, thick, tint, gloss, blur)
+
+
+def _vignette(rng, x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """Lens falloff (n, n): darker towards the corners, around a centre that is off the image centre."""
+    cx, cy = rng.uniform(-0.2, 0.2, size=2) * n
+    return 1 - rng.uniform(0.0, 0.35) * ((x - cx) ** 2 + (y - cy) ** 2) / (0.5 * n) ** 2
 
 
 def _wire_shade(m: Mesh, t: np.ndarray, towards: float, weave_z: np.ndarray) -> np.ndarray:
     """Brightness of a round wire at section position t in [-1, 1]; `towards` is the light's direction across
     the wire: the side facing the light is brighter, with a highlight, and the wire darkens where it dives."""
     top = np.sqrt(1 - t * t)
-    lit = 0.55 + 0.3 * top + 0.2 * towards * t + 0.25 * np.exp(-((t - 0.35 * np.sign(towards)) / 0.3) ** 2)
-    return m.metal * lit * (0.7 + 0.15 * (1 + weave_z))
+    glint = (0.15 + m.gloss) * np.exp(-((t - 0.35 * np.sign(towards)) / 0.3) ** 2)
+    lit = 0.55 + 0.3 * top + 0.2 * towards * t + glint
+    return m.metal * m.tint * lit * (0.7 + 0.15 * (1 + weave_z))
 
 
 def _family(m: Mesh, along: np.ndarray, across: np.ndarray, fam: int) -> tuple[np.ndarray, ...]:
@@ -111,8 +133,9 @@ def _family(m: Mesh, along: np.ndarray, across: np.ndarray, fam: int) -> tuple[n
         for (f, wire), cut in m.cuts.items():
             keep = keep * np.where((k == wire) & (f == fam), cut, 1.0)
         d = across - centre
-        c = np.clip(m.radius - np.abs(d) + 0.5, 0.0, 1.0) * keep
-        t = np.clip(d / m.radius, -1.0, 1.0)  # position across the wire's section
+        radius = m.radius * m.thick
+        c = np.clip(radius - np.abs(d) + 0.5, 0.0, 1.0) * keep
+        t = np.clip(d / radius, -1.0, 1.0)  # position across the wire's section
         sign = np.where((k % 2 == 0) == (fam == 0), 1.0, -1.0)
         weave_z = sign * np.cos(np.pi * along / m.period)  # +1 where it passes over a crossing wire
         z = weave_z + 0.3 * np.sqrt(1 - t * t)
@@ -151,50 +174,50 @@ def _wire_at(rng, m: Mesh) -> tuple[int, int, np.ndarray, float]:
 # Each defect: (rng, part) -> (noise-free unlit image, explicit support or None).
 def broken_wire(rng, m: Mesh):
     fam, k, along, at = _wire_at(rng, m)
-    half = rng.uniform(0.8, 1.5) * m.period  # a gap of about two to three periods
+    half = rng.uniform(0.7, 1.1) * m.period  # a gap of about one and a half to two periods
     gap = np.clip(half - np.abs(along - at) + 0.5, 0.0, 1.0)
     m.cuts[(fam, k)] = 1.0 - gap
     end = np.exp(-((np.abs(along - at) - half) / (0.4 * m.period)) ** 2) * (np.abs(along - at) > half)
-    m.offsets[(fam, k)] = rng.uniform(0.15, 0.3) * m.period * rng.choice([-1.0, 1.0]) * end  # bent cut ends
+    m.offsets[(fam, k)] = rng.uniform(0.15, 0.25) * m.period * rng.choice([-1.0, 1.0]) * end  # bent cut ends
     return weave(m, m.u, m.v), None
 
 
 def bent_wire(rng, m: Mesh):
     fam, k, along, at = _wire_at(rng, m)
-    half = rng.uniform(1.5, 2.5) * m.period
-    m.offsets[(fam, k)] = rng.uniform(0.3, 0.45) * m.period * rng.choice([-1.0, 1.0]) * np.clip(
+    half = rng.uniform(1.5, 2.2) * m.period
+    m.offsets[(fam, k)] = rng.uniform(0.28, 0.4) * m.period * rng.choice([-1.0, 1.0]) * np.clip(
         1 - ((along - at) / half) ** 2, 0, None) ** 2
     return weave(m, m.u, m.v), None
 
 
 def dent(rng, m: Mesh):
     cx, cy, uc, vc = _spot(rng, m)
-    r = rng.uniform(14.0, 20.0) * m.s
+    r = rng.uniform(12.0, 17.0) * m.s
     w = draw.bump(m.x, m.y, cx, cy, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi))
-    pull = rng.uniform(0.15, 0.25)  # the weave is drawn towards the centre
+    pull = rng.uniform(0.15, 0.22)  # the weave is drawn towards the centre
     img = weave(m, m.u + pull * w * (m.u - uc), m.v + pull * w * (m.v - vc))
     gy, gx = np.gradient(w)
-    tilt = -(gx * m.lx + gy * m.ly) * r * rng.uniform(0.25, 0.45)  # slopes facing the light are brighter
+    tilt = -(gx * m.lx + gy * m.ly) * r * rng.uniform(0.25, 0.4)  # slopes facing the light are brighter
     return img * (1 + tilt - 0.1 * w), None
 
 
 def twist(rng, m: Mesh):
     cx, cy, uc, vc = _spot(rng, m)
-    r = rng.uniform(14.0, 20.0) * m.s
+    r = rng.uniform(13.0, 18.0) * m.s
     w = np.clip(1.5 * draw.bump(m.x, m.y, cx, cy, r, r, 0.0), 0, 1)
-    ang = np.deg2rad(rng.uniform(15.0, 25.0)) * rng.choice([-1.0, 1.0]) * w
+    ang = np.deg2rad(rng.uniform(14.0, 22.0)) * rng.choice([-1.0, 1.0]) * w
     du, dv = draw.rotate(m.u - uc, m.v - vc, ang)
     return weave(m, uc + du, vc + dv), None
 
 
 def debris(rng, m: Mesh):
     cx, cy, _, _ = _spot(rng, m)
-    area = rng.uniform(100.0, 250.0) * m.s * m.s
+    area = rng.uniform(70.0, 160.0) * m.s * m.s
     a = draw.blob_alpha(m.x, m.y, cx, cy, area, rng, aspect=rng.uniform(1.0, 2.2))
     relief = ndimage.gaussian_filter(a, 1.5 * m.s)
     gy, gx = np.gradient(relief)
     facing = 1 - 2.5 * (gx * m.lx + gy * m.ly)  # the side towards the light is brighter
-    tone = rng.uniform(0.35, 0.55) * (1 + 0.05 * draw.smooth_field(rng, m.n, 1.0 * m.s))
+    tone = rng.uniform(0.3, 0.5) * (1 + 0.05 * draw.smooth_field(rng, m.n, 1.0 * m.s))
     shadow = ndimage.gaussian_filter(ndimage.shift(a, (-2.5 * m.s * m.ly, -2.5 * m.s * m.lx), order=1), 1.5 * m.s)
     below = weave(m, m.u, m.v) * (1 - 0.5 * shadow)
     return a * tone * facing + (1 - a) * below, a
@@ -206,9 +229,10 @@ DEFECTS = {"broken_wire": broken_wire, "bent_wire": bent_wire, "dent": dent, "tw
 def render(rng: np.random.Generator, n: int, defect: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """One image (n, n) uint8 and its bool mask (None for a good part)."""
     m = good_part(rng, n)
-    clean = weave(m, m.u, m.v)
+    clean = ndimage.gaussian_filter(weave(m, m.u, m.v), m.blur) * m.light  # out of focus, then lit
     img, mask = clean, None
     if defect is not None:
         img, support = DEFECTS[defect](rng, m)
-        mask = draw.mask_from_diff(clean * m.light, img * m.light, support)
-    return draw.to_u8(img * m.light + m.noise), mask
+        img = ndimage.gaussian_filter(img, m.blur) * m.light
+        mask = draw.mask_from_diff(clean, img, support)
+    return draw.to_u8(img + m.noise), mask
