@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
-import os
 import sys
-import warnings
 
 USAGE = """usage: python -m pipeline <command> [overrides ...]
 
@@ -53,7 +50,6 @@ ENTRY_POINTS = {
 # Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
 POSITIONAL = {"promote": "detector", "review": "review.run"}
 RAW_OVERRIDE_COMMANDS = ("sweep",)  # these take the override strings, not a composed config
-QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
 
 
 def _entry_point(command: str):
@@ -61,36 +57,16 @@ def _entry_point(command: str):
     return getattr(importlib.import_module(module), function)
 
 
-class _LibraryNoise(logging.Filter):
-    """Drops the libraries' informational lines (Lightning's banners and tips); their warnings stay. A filter
-    on our handler, because Lightning resets its loggers' levels when it is imported, after main starts."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LOGGERS)
-
-
-def _quiet_libraries() -> None:
-    """Our own progress bars and log lines only: Lightning's banners and MLflow's per-artifact download bars
-    (about 90 carriage-return bars per model load) would drown them."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its own handler: a filter misses it
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_LibraryNoise())
-    warnings.filterwarnings("ignore", module=r"pytorch_lightning\.utilities\._pytree")  # a deprecation inside Lightning
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are cached in memory
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in ENTRY_POINTS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    _quiet_libraries()
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline.config import ConfigError, compose
+    from pipeline.config import ConfigError, compose, configure_logging
+
+    configure_logging()
     from pipeline.data.images import ImageReadError
     from pipeline.data.layout import DatasetLayoutError
 

@@ -6,7 +6,10 @@ working directory and writes no `outputs/<date>` folders; every tunable still li
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -110,3 +113,28 @@ def to_flat_dict(cfg: DictConfig) -> dict[str, object]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
+
+
+QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+
+
+class _LibraryNoise(logging.Filter):
+    """Drops the libraries' informational lines (Lightning's banners and tips); their warnings stay. A filter
+    on our handler, because Lightning resets its loggers' levels when it is imported, after main starts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LOGGERS)
+
+
+def configure_logging() -> None:
+    """Our own progress bars and log lines only, in every process we start (commands, bench workers):
+    Lightning's banners and MLflow's per-artifact download bars (about 90 carriage-return bars per model load)
+    would drown them."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its own handler: a filter misses it
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_LibraryNoise())
+    warnings.filterwarnings("ignore", module=r"pytorch_lightning\.utilities\._pytree")  # a deprecation inside Lightning
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are cached in memory

@@ -171,4 +171,6 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
     lines += [f"Refused tasks: {'; '.join(refused)}", ""] if refused else []
     lines += digits_table(quality, "digits one-vs-rest") + digits_table(quality, "digits leave-one-out")
     lines += seeds_table(quality) + scores_table(quality)
+    if "skipped" in thresholds:  # a run stopped before them: the quality tables alone
+        return lines
     return lines + threshold_section(thresholds) + drift_section(drift)

@@ -23,13 +23,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.bench import drift, memory, quality, report, speed, thresholds
-from pipeline.config import compose, project_root
+from pipeline.config import compose, configure_logging, project_root
 from pipeline.data.layout import scan_test
 from pipeline.data.splits import TooFewNormalImages
 from pipeline.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
-SECTIONS = ("wall_time", "speed", "quality", "thresholds", "drift")
+SECTIONS = ("wall_time", "speed", "quality", "thresholds", "drift")  # the report's order
+RUN_ORDER = ("quality", "thresholds", "drift", "speed", "wall_time")  # the most important and the longest first
 
 
 def _isolated(work: Path, tag: str) -> list[str]:
@@ -50,6 +51,7 @@ def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str
 def _quality_job(job: tuple) -> tuple[str, dict]:
     """One task in a worker process (one thread: the workers share the machine's cores)."""
     name, family, overrides, bench, alphas, extra_maps = job
+    configure_logging()
     torch.set_num_threads(1)
     configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
     try:
@@ -59,15 +61,15 @@ def _quality_job(job: tuple) -> tuple[str, dict]:
         return name, {"family": family, "dataset": name, "refused": str(err)}
 
 
-def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
+def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None) -> dict:
     """Every task in `bench.workers` processes, the built-in families first (the longest)."""
-    base = [*sizes.quality_overrides, *bench.overrides, "tracking.enabled=false", "trainer.enable_progress_bar=false",
-            f"score.alpha={bench.alpha_sizes}"]
+    base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
+    last = [*sizes.quality_overrides, *bench.overrides]  # after the method's: quick sizes shorten every row
     plain = OmegaConf.to_container(bench, resolve=True)
     jobs = []
     for name, family, data in tasks(bench, sizes):
         seeds = sizes.seeds if family == name else sizes.digits_seeds  # a built-in family, or a digits task
-        overrides = {method: [[*base, *data, *extra, f"seed={s}", *_isolated(work, f"quality-{name}-{method}-{s}")]
+        overrides = {method: [[*base, *data, *extra, *last, f"seed={s}", *_isolated(work, f"quality-{name}-{method}-{s}")]
                               for s in (seeds if method == "new_default" else sizes.baseline_seeds)]
                      for method, extra in bench.methods.items()}
         first = compose(overrides["new_default"][0])
@@ -79,6 +81,8 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
         for done, (name, result) in enumerate(pool.map(_quality_job, jobs), start=1):
             results[name] = result
             log.info("bench quality: %d/%d tasks done (%s)", done, len(jobs), name)
+            if progress is not None and done < len(jobs):
+                progress(dict(results))
     return results
 
 
@@ -86,6 +90,7 @@ def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     epochs = int(sizes.train_epochs)
     cfg = compose([*bench.overrides, f"data.category={bench.families[0]}", f"trainer.max_epochs={epochs}",
                    f"trainer.min_epochs={epochs}", f"trainer.early_stopping_patience={epochs + 1}",
+                   f"head.steps={sizes.head_steps}", f"head.validate_every={sizes.head_steps}",
                    "trainer.enable_progress_bar=false", *_isolated(work, "speed")])
     training = speed.training_throughput(cfg)
     detector = AnomalyDetector.load(training["detector_dir"])
@@ -152,7 +157,7 @@ def previous_results(json_path: Path, keep: list[str]) -> tuple[dict, dict]:
         previous = json.loads(json_path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"bench.sections leaves out {keep}, but {json_path} cannot be read to keep them: {err}") from err
-    missing = [s for s in keep if s not in previous or previous.get("partial")]
+    missing = [s for s in keep if s not in previous or previous["context"].get("partial")]
     if missing:
         raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no complete result for them: "
                          "run them too")
@@ -175,25 +180,34 @@ def run_bench(cfg: DictConfig) -> dict:
     context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"]}
                                 for s in SECTIONS}
     started, results = time.perf_counter(), dict(kept)
+
+    def save(partial: bool) -> tuple[Path, Path]:
+        """Report what is measured so far: a long run stopped half-way still leaves a readable report."""
+        context["bench_seconds"] = time.perf_counter() - started
+        context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+        context["partial"] = partial
+        shown = {s: results.get(s, {"skipped": "the run stopped before this section"}) for s in SECTIONS}
+        return report.write(shown, context, Path(bench.markdown), Path(bench.json))
+
+    def quality_progress(partial: dict) -> None:
+        results["quality"] = partial
+        save(partial=True)
+
     measures = {"wall_time": lambda: (measure_wall_time(bench, work) if not bench.quick
                                       else {"skipped": "not run in quick mode"}),
                 "speed": lambda: measure_speed(bench, sizes, work),
-                "quality": lambda: measure_quality(bench, sizes, work),
+                "quality": lambda: measure_quality(bench, sizes, work, quality_progress),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
                 "drift": lambda: measure_drift(bench, work)}
     try:
-        for section in SECTIONS:
+        for section in RUN_ORDER:
             if section in sections:
                 log.info("bench: %s", section)
                 results[section] = measures[section]()
-                # A long run: keep what is measured on disk should it be interrupted.
-                Path(bench.json).write_text(json.dumps({"context": context, "partial": True, **results}, indent=1,
-                                                       default=float))
+                save(partial=True)
     finally:
         if not bench.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    context["bench_seconds"] = time.perf_counter() - started
-    context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    written = report.write({s: results[s] for s in SECTIONS}, context, Path(bench.markdown), Path(bench.json))
+    written = save(partial=False)
     return {"markdown": str(written[0]), "json": str(written[1]), "seconds": context["bench_seconds"],
             "sections": sections}
