@@ -6,7 +6,6 @@ import numpy as np
 
 from pipeline.__main__ import main
 from pipeline.bench.baselines import PCAReconstruction, PixelIsolationForest
-from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY
 
@@ -32,35 +31,40 @@ def test_baselines_rank_a_defect_above_normal_and_pca_maps_find_it():
     assert forest.score_samples(defect).mean() > forest.score_samples(normal).mean()  # higher = more anomalous
 
 
-def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
-    product = [*TINY, f"data.root={tiny_dataset}"]
+def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
+    # every product config the bench composes points at the tiny set (bench.overrides), drift included
+    product = [*TINY, f"data.root={tiny_dataset}", "inspect.drift_min_images=4"]
     md, js = tmp_path / "B.md", tmp_path / "B.json"
     overrides = ["bench.quick=true", f"bench.overrides=[{','.join(repr(o) for o in product)}]",
-                 "bench.sizes.quick.digits=[]", "bench.categories=[tiny]", "bench.report_categories=[extra]", "bench.sizes.quick.train_epochs=2",
-                 "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0", "bench.sizes.quick.pyod_vae_epochs=2",
-                 "bench.sizes.quick.extra_seeds=[1]",
-                 "bench.iforest_trees=20", "bench.speed_tracking=false", f"bench.markdown={md}", f"bench.json={js}",
-                 f"bench.work_dir={tmp_path / 'work'}"]
+                 "bench.families=[tiny]", "bench.workers=1",
+                 "bench.sizes.quick.digits_one_vs_rest=[]", "bench.sizes.quick.digits_leave_one_out=[]",
+                 "bench.sizes.quick.quality_overrides=[]", "bench.sizes.quick.seeds=[0,1]",
+                 "bench.sizes.quick.train_epochs=2", "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0",
+                 "bench.iforest_trees=20", "bench.alpha_sizes=0.2", "bench.alphas=[0.2]",
+                 "bench.drift.n_reference=7", "bench.drift.batch_size=4", "bench.drift.n_batches=5",
+                 f"bench.markdown={md}", f"bench.json={js}", f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0
     data = json.loads(js.read_text())
+    assert not data.get("partial") and data["wall_time"] == {"skipped": "not run in quick mode"}
     speed = data["speed"]
     assert speed["training"]["efficiency"] > 0 and speed["scoring"]["ratio_same_work"] > 0
     assert set(speed["scoring"]["stages"]) == {"decode", "forward", "maps", "write"}
     assert [m["n_images"] for m in speed["memory"]] == [3, 30] and all(m["n_errors"] == 0 for m in speed["memory"])
-    tiny = data["quality"]["tiny"]  # every data override points at the tiny set
-    assert set(tiny["product"]["scores"]) == set(SCORE_NAMES) and set(tiny["product"]["maps"]) == set(MAP_KINDS)
-    assert 0 <= tiny["product"]["pixel_auroc"] <= 1 and 0 <= tiny["baselines"]["pca"]["aupro"] <= 1
-    assert tiny["baselines"]["iforest"]["pixel_auroc"] is None  # a forest has no map
-    assert set(tiny["product"]["false_alarm"]) == set(SCORE_NAMES)
-    for model in ("product", "ae"):  # the VAE and the AE trained again at the extra seed, default scoring only
-        assert [e["seed"] for e in tiny["seeds"][model]] == [0, 1]
-        assert tiny["seeds"][model][0]["image_auroc"] == tiny[model]["image_auroc"]
-        assert 0 <= tiny["seeds"][model][1]["aupro"] <= 1
-    assert data["quality"]["extra"]["report_only"] and not tiny["report_only"]  # a report-only family
+    tiny = data["quality"]["tiny"]
+    assert tiny["n_test"] == 12 and tiny["n_anomalous"] == 6 and tiny["has_masks"]
+    assert [row["seed"] for row in tiny["new_default"]] == [0, 1]  # the new default at each seed
+    assert [row["seed"] for row in tiny["previous_default"]] == [0] and [row["seed"] for row in tiny["plain_ae"]] == [0]
+    first = tiny["new_default"][0]
+    assert set(first["scores"]) <= set(SCORE_NAMES) and first["score"] in first["scores"]
+    assert set(first["maps"]) == {"map.balanced"} and "maps" not in tiny["new_default"][1]
+    assert 0 <= first["pixel_auroc"] <= 1 and 0 <= first["aupro"] <= 1 and first["n_train"] == 13
+    assert tiny["previous_default"][0]["map"] == "balanced" and tiny["previous_default"][0]["score"] == "map_max"
+    assert 0 <= tiny["baselines"]["pca"]["aupro"] <= 1 and tiny["baselines"]["iforest"]["pixel_auroc"] is None
+    assert "thresholds" in data and data["drift"]["tiny"]["n_batches"] == 5
+    assert data["drift"]["tiny"]["root"] == str(tiny_dataset.resolve())  # never a generated built-in family
     text = md.read_text()
-    assert "### `extra` — report-only family" in text
-    for heading in ("## 1. Training", "## 2. Scoring", "## 3. Peak memory", "## 4. Detection quality", "## 5. Wall",
-                    "### Product VAE vs plain autoencoder, per training seed"):
+    for heading in ("## 2. Training", "## 3. Scoring", "## 4. Peak memory", "## 5. Detection quality",
+                    "## 6. Thresholds", "## 7. Drift"):
         assert heading in text
     assert "Quick run" in text
 
@@ -69,6 +73,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset, capsys):
     assert main(["bench", *overrides, "bench.sections=[wall_time]"]) == 0
     after = json.loads(js.read_text())
     assert after["speed"] == before["speed"] and after["quality"] == before["quality"]
+    assert after["drift"] == before["drift"]
     assert after["context"]["sections_from"]["speed"]["date"] == before["context"]["date"]
     assert "Sections kept from earlier runs" in md.read_text()
     assert main(["bench", *overrides, "bench.sections=[]"]) == 1  # nothing to measure: a clear error

@@ -69,7 +69,8 @@ def test_score_and_inspect_refuse_a_threshold_that_cannot_fire_unless_allowed(tr
     tags = MlflowClient(f"sqlite:///{trained.base / 'mlruns' / 'mlflow.db'}").get_run(allowed["run_id"]).data.tags
     assert (tags["detection.status"], tags["review.status"]) == ("unable_to_flag", "blocked")
     assert "cannot flag anything" in tags["review.reason"] and "UNABLE TO FLAG" in tags["mlflow.note.content"]
-    assert "unable to flag" in (scored / "review" / "index.html").read_text()
+    page = (scored / "review" / "index.html").read_text()
+    assert 'class="banner"><b>UNABLE TO FLAG</b>' in page and "cannot flag anything" in page
 
     inspect = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}", "score.alpha=0.05",
                             f"inspect.inbox={trained.root / 'test'}", f"inspect.output_dir={tmp_path / 'inspection'}",

@@ -215,7 +215,8 @@ def test_a_drifted_batch_is_judged_but_exits_6_and_says_why(setup, capsys):
     assert "darker" in entry["reason"] and "mean intensity" in entry["reason"]
     batch = json.loads((out / "batches" / entry["batch_id"] / "summary.json").read_text())
     assert batch["drift"]["drifted"] and "mean_intensity" in batch["drift"]["moved"]
-    assert "drift" in (out / "batches" / entry["batch_id"] / "review" / "index.html").read_text()
+    page = (out / "batches" / entry["batch_id"] / "review" / "index.html").read_text()
+    assert '<p class="banner"><b>DRIFT</b>: images darker than calibration' in page
     add_parts(inbox, [f"few/{i:02d}.png" for i in range(5)], seed=3, gain=0.85)
     assert run() == EXIT_OK  # below inspect.drift_min_images: not tested
     assert not _summary(capsys)["batches"][0]["drift"]["tested"]

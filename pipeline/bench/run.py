@@ -139,7 +139,7 @@ def measure_drift(bench: DictConfig, work: Path) -> dict:
     d, i = bench.drift, cfg.inspect
     results = {}
     for family in bench.families:
-        root = quality.ensure_dataset(compose([f"data.category={family}"]).data, cfg.seed)
+        root = quality.ensure_dataset(compose([*bench.overrides, f"data.category={family}"]).data, cfg.seed)
         results[family] = drift.measure_drift(
             root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed,
             split=drift.SplitSettings(alpha=float(bench.alpha_sizes), **cfg.data.split),

@@ -1,21 +1,33 @@
-"""Browser test: headless Debian chromium (driven by Playwright) opens the MLflow UI of the real server
-from tests/served.py, goes to the scoring run and checks that the review set renders: the gallery of
-thumbnails (flagged and audit images) and the review page (review/index.html) with every panel.
+"""Browser test: headless Debian chromium (driven by Playwright, 1400 x 1000) opens the MLflow UI of the real
+server from tests/served.py and checks what a reviewer sees, on a scoring run and on an inspection batch:
 
-Without /usr/bin/chromium it skips with a reason, unless PIPELINE_REQUIRE_BROWSER=1 (`make e2e`,
-.ci/run), where it fails: CI never goes green without having looked at the UI.
+- the gallery (Model metrics tab): one card per flagged image, keyed flagged/<rank>_<id>, in score order, each
+  card's panel whole inside its card;
+- the review page (review/index.html in the Artifacts tab) with every reviewed panel, highest score first;
+- the Description names the model version, the alias it had when used and the training run;
+- a verdict added as a tag `verdict.<sample id>` with the run page's tag editor is read by `pipeline review`;
+- a batch whose threshold cannot fire (infinite) is marked unable to flag (run name, detection.status, page).
+
+Screenshots go to E2E_SCREENSHOT_DIR (`make e2e`: outputs/e2e/), else to the test's tmp folder.
+Without /usr/bin/chromium it skips with a reason, unless PIPELINE_REQUIRE_BROWSER=1 (`make e2e`, CI), where
+it fails: CI never goes green without having looked at the UI.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.report.review_set import AUDIT, FLAGGED, RECORDS
+from pipeline.report.review_set import FLAGGED, RECORDS
+from tests.inspection_helpers import add_dark, add_parts
+from tests.served import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +35,10 @@ CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the React app slowly
+NAME = "tiny-vae"
+EXPERIMENT = "e2e-inspection"  # this test's batches only: the registry tests look for the newest flagged run
+CARD = '[data-testid="experiment-view-compare-runs-card"]'
+GALLERY_KEY = re.compile(r"images/flagged~(\d{3}_[^+]+)\+step\+")
 
 
 @pytest.fixture(scope="session")
@@ -45,50 +61,177 @@ def browser_page(chromium, tmp_path):
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=FLAGS,
             viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(TIMEOUT_MS)
         try:
             yield context.new_page()
         finally:
             context.close()
 
 
-def _rendered(page, selector: str, expected: int) -> list[int]:
-    """Wait until `expected` images match and have loaded; returns their naturalWidth values."""
-    page.wait_for_function(
-        "([sel, n]) => { const imgs = [...document.querySelectorAll(sel)];"
-        " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-        arg=[selector, expected], timeout=TIMEOUT_MS)
-    return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("E2E_SCREENSHOT_DIR", tmp_path / "shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
-def test_mlflow_ui_shows_the_gallery_and_the_review_page(chromium, served, browser_page, tmp_path):
+def _inspect(served, folder: Path, n_normal: int, *extra: str) -> dict:
+    """One inspection batch on the served champion (normal parts and an all-black image); its one batch's run."""
+    inbox = folder / "inbox"
+    add_parts(inbox, [f"part_{i}.png" for i in range(n_normal)], seed=7)
+    add_dark(inbox, "dark.png")
+    summary = cli("inspect", *served["overrides"](f"inspect.inbox={inbox}", f"inspect.output_dir={folder / 'out'}",
+                                                  "inspect.min_age_seconds=0", f"inspect.experiment={EXPERIMENT}", *extra))
+    assert len(summary["batches"]) == 1 and summary["mlflow_pending_batches"] == 0
     client = MlflowClient(served["url"])
-    run_id = served["score_newest"]["run_id"]
-    run = client.get_run(run_id)
-    records = json.loads((served["folder"] / "scored-newest" / RECORDS).read_text())
-    n_flagged = sum(r["status"] == FLAGGED for r in records)
-    n_audit = sum(r["status"] == AUDIT for r in records)
-    assert n_flagged > 0 and run.data.metrics["n_flagged"] == n_flagged
-    shots = Path(os.environ.get("E2E_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    page = browser_page
-    base = f"{served['url']}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    batch = summary["batches"][0]["batch_id"]
+    [run] = client.search_runs([experiment], filter_string=f"tags.batch_id = '{batch}'")
+    return {"summary": summary, "run": run}
 
-    # The run page's Model metrics tab: one image card per reviewed image (log_image keys flagged/<rank>_<id>,
-    # audit/<rank>_<id>).
-    page.goto(f"{base}/model-metrics", timeout=TIMEOUT_MS)
-    widths = _rendered(page, 'img[src*="flagged~"]', n_flagged)
-    assert len(widths) == n_flagged and min(widths) > 0
-    if n_audit:
-        assert len(_rendered(page, 'img[src*="audit~"]', n_audit)) == n_audit
-    page.screenshot(path=str(shots / "gallery.png"), full_page=True)
 
-    # The Artifacts tab: the review page, self-contained (panels embedded), shown in an iframe.
-    page.goto(f"{base}/artifacts/review/index.html", timeout=TIMEOUT_MS)
+def _records(client: MlflowClient, run_id: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, RECORDS, tmp)).read_text())
+
+
+def _run_page(served, run) -> str:
+    return f"{served['url']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def check_gallery(page, base: str, records: list[dict], shot: Path) -> None:
+    """Model metrics: one card per flagged image, in score order, the panel whole inside its card."""
+    flagged = [r["key"] for r in sorted(records, key=lambda r: r["rank"]) if r["status"] == FLAGGED]
+    assert flagged, "nothing flagged: no gallery to look at"
+    page.goto(f"{base}/model-metrics")
+    page.wait_for_function(
+        "n => { const imgs = [...document.querySelectorAll('img[src*=\"flagged~\"]')];"
+        " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }", arg=len(flagged))
+    cards = page.eval_on_selector_all('img[src*="flagged~"]', """(imgs, cardSelector) => imgs.map(img => {
+        const box = r => { const b = r.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+        const card = img.closest(cardSelector);
+        // the card and every element between it and the image that clips what overflows it
+        const clips = [];
+        for (let e = img.parentElement; e && card && card.contains(e); e = e.parentElement) {
+            const s = getComputedStyle(e);
+            if (e === card || s.overflow !== 'visible' || s.overflowX !== 'visible' || s.overflowY !== 'visible')
+                clips.push(box(e));
+        }
+        return {src: img.src, img: box(img), card: card ? box(card) : null, clips,
+                title: card ? card.innerText.split('\\n')[0] : null};
+    })""", CARD)
+    keys = [GALLERY_KEY.search(unquote(c["src"])).group(1) for c in cards]
+    assert keys == flagged, "one card per flagged image, in score order (keys sort by rank)"
+    assert keys == sorted(keys)
+    for key, card in zip(keys, cards):
+        assert card["card"] is not None, f"{key}: image outside any gallery card"
+        assert card["title"].startswith("flagged/"), card["title"]
+        left, top, right, bottom = card["img"]
+        assert right - left > 100 and bottom - top > 30, f"{key}: panel drawn {card['img']}"
+        for clip in card["clips"]:
+            assert (left >= clip[0] - 0.5 and top >= clip[1] - 0.5 and right <= clip[2] + 0.5
+                    and bottom <= clip[3] + 0.5), f"{key}: panel {card['img']} not inside its card's box {clip}"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def check_review_page(page, base: str, records: list[dict], shot: Path) -> None:
+    """Artifacts tab, review/index.html (self-contained, in an iframe): every reviewed panel, by rank."""
+    page.goto(f"{base}/artifacts/review/index.html")
     frame = page.frame_locator("iframe").first
-    frame.locator("img").nth(len(records) - 1).wait_for(timeout=TIMEOUT_MS)
-    widths = frame.locator("img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    frame.locator(".card img").nth(len(records) - 1).wait_for()
+    frame.locator(".card img").first.evaluate("img => img.decode()")
+    widths = frame.locator(".card img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert len(widths) == len(records) and min(widths) > 0
-    first = frame.locator(".card").first.get_attribute("id")
-    assert first == records[0]["key"]  # highest score first
-    page.screenshot(path=str(shots / "review_page.png"), full_page=True)
-    assert (shots / "gallery.png").stat().st_size > 10_000
+    ids = frame.locator(".card").evaluate_all("cards => cards.map(c => c.id)")
+    assert ids == [r["key"] for r in sorted(records, key=lambda r: r["rank"])]  # highest score first
+    flagged = {r["key"] for r in records if r["status"] == FLAGGED}
+    assert flagged <= set(ids)
+    page.screenshot(path=str(shot), full_page=True)
+
+
+def check_description(page, base: str, run, alias: str, training_run: str, shot: Path) -> None:
+    """Overview: the Description names the model version (linked), the alias when used and the training run."""
+    note = run.data.tags["mlflow.note.content"]
+    assert f"[{NAME} version 2](#/models/{NAME}/versions/2)" in note
+    assert f"alias when used: **{alias}**" in note and f"training run {training_run}" in note
+    page.goto(base)
+    version = page.locator(f'a[href$="#/models/{NAME}/versions/2"]').first
+    version.wait_for()
+    assert version.inner_text() == f"{NAME} version 2"
+    trained = page.locator(f'a[href$="/runs/{training_run}"]').first
+    assert trained.inner_text() == f"training run {training_run}"
+    assert "alias when used: " + alias in page.locator("body").inner_text()
+    page.screenshot(path=str(shot), full_page=True)
+
+
+def add_tag_in_ui(page, base: str, key: str, value: str) -> None:
+    """The run page's Tags: the edit button, key and value, add, save."""
+    page.goto(base)
+    page.get_by_role("button", name="Edit tags").click()
+    dialog = page.get_by_role("dialog")
+    key_box = dialog.locator("input[type=search]")
+    key_box.click()
+    key_box.fill(key)
+    page.keyboard.press("Enter")
+    dialog.get_by_label("Value").fill(value)
+    dialog.get_by_role("button", name="Add tag").click()
+    dialog.get_by_text(key).wait_for()
+    dialog.get_by_role("button", name="Save tags").click()
+    dialog.wait_for(state="hidden")
+    page.get_by_text(key).first.wait_for()  # the run page shows the new tag
+
+
+def test_scoring_run_in_the_ui(served, browser_page, shots):
+    client = MlflowClient(served["url"])
+    run = client.get_run(served["score_newest"]["run_id"])
+    records = _records(client, run.info.run_id)
+    assert run.data.metrics["n_flagged"] == sum(r["status"] == FLAGGED for r in records) > 0
+    base = _run_page(served, run)
+    check_gallery(browser_page, base, records, shots / "score_gallery.png")
+    check_review_page(browser_page, base, records, shots / "score_review_page.png")
+    # `score` took the newest version, 2, which had no alias yet then
+    check_description(browser_page, base, run, "none", served["train"][1]["run_id"], shots / "score_overview.png")
+
+
+def test_inspection_batch_in_the_ui_and_a_verdict_set_there(served, browser_page, shots, tmp_path):
+    batch = _inspect(served, tmp_path / "ok", 3)
+    client = MlflowClient(served["url"])
+    run = batch["run"]
+    assert run.data.tags["stage"] == "inspect" and run.data.tags["detection.status"] == "ok"
+    records = _records(client, run.info.run_id)
+    flagged = [r for r in records if r["status"] == FLAGGED]
+    assert flagged and run.data.metrics["n_flagged"] == len(flagged)
+    assert any(r["sample_id"] == "dark" for r in flagged)  # the black image, far from every normal part
+    base = _run_page(served, run)
+    check_gallery(browser_page, base, records, shots / "inspect_gallery.png")
+    check_review_page(browser_page, base, records, shots / "inspect_review_page.png")
+    # inspect judges with the champion: version 2 since `promote 2`
+    check_description(browser_page, base, run, "champion", served["train"][1]["run_id"],
+                      shots / "inspect_overview.png")
+
+    # A reviewer records a verdict in the UI; `pipeline review` reads the tag and counts it.
+    add_tag_in_ui(browser_page, base, "verdict.dark", "true_defect")
+    browser_page.screenshot(path=str(shots / "inspect_verdict_tag.png"), full_page=True)
+    assert client.get_run(run.info.run_id).data.tags["verdict.dark"] == "true_defect"
+    result = cli("review", run.info.run_id, *served["overrides"]("review.interactive=false"))
+    assert (result["run_id"], result["recorded"]) == (run.info.run_id, 0)
+    assert result["n_true_defect"] == 1 and result["n_pending"] == len(records) - 1 and result["status"] == "partial"
+    tags = client.get_run(run.info.run_id).data.tags
+    assert (tags["review.n_true_defect"], tags["review.status"]) == ("1", "partial")
+
+
+def test_a_batch_that_cannot_flag_is_marked_so_in_the_ui(served, browser_page, shots, tmp_path):
+    # 7 calibration images cannot support alpha=0.05: the threshold is +inf, judged only when allowed
+    batch = _inspect(served, tmp_path / "unable", 2, "score.alpha=0.05", "score.allow_unable_to_flag=true")
+    run = batch["run"]
+    assert batch["summary"]["n_flagged"] == 0
+    assert run.info.run_name.startswith("[UNABLE_TO_FLAG] ")
+    assert (run.data.tags["detection.status"], run.data.tags["review.status"]) == ("unable_to_flag", "blocked")
+    assert run.data.tags["decision.threshold"] == "inf"
+    page = browser_page
+    page.goto(_run_page(served, run))
+    page.get_by_text(run.info.run_name).first.wait_for()
+    page.get_by_text("UNABLE TO FLAG").first.wait_for()  # the Description's title
+    assert "unable_to_flag" in page.locator("body").inner_text()  # the detection.status tag
+    page.screenshot(path=str(shots / "unable_to_flag_overview.png"), full_page=True)
