@@ -45,7 +45,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                  f"bench.markdown={md}", f"bench.json={js}", f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0
     data = json.loads(js.read_text())
-    assert not data.get("partial") and data["wall_time"] == {"skipped": "not run in quick mode"}
+    assert not data["context"]["partial"] and data["wall_time"] == {"skipped": "not run in quick mode"}
     speed = data["speed"]
     assert speed["training"]["efficiency"] > 0 and speed["scoring"]["ratio_same_work"] > 0
     assert set(speed["scoring"]["stages"]) == {"decode", "forward", "maps", "write"}

@@ -125,8 +125,9 @@ def baseline_rows(cfg: DictConfig, split: TestSplit, bench: DictConfig) -> dict:
 
 
 def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictConfig, alphas: list[float],
-                  extra_maps: tuple[str, ...]) -> dict:
-    """Every method's rows (one per seed) and the baselines on one dataset (a family or a digits task)."""
+                  extra_maps: tuple[str, ...], baselines: bool = True) -> dict:
+    """Every method's rows (one per seed) and, with `baselines`, the baselines on one dataset (a family or a
+    digits task)."""
     first = configs["new_default"][0]
     root = ensure_dataset(first.data, first.seed)
     split = load_test_split(root, first.data.image_size, build_datamodule(first, root).read_options)
@@ -136,5 +137,6 @@ def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictCo
     for method, cfgs in configs.items():
         result[method] = [product_row(c, split, alphas, extra_maps if method == "new_default" and i == 0 else ())
                           for i, c in enumerate(cfgs)]
-    result["baselines"] = baseline_rows(first, split, bench)
+    if baselines:
+        result["baselines"] = baseline_rows(first, split, bench)
     return result

@@ -56,31 +56,48 @@ def _quality_job(job: tuple) -> tuple[str, dict]:
     configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
     try:
         return name, {"family": family, **quality.evaluate_task(name, configs, OmegaConf.create(bench), alphas,
-                                                                 extra_maps)}
+                                                                 extra_maps, baselines="previous_default" in configs)}
     except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
         return name, {"family": family, "dataset": name, "refused": str(err)}
 
 
-def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None) -> dict:
-    """Every task in `bench.workers` processes, the built-in families first (the longest)."""
+def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple]:
+    """One job per task with every method at its first seed, then one job per task with the new default's further
+    seeds: a run stopped early has every task at one seed rather than some tasks at two."""
     base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
     last = [*sizes.quality_overrides, *bench.overrides]  # after the method's: quick sizes shorten every row
     plain = OmegaConf.to_container(bench, resolve=True)
-    jobs = []
+    first_jobs, later_jobs = [], []
     for name, family, data in tasks(bench, sizes):
-        seeds = sizes.seeds if family == name else sizes.digits_seeds  # a built-in family, or a digits task
-        overrides = {method: [[*base, *data, *extra, *last, f"seed={s}", *_isolated(work, f"quality-{name}-{method}-{s}")]
-                              for s in (seeds if method == "new_default" else sizes.baseline_seeds)]
-                     for method, extra in bench.methods.items()}
-        first = compose(overrides["new_default"][0])
-        quality.ensure_dataset(first.data, first.seed)  # here, not in two workers at once
-        jobs.append((name, family, overrides, plain, list(bench.alphas), ("map.balanced",) if family == name else ()))
+        seeds = list(sizes.seeds if family == name else sizes.digits_seeds)  # a built-in family, or a digits task
+
+        def runs(method: str, chosen: list[int]) -> list[list[str]]:
+            return [[*base, *data, *bench.methods[method], *last, f"seed={s}",
+                     *_isolated(work, f"quality-{name}-{method}-{s}")] for s in chosen]
+
+        first = {m: runs(m, seeds[:1] if m == "new_default" else list(sizes.baseline_seeds)) for m in bench.methods}
+        cfg = compose(first["new_default"][0])
+        quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
+        extra_maps = ("map.balanced",) if family == name else ()
+        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps))
+        if seeds[1:]:
+            later_jobs.append((name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
+                               list(bench.alphas), ()))
+    return first_jobs + later_jobs
+
+
+def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None) -> dict:
+    """Every job in `bench.workers` processes, the built-in families first (the longest)."""
+    jobs = quality_jobs(bench, sizes, work)
     results = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=int(bench.workers), mp_context=context) as pool:
         for done, (name, result) in enumerate(pool.map(_quality_job, jobs), start=1):
-            results[name] = result
-            log.info("bench quality: %d/%d tasks done (%s)", done, len(jobs), name)
+            if "new_default" in results.get(name, {}) and "new_default" in result:  # a further seed of a task
+                results[name]["new_default"] += result["new_default"]
+            else:
+                results[name] = result
+            log.info("bench quality: %d/%d jobs done (%s)", done, len(jobs), name)
             if progress is not None and done < len(jobs):
                 progress(dict(results))
     return results
