@@ -169,8 +169,7 @@ def render(rng: np.random.Generator, n: int, defect: Optional[str]) -> tuple[np.
     """One image (n, n) uint8 and its bool mask (None for a good part)."""
     p = good_part(rng, n)
     clean = shade(p, p.height, p.albedo)
-    img, mask = clean, None
-    if defect is not None:
-        img, support = DEFECTS[defect](rng, p)
-        mask = draw.mask_from_diff(clean * p.light, img * p.light, support)
-    return draw.to_u8(img * p.light + p.noise), mask
+    if defect is None:
+        return draw.to_u8(clean * p.light + p.noise), None
+    img, support = DEFECTS[defect](rng, p)
+    return draw.to_u8(img * p.light + p.noise), draw.mask_from_diff(clean * p.light, img * p.light, support)
