@@ -121,7 +121,8 @@ def _speed(s: dict) -> list[str]:
 
 def _kept_sections(context: dict) -> list[str]:
     origin = context.get("sections_from", {})
-    kept = [f"{s} ({o['date']}, commit {o['commit']})" for s, o in origin.items() if o.get("date") != context["date"]]
+    kept = [f"{s} ({o['date']}, commit {o['commit']}{', a run stopped before its end' if o.get('stopped_early') else ''})"
+            for s, o in origin.items() if o.get("date") != context["date"]]
     return [f"Sections kept from earlier runs (`bench.sections`): {'; '.join(kept)}.", ""] if kept else []
 
 

@@ -174,12 +174,14 @@ def previous_results(json_path: Path, keep: list[str]) -> tuple[dict, dict]:
         previous = json.loads(json_path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"bench.sections leaves out {keep}, but {json_path} cannot be read to keep them: {err}") from err
-    missing = [s for s in keep if s not in previous or previous["context"].get("partial")]
+    # A stopped run's sections are kept as they are: a section it never reached says so ("skipped"), and its
+    # quality section holds the tasks it finished; the report names the run each section comes from.
+    missing = [s for s in keep if s not in previous]
     if missing:
-        raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no complete result for them: "
-                         "run them too")
+        raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no result for them: run them too")
     origin = previous["context"].get("sections_from", {})
-    that_run = {"date": previous["context"]["date"], "commit": previous["context"]["commit"]}
+    that_run = {"date": previous["context"]["date"], "commit": previous["context"]["commit"],
+                "stopped_early": bool(previous["context"].get("partial"))}
     return {s: previous[s] for s in keep}, {s: origin.get(s) or that_run for s in keep}
 
 
