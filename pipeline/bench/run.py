@@ -50,13 +50,13 @@ def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str
 
 def _quality_job(job: tuple) -> tuple[str, dict]:
     """One task in a worker process (one thread: the workers share the machine's cores)."""
-    name, family, overrides, bench, alphas, extra_maps = job
+    name, family, overrides, bench, alphas, extra_maps, baselines = job
     configure_logging()
     torch.set_num_threads(1)
     configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
     try:
         return name, {"family": family, **quality.evaluate_task(name, configs, OmegaConf.create(bench), alphas,
-                                                                 extra_maps, baselines="previous_default" in configs)}
+                                                                 extra_maps, baselines)}
     except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
         return name, {"family": family, "dataset": name, "refused": str(err)}
 
@@ -79,10 +79,10 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple
         cfg = compose(first["new_default"][0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
-        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps))
+        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps, True))
         if seeds[1:]:
             later_jobs.append((name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
-                               list(bench.alphas), ()))
+                               list(bench.alphas), (), False))
     return first_jobs + later_jobs
 
 
