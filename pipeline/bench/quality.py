@@ -83,10 +83,20 @@ def false_alarms(detector: AnomalyDetector, scores: np.ndarray, labels: np.ndarr
     return result
 
 
-def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_maps: tuple[str, ...] = ()) -> dict:
-    """Train one product detector through `run_train` and measure it on the test split."""
+def trained_detector(cfg: DictConfig) -> Path | None:
+    """The detector an earlier bench run trained for this row in the same work folder, if it got that far."""
+    found = sorted(Path(str(cfg.output_root), "train").glob("*/*/detector/detector.json"))
+    return found[-1].parent if found else None
+
+
+def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_maps: tuple[str, ...] = (),
+                reuse: bool = False) -> dict:
+    """Train one product detector through `run_train` (or, with `reuse`, take the one an earlier run of the bench
+    trained for this row) and measure it on the test split."""
     started = time.perf_counter()
-    summary = run_train(cfg)
+    earlier = trained_detector(cfg) if reuse else None
+    summary = ({"detector_dir": str(earlier), "epochs": None, "train_seconds": None} if earlier is not None
+               else run_train(cfg))
     detector = AnomalyDetector.load(summary["detector_dir"])
     out = detector.score(split.images, batch_size=cfg.data.batch_size, extra=extra_maps, keep=("map", *extra_maps))
     score = out[detector.spec.score]
@@ -135,8 +145,10 @@ def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictCo
     result = {"dataset": name, "n_test": int(len(split.labels)), "n_anomalous": int(split.labels.sum()),
               "has_masks": split.masks is not None}
     for method, cfgs in configs.items():
-        result[method] = [product_row(c, split, alphas, extra_maps if method == "new_default" and i == 0 else ())
-                          for i, c in enumerate(cfgs)]
+        # reuse=only: measure what an earlier, stopped run trained and train nothing more
+        chosen = [c for c in cfgs if bench.reuse != "only" or trained_detector(c) is not None]
+        result[method] = [product_row(c, split, alphas, extra_maps if method == "new_default" and c is cfgs[0] else (),
+                                      reuse=bool(bench.reuse)) for c in chosen]
     if baselines:
         result["baselines"] = baseline_rows(first, split, bench)
     return result

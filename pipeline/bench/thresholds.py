@@ -34,6 +34,8 @@ def false_alarm_table(quality: dict, alphas: list[float]) -> dict:
     ([0.5, 1.5] alpha at 0.05, at most 2 alpha at 0.01)."""
     table: dict = {"datasets": {}, "pooled": {}}
     for name, result in quality.items():
+        if not result.get("new_default"):  # not measured (a stopped run): no row, rather than "cannot flag"
+            continue
         for alpha in map(str, alphas):
             counts = [row["false_alarm"].get(alpha) for row in result["new_default"]]
             counts = [c for c in counts if c is not None]
