@@ -33,7 +33,7 @@ def metric(task: dict, method: str, name: str) -> float | None:
 
 
 def families(quality: dict) -> dict[str, list[str]]:
-    """{family label: its task names}: each built-in family alone, each digits protocol its ten tasks."""
+    """{family label: its task names}: each built-in family alone, each digits protocol its tasks."""
     found: dict[str, list[str]] = {}
     for name, task in quality.items():
         found.setdefault(task["family"], []).append(name)
@@ -82,11 +82,12 @@ def comparison(quality: dict) -> list[str]:
 
 def summary_table(quality: dict) -> list[str]:
     groups = families(quality)
-    header = ["method", *groups]
+    header = ["method", *(f"{fam} ({len(names)} tasks)" if len(names) > 1 or fam != names[0] else fam
+                          for fam, names in groups.items())]
     rows = [[label, *(" / ".join(_f(family_metric(quality, names, m, k)) for k in METRICS
                                  if quality[names[0]].get("has_masks") or k == "image_auroc")
                       for names in groups.values())] for m, label in ROWS]
-    return ["Image AUROC / pixel AUROC / AUPRO per family (digits: image AUROC, the mean of ten tasks; no masks).", "",
+    return ["Image AUROC / pixel AUROC / AUPRO per family (digits: image AUROC, the mean over the protocol's tasks; no masks).", "",
             *_table(header, rows)]
 
 
