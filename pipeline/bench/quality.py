@@ -89,14 +89,21 @@ def trained_detector(cfg: DictConfig) -> Path | None:
     return found[-1].parent if found else None
 
 
+def train_or_reuse(cfg: DictConfig, reuse: bool) -> dict:
+    """`run_train`'s summary, or with `reuse` that of the detector an earlier bench run trained for this row (no
+    epochs or training time known then)."""
+    earlier = trained_detector(cfg) if reuse else None
+    if earlier is None:
+        return run_train(cfg)
+    return {"detector_dir": str(earlier), "epochs": None, "train_seconds": None}
+
+
 def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_maps: tuple[str, ...] = (),
                 reuse: bool = False) -> dict:
     """Train one product detector through `run_train` (or, with `reuse`, take the one an earlier run of the bench
     trained for this row) and measure it on the test split."""
     started = time.perf_counter()
-    earlier = trained_detector(cfg) if reuse else None
-    summary = ({"detector_dir": str(earlier), "epochs": None, "train_seconds": None} if earlier is not None
-               else run_train(cfg))
+    summary = train_or_reuse(cfg, reuse)
     detector = AnomalyDetector.load(summary["detector_dir"])
     out = detector.score(split.images, batch_size=cfg.data.batch_size, extra=extra_maps, keep=("map", *extra_maps))
     score = out[detector.spec.score]

@@ -11,8 +11,7 @@ import numpy as np
 from omegaconf import DictConfig
 from scipy.stats import binom
 
-from pipeline.bench.quality import load_test_split, trained_detector
-from pipeline.commands.train import run_train
+from pipeline.bench.quality import load_test_split, train_or_reuse
 from pipeline.config import compose
 from pipeline.data.generators import generate_category
 from pipeline.data.splits import TooFewNormalImages
@@ -69,9 +68,8 @@ def small_data(base: list[str], work: Path, bench: DictConfig, alpha: float, ref
             generate_category(root.parent, s.category, seed=0, image_size=int(s.image_size), n_train=n,
                               n_test_good=int(s.n_test_good), n_test_defect_per_type=int(s.n_test_defect_per_type))
         cfg = compose([*base, f"data.root={root}", f"score.alpha={alpha}", f"output_root={work / f'small-{n}-out'}"])
-        earlier = trained_detector(cfg) if bench.reuse else None
         try:
-            summary = {"detector_dir": str(earlier)} if earlier is not None else run_train(cfg)
+            summary = train_or_reuse(cfg, bool(bench.reuse))
         except TooFewNormalImages as err:
             result[key] = {"n_normal": n, "refused": True, "message": str(err)}
             continue
