@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
+# Bit-for-bit comparisons need the same float reduction order on both sides: the same thread count (one, for
+# every rank and for the one-process reference) and the same batches. The fused score divides by the tiny
+# detector's spread on 4 selection images, which turns a last-bit difference in neg_elbo_mean into 1e-4.
+ONE_THREAD = "1"
+
+
+@contextmanager
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(ONE_THREAD))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_cli(*args: str) -> dict:
     """`python -m pipeline ...` in a fresh process from the project root; its JSON summary."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
+    env["OMP_NUM_THREADS"] = ONE_THREAD  # Lightning keeps a set value for every rank
     done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -91,7 +109,9 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
     assert summary["sizes"] == {"n_train": 12, "n_selection": 4, "n_calibration": 7} == {
         "n_train": len(datamodule.train_images), "n_selection": len(datamodule.selection_images),
         "n_calibration": len(datamodule.calibration_images)}
-    scores = saved.score(datamodule.calibration_images, batch_size=2, extra=("neg_elbo", "neg_iwae", "msgms_error"))
+    with one_thread():
+        scores = saved.score(datamodule.calibration_images, batch_size=cfg.data.batch_size,
+                             extra=("neg_elbo", "neg_iwae", "msgms_error"))
     for name in SCORE_NAMES:
         np.testing.assert_allclose(saved.spec.calibration_scores[name], scores[name], rtol=1e-5, err_msg=name)
     expected = conformal_threshold(scores[cfg.score.score], cfg.score.alpha)
@@ -102,8 +122,10 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
 
 def test_distributed_scoring_scores_every_image_once_like_one_process(ddp_job, capsys):
     tmp, overrides, _ = ddp_job
+    overrides = [*overrides, "data.batch_size=1"]  # the ranks' shards batch differently: one image per batch
     single_dir, ddp_dir = tmp / "scored-1", tmp / "scored-2"
-    assert main(["score", *overrides, f"score.output_dir={single_dir}", "score.extra=[neg_elbo]"]) == 0
+    with one_thread():
+        assert main(["score", *overrides, f"score.output_dir={single_dir}", "score.extra=[neg_elbo]"]) == 0
     single_metrics = json.loads(capsys.readouterr().out)
     ddp_metrics = run_cli("score", *overrides, f"score.output_dir={ddp_dir}", "score.extra=[neg_elbo]", *DDP)
 
