@@ -5,6 +5,7 @@ requested alpha is refused unless that is explicitly allowed."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -80,3 +81,12 @@ def test_score_and_inspect_refuse_a_threshold_that_cannot_fire_unless_allowed(tr
     assert not (tmp_path / "inspection" / "results.csv").exists()
     result = cli("inspect", *inspect, "score.allow_unable_to_flag=true")
     assert result["n_scored"] == 12 and result["n_flagged"] == 0
+
+
+def test_scoring_a_registered_detector_leaves_no_copy_of_it_behind(trained, tmp_path, monkeypatch):
+    scratch = tmp_path / "system-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the command's downloads would go
+    scored = cli("score", *trained.overrides, f"score.output_dir={tmp_path / 'scored'}")
+    assert scored["model_version"] is not None  # the detector came from the registry, so it was downloaded
+    assert list(scratch.iterdir()) == []

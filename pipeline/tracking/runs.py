@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,12 +82,13 @@ def find_latest_training_run(client: MlflowClient, cfg: DictConfig, data_root: s
                       "or set detector=<model URI, version, run id or detector folder>")
 
 
-def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | None = None) -> tuple[Path, dict]:
+def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Path | str) -> tuple[Path, dict]:
     """A local detector folder for `spec` plus provenance (model source, name, version, run id).
 
     spec: 'latest' (the newest registered version of tracking.registered_model; the newest training run
     on `data_root` when nothing is registered) | 'champion' or '@<alias>' | a version number |
     a 'models:/...' or 'runs:/...' URI | a training run id | a local detector or model folder.
+    download_to: an existing folder (the caller's to remove) for a detector that has to be downloaded.
     """
     spec = str(spec)
     local = Path(spec).expanduser()
@@ -96,7 +96,7 @@ def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Pa
         found = _find_detector(local)
         return found, {"model_source": str(found.resolve())}
     client = open_store(cfg)
-    download_to = Path(download_to or tempfile.mkdtemp(prefix="detector-"))
+    download_to = Path(download_to)
     name = cfg.tracking.registered_model
     uri = registry.registry_uri(client, name, spec)
     if uri is not None:
