@@ -134,7 +134,11 @@ def configure_logging() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its own handler: a filter misses it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_LibraryNoise())
+    # Lightning gives its loggers a handler of their own when it is imported before any logging is set up
+    # (a spawned bench worker unpickling its job): those handlers get the filter too.
+    handlers = [*logging.getLogger().handlers, *(h for n in QUIET_LOGGERS for h in logging.getLogger(n).handlers)]
+    for handler in handlers:
+        if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
+            handler.addFilter(_LibraryNoise())
     warnings.filterwarnings("ignore", module=r"pytorch_lightning\.utilities\._pytree")  # a deprecation inside Lightning
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are cached in memory

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline.__main__ import main
@@ -48,3 +52,19 @@ def test_one_key_names_the_model_of_every_command_and_overrides_are_recorded():
             compose([f"{gone}=1"])
     assert {"map", "mc_samples", "components"} <= set(compose([]).detect)  # fixed at training, in conf/detect
     assert {"widths", "steps", "synthesis"} <= set(compose([]).head)
+
+
+def test_library_banners_are_dropped_even_when_lightning_was_imported_first():
+    """A spawned bench worker imports Lightning (unpickling its job) before it sets up logging; Lightning then
+    gives its loggers their own handler, which must drop the banners too and keep the warnings."""
+    code = ("import logging, pytorch_lightning\n"
+            "from pipeline.config import configure_logging\n"
+            "configure_logging()\n"
+            "logging.getLogger('pytorch_lightning.utilities.rank_zero').info('GPU available: False')\n"
+            "logging.getLogger('pytorch_lightning.utilities.rank_zero').warning('a real warning')\n"
+            "logging.getLogger('pipeline.bench').info('our own line')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "GPU available" not in done.stderr
+    assert "a real warning" in done.stderr and "our own line" in done.stderr
