@@ -1,5 +1,7 @@
 """Every score and map, the IWAE bound, AUPRO on hand-computed cases, BH, F1 and pixel thresholds."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from pipeline.models.vae import ConvVAE
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.aupro import aupro
+from pipeline.scoring.fusion import fit_standardization
 from pipeline.detector import fitting
 from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, conformal_threshold,
@@ -228,3 +231,16 @@ def test_manual_threshold_and_back_to_conformal(net):
     detector.set_decision(method="conformal", alpha=0.1)
     assert detector.threshold_ == 9.0  # k = ceil(11 * 0.9) = 10 -> the largest of 0..9
     assert detector.threshold_ == conformal_threshold(np.arange(10.0), 0.1)
+
+
+def test_a_fused_component_that_does_not_vary_is_warned_about(caplog):
+    rng = np.random.default_rng(0)
+    varied = {"map_max": rng.uniform(0.05, 0.6, 20), "neg_elbo_mean": rng.uniform(200, 300, 20)}
+    transforms = {"map_max": "logit", "neg_elbo_mean": "log"}
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring.fusion"):
+        fit_standardization(varied, transforms)
+    assert not caplog.records
+    flat = {**varied, "map_max": np.full(20, 0.3774) + rng.normal(0, 1e-6, 20)}  # a map that learned nothing
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring.fusion"):
+        fit_standardization(flat, transforms)
+    assert len(caplog.records) == 1 and "'map_max' barely varies" in caplog.records[0].getMessage()

@@ -9,9 +9,17 @@ error, logit of a probability), then standardized: z = (t(s) - mean) / std over 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 EPS = 1e-6
+# A component whose spread over normal images is below this (on its log or logit scale; trained detectors show
+# 0.17-0.66) does not vary: standardizing it divides float roundoff by almost nothing, so it rules the fused
+# score with noise. Typically a learned map that outputs one value everywhere.
+MIN_SPREAD = 1e-3
 TRANSFORMS = ("log", "logit")
 
 
@@ -33,6 +41,11 @@ def fit_standardization(selection_scores: dict[str, np.ndarray], transforms: dic
         if values.size < 2:
             raise ValueError(f"standardizing '{name}' needs at least 2 selection images, got {values.size}")
         params[name] = {"transform": kind, "center": float(values.mean()), "scale": float(max(values.std(), EPS))}
+        if values.std() < MIN_SPREAD:
+            log.warning("'%s' barely varies over the %d selection images (spread %.2g on its %s scale, under %g): "
+                        "it carries no information, and the fused score follows its roundoff. Retrain (a learned "
+                        "map that outputs one value has not learned), or leave it out of detect.components.",
+                        name, values.size, values.std(), kind, MIN_SPREAD)
     return params
 
 
