@@ -33,13 +33,13 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 # Bit-for-bit comparisons need the same float reduction order on both sides: the same thread count (one, for
 # every rank and for the one-process reference) and the same batches. The fused score divides by the tiny
 # detector's spread on 4 selection images, which turns a last-bit difference in neg_elbo_mean into 1e-4.
-ONE_THREAD = "1"
+ONE_THREAD = 1
 
 
 @contextmanager
 def one_thread():
     before = torch.get_num_threads()
-    torch.set_num_threads(int(ONE_THREAD))
+    torch.set_num_threads(ONE_THREAD)
     try:
         yield
     finally:
@@ -49,7 +49,7 @@ def one_thread():
 def run_cli(*args: str) -> dict:
     """`python -m pipeline ...` in a fresh process from the project root; its JSON summary."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
-    env["OMP_NUM_THREADS"] = ONE_THREAD  # Lightning keeps a set value for every rank
+    env["OMP_NUM_THREADS"] = str(ONE_THREAD)  # Lightning keeps a set value for every rank
     done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -40,12 +40,13 @@ def fit_standardization(selection_scores: dict[str, np.ndarray], transforms: dic
         values = transform(selection_scores[name], kind)
         if values.size < 2:
             raise ValueError(f"standardizing '{name}' needs at least 2 selection images, got {values.size}")
-        params[name] = {"transform": kind, "center": float(values.mean()), "scale": float(max(values.std(), EPS))}
-        if values.std() < MIN_SPREAD:
+        spread = float(values.std())
+        params[name] = {"transform": kind, "center": float(values.mean()), "scale": max(spread, EPS)}
+        if spread < MIN_SPREAD:
             log.warning("'%s' barely varies over the %d selection images (spread %.2g on its %s scale, under %g): "
                         "it carries no information, and the fused score follows its roundoff. Retrain (a learned "
                         "map that outputs one value has not learned), or leave it out of detect.components.",
-                        name, values.size, values.std(), kind, MIN_SPREAD)
+                        name, values.size, spread, kind, MIN_SPREAD)
     return params
 
 
