@@ -31,6 +31,24 @@ REFERENCE = {
     ("bracket", "test/bent", 1, 128): "6fec36e35a359981",
     ("bracket", "test/misprint", 1, 128): "517ba1973dac1abe",
 }
+# The same for the report-only families as they were fixed (docs/datasets.md: not tuned any further), computed
+# before the writer learnt to place images along the run: nothing done for another family may move their pixels.
+REPORT_REFERENCE = {
+    ("sand", "train/good", 0, 128): "90eb1fea08c8525f",
+    ("sand", "test/good", 3, 64): "aa6a7bd687fe57c9",
+    ("sand", "test/dent", 1, 128): "57ec5b0474602146",
+    ("sand", "test/clump", 1, 128): "d29318b85e00f2dc",
+    ("sand", "test/pebble", 1, 128): "11a1991c313909aa",
+    ("sand", "test/groove", 1, 128): "48292188f0413686",
+    ("sand", "test/wet", 1, 128): "70ecd428fd0bf6e1",
+    ("mesh", "train/good", 0, 128): "ee36fb7a58c6700f",
+    ("mesh", "test/good", 3, 64): "bf6b62fdc65bc891",
+    ("mesh", "test/broken_wire", 1, 128): "56a16a190880f63e",
+    ("mesh", "test/bent_wire", 1, 128): "6724a7872e7a2e92",
+    ("mesh", "test/dent", 1, 128): "8144acdb2fd7ed88",
+    ("mesh", "test/twist", 1, 128): "26ca0fcfaa4079b5",
+    ("mesh", "test/debris", 1, 128): "a70099b216d820cb",
+}
 
 
 def _digest(image, mask) -> str:
@@ -40,23 +58,24 @@ def _digest(image, mask) -> str:
     return h.hexdigest()[:16]
 
 
-@pytest.mark.parametrize("key", sorted(REFERENCE))
-def test_product_categories_render_exactly_as_before(key):
+@pytest.mark.parametrize("key", sorted(REFERENCE) + sorted(REPORT_REFERENCE))
+def test_existing_categories_render_exactly_as_before(key):
     category, split, index, size = key
-    assert _digest(*render_sample(category, split, index, seed=0, image_size=size)) == REFERENCE[key]
+    expected = {**REFERENCE, **REPORT_REFERENCE}[key]
+    assert _digest(*render_sample(category, split, index, seed=0, image_size=size)) == expected
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_every_defect_is_deterministic_and_masked_where_it_changed_pixels(category):
-    good, none = render_sample(category, "train/good", 4, seed=1)
+    good, none = render_sample(category, "train/good", 4, seed=1, count=10)
     assert good.shape == (128, 128) and good.dtype == np.uint8 and none is None
-    assert np.array_equal(good, render_sample(category, "train/good", 4, seed=1)[0])
-    assert not np.array_equal(good, render_sample(category, "train/good", 5, seed=1)[0])  # parts vary
+    assert np.array_equal(good, render_sample(category, "train/good", 4, seed=1, count=10)[0])
+    assert not np.array_equal(good, render_sample(category, "train/good", 5, seed=1, count=10)[0])  # parts vary
     assert 4 <= len(DEFECT_TYPES[category]) <= 6
     for defect in DEFECT_TYPES[category]:
         for index in range(3):
-            image, mask = render_sample(category, f"test/{defect}", index, seed=1)
-            again, mask_again = render_sample(category, f"test/{defect}", index, seed=1)
+            image, mask = render_sample(category, f"test/{defect}", index, seed=1, count=3)
+            again, mask_again = render_sample(category, f"test/{defect}", index, seed=1, count=3)
             assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
             assert mask.dtype == bool and mask.shape == image.shape
             assert 10 <= mask.sum() <= 0.25 * mask.size, (defect, index, mask.sum())
@@ -67,11 +86,12 @@ def test_a_defect_changes_only_the_pixels_of_its_mask(category):
     """A part's nuisance is drawn before its defect, so rendering the same stream without the defect gives the
     same good part: outside the mask the images agree (within the rounding of changes below 1 grey level)."""
     render = writer._FAMILIES[category].render
+    at = {"place": draw.Place(test=True, position=0.5)} if category in writer._DRIFTING else {}
     for defect in DEFECT_TYPES[category]:
         for index in range(2):
             key = (3, category, f"test/{defect}", index)
-            image, mask = render(draw.image_rng(*key), 96, defect)
-            good, _ = render(draw.image_rng(*key), 96, None)
+            image, mask = render(draw.image_rng(*key), 96, defect, **at)
+            good, _ = render(draw.image_rng(*key), 96, None, **at)
             change = np.abs(image.astype(int) - good.astype(int))
             assert change[~mask].max(initial=0) <= 1, (defect, index)
             assert (change[mask] > 2).sum() >= 5, (defect, index)
