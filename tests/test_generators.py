@@ -1,14 +1,16 @@
 """The built-in dataset generators: rendering is exact and deterministic, masks are the pixels a defect
-changed, the writer's layout, and generation on first use of only the requested category."""
+changed, the film's drift along the roll, the writer's layout, and generation on first use of only the
+requested category."""
 
 import hashlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from pipeline.data import builtin
-from pipeline.data.generators import draw, writer
+from pipeline.data.generators import draw, film, writer
 from pipeline.data.generators import CATEGORIES, DEFECT_TYPES, generate_builtin, generate_category, render_sample
 from pipeline.data.layout import scan_test, scan_train
 
@@ -97,6 +99,59 @@ def test_a_defect_changes_only_the_pixels_of_its_mask(category):
             assert (change[mask] > 2).sum() >= 5, (defect, index)
 
 
+def _pitch(image: np.ndarray) -> float:
+    """The emboss's period (px): the peak of the image's zero-padded power spectrum (Hann window, 8x padding:
+    about 0.8 % resolution at the pitch), searched from 0.9 to 1.5 pitches (above the diamond lattice's
+    harmonic at pitch / sqrt 2, whatever the drift)."""
+    n = image.shape[0]
+    a = (image - image.mean()) * np.outer(np.hanning(n), np.hanning(n))
+    power = np.abs(np.fft.rfft2(a, (8 * n, 8 * n))) ** 2
+    freq = np.hypot(np.fft.fftfreq(8 * n)[:, None], np.fft.rfftfreq(8 * n)[None, :])
+    pitch = film.PITCH * n / 128
+    power[(freq < 1 / (1.5 * pitch)) | (freq > 1 / (0.9 * pitch))] = 0
+    return float(1 / freq.flat[np.argmax(power)])
+
+
+def test_film_texture_grows_along_the_roll_and_the_test_parts_continue_the_trend():
+    """Measured on the rendered images: the pitch grows with the image's index, by 10 % over train/good, then
+    by a further 5 % over test/good, which starts where train/good ends."""
+    train = [_pitch(render_sample("film", "train/good", i, seed=5, count=1000)[0]) for i in (0, 250, 500, 750, 999)]
+    test = [_pitch(render_sample("film", "test/good", i, seed=5, count=400)[0]) for i in (0, 200, 399)]
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0), (train, test)
+    assert train[0] == pytest.approx(film.PITCH, rel=0.01)
+    assert train[-1] / train[0] == pytest.approx(1.10, abs=0.015)
+    assert test[0] / train[0] == pytest.approx(1.10, abs=0.015)
+    assert test[-1] / train[0] == pytest.approx(1.15, abs=0.015)
+
+
+def test_film_images_are_placed_by_their_split_and_index():
+    assert writer.place("train/good", 0, 1000) == draw.Place(test=False, position=0.0)
+    assert writer.place("train/good", 999, 1000) == draw.Place(test=False, position=1.0)
+    assert writer.place("test/crack", 15, 31) == draw.Place(test=True, position=0.5)
+    drifts = [film.drift(writer.place(split, i, 5)) for split, i in
+              [("train/good", 0), ("train/good", 2), ("train/good", 4), ("test/good", 0), ("test/hole", 4)]]
+    assert drifts == pytest.approx([0.0, 0.05, 0.10, 0.10, 0.15])
+    with pytest.raises(ValueError, match="give count="):
+        render_sample("film", "train/good", 0)
+    with pytest.raises(ValueError, match="outside a split of 3 images"):
+        render_sample("film", "train/good", 3, count=3)
+
+
+@pytest.mark.parametrize("defect", ["crack", "scratch"])
+def test_film_cracks_and_scratches_are_thin_lines(defect):
+    """What a person sees of them (the pixels changed by more than half the largest change) is at most two
+    pixels wide (no 3 x 3 block fits inside it), and the mask is a line at least 15 px long."""
+    for index in range(4):
+        key, place = (2, "film", f"test/{defect}", index), draw.Place(test=True, position=index / 3)
+        image, mask = film.render(draw.image_rng(*key), 128, defect, place=place)
+        good, _ = film.render(draw.image_rng(*key), 128, None, place=place)
+        change = np.abs(image.astype(int) - good.astype(int))
+        seen = change > 0.5 * change.max()
+        assert seen.sum() >= 5 and not ndimage.binary_erosion(seen, np.ones((3, 3), bool)).any(), index
+        rows, cols = np.nonzero(mask)
+        assert max(np.ptp(rows), np.ptp(cols)) >= 15, index
+
+
 def test_unknown_category_and_defect_are_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown category 'nope'"):
         render_sample("nope", "train/good", 0)
@@ -124,6 +179,18 @@ def test_writer_layout_partial_and_no_overwrite(tmp_path):
             assert np.array_equal(np.asarray(Image.open(sample.mask_path)) > 0, mask)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         generate_category(tmp_path, "fabric", image_size=32, n_train=1, n_test_good=1, n_test_defect_per_type=1)
+
+
+def test_the_writer_places_film_images_by_the_size_of_their_split(tmp_path):
+    root = generate_category(tmp_path, "film", seed=2, image_size=32, n_train=3, n_test_good=2,
+                             n_test_defect_per_type=1)
+    for sample in [*scan_train(root), *scan_test(root)]:
+        split = sample.rel_path.rsplit("/", 1)[0]
+        count = {"train/good": 3, "test/good": 2}.get(split, 1)
+        image, _ = render_sample("film", split, int(sample.path.stem), seed=2, image_size=32, count=count)
+        assert np.array_equal(np.asarray(Image.open(sample.path)), image), sample.rel_path
+    elsewhere, _ = render_sample("film", "train/good", 2, seed=2, image_size=32, count=5)  # same part, earlier
+    assert not np.array_equal(np.asarray(Image.open(root / "train" / "good" / "002.png")), elsewhere)
 
 
 def test_first_use_generates_only_the_requested_category(tmp_path, tiny_cfg, monkeypatch):

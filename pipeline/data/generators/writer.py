@@ -24,13 +24,13 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from PIL import Image
 
-from pipeline.data.generators import bracket, draw, fabric, mesh, sand
+from pipeline.data.generators import bracket, draw, fabric, film, mesh, sand
 
 # category -> its module: `render(rng, n, defect or None) -> (uint8 image, bool mask or None)` and `DEFECTS`
-_FAMILIES = {"fabric": fabric, "bracket": bracket, "sand": sand, "mesh": mesh}
+_FAMILIES = {"fabric": fabric, "bracket": bracket, "sand": sand, "mesh": mesh, "film": film}
 
 # families whose good parts drift along the production run: their `render` also takes `place=draw.Place(...)`
-_DRIFTING: tuple[str, ...] = ()
+_DRIFTING: tuple[str, ...] = ("film",)
 
 CATEGORIES: tuple[str, ...] = tuple(_FAMILIES)
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {name: tuple(module.DEFECTS) for name, module in _FAMILIES.items()}
