@@ -178,8 +178,9 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
     lines = ["## 5. Detection quality", "",
              "Every product row trains through `run_train` on the same split (training images; selection and "
              "calibration images held out) and is scored on the same test images; baselines fit on the same training "
-             "images; maps are compared at the original resolution. Families `sand` and `mesh` are report-only: no "
-             "default was chosen on them, their defects include kinds unlike anything the synthetic anomalies make.", ""]
+             "images; maps are compared at the original resolution. Families `sand`, `mesh` and `film` are "
+             "report-only: no default was chosen on them, their defects include kinds unlike anything the synthetic "
+             "anomalies make; `film`'s texture drifts along the roll, its test parts beyond the training ones.", ""]
     refused = [f"`{n}`: {t['refused']}" for n, t in quality.items() if "refused" in t]
     lines += summary_table(quality) + comparison(quality)
     lines += [f"Refused tasks: {'; '.join(refused)}", ""] if refused else []

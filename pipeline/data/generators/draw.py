@@ -8,6 +8,7 @@ relative to the image centre (x to the right, y down). Nothing here knows about 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -16,6 +17,16 @@ from scipy import ndimage
 # A pixel counts as altered by a defect if the noise-free rendering changed by more than this
 # (in [0, 1] intensity units, ~1 grey level).
 DIFF_THRESHOLD = 1.0 / 255.0
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an image was cut from the production run, for a family whose good parts drift along it: the
+    training parts come first, the test parts later on the run; each split spreads its images evenly over
+    its own stretch of the run, in the order of their indices."""
+
+    test: bool = False        # a test/* image (cut after every training part) rather than a train/good one
+    position: float = 0.0     # 0 = the split's first image ... 1 = its last: index / (count - 1)
 
 
 def image_rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:

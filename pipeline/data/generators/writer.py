@@ -6,9 +6,11 @@
     <root>/<category>/ground_truth/<defect_type>/000_mask.png   (0 / 255)
 
 Every image is rendered from its own random stream seeded from (seed, category, split, index), so any
-single image is reproducible without rendering the others. Generation writes into
-`<root>/<category>.partial` and renames it at the end, so an interrupted run is detectable and never
-mistaken for a complete category; an existing category is never overwritten.
+single image is reproducible without rendering the others. A family whose good parts drift along the
+production run is also told where each image was cut (`draw.Place`, from the split, the index and the
+split's size): train/good spans the start of the run in index order, every test split the stretch after
+it. Generation writes into `<root>/<category>.partial` and renames it at the end, so an interrupted run is
+detectable and never mistaken for a complete category; an existing category is never overwritten.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from PIL import Image
 
-from pipeline.data.generators import bracket, draw, fabric, mesh, sand
+from pipeline.data.generators import bracket, draw, fabric, film, mesh, sand
 
 # category -> its module: `render(rng, n, defect or None) -> (uint8 image, bool mask or None)` and `DEFECTS`
-_FAMILIES = {"fabric": fabric, "bracket": bracket, "sand": sand, "mesh": mesh}
+_FAMILIES = {"fabric": fabric, "bracket": bracket, "sand": sand, "mesh": mesh, "film": film}
+
+# families whose good parts drift along the production run: their `render` also takes `place=draw.Place(...)`
+_DRIFTING: tuple[str, ...] = ("film",)
 
 CATEGORIES: tuple[str, ...] = tuple(_FAMILIES)
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {name: tuple(module.DEFECTS) for name, module in _FAMILIES.items()}
@@ -36,12 +41,20 @@ def _check_category(category: str) -> None:
         raise ValueError(f"unknown category {category!r}; known: {CATEGORIES}")
 
 
+def place(split: str, index: int, count: int) -> draw.Place:
+    """Where image `index` of a split of `count` images was cut: train/good first, then the test splits."""
+    if not 0 <= index < count:
+        raise ValueError(f"index {index} is outside a split of {count} images")
+    return draw.Place(test=not split.startswith("train/"), position=index / max(count - 1, 1))
+
+
 def render_sample(
-    category: str, split: str, index: int, *, seed: int = 0, image_size: int = 128
+    category: str, split: str, index: int, *, seed: int = 0, image_size: int = 128, count: Optional[int] = None
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Render one image in memory (uint8 HxW) and its bool mask (None for good).
 
-    `split` is "train/good", "test/good" or "test/<defect_type>".
+    `split` is "train/good", "test/good" or "test/<defect_type>"; `count` is the number of images in that
+    split as written, required by a family that drifts along the run (ignored by the others).
     """
     _check_category(category)
     kind = split.split("/")[-1]
@@ -49,7 +62,11 @@ def render_sample(
     if defect is not None and defect not in DEFECT_TYPES[category]:
         raise ValueError(f"unknown defect type {defect!r} for {category!r}")
     rng = draw.image_rng(seed, category, split, index)
-    return _FAMILIES[category].render(rng, int(image_size), defect)
+    if category not in _DRIFTING:
+        return _FAMILIES[category].render(rng, int(image_size), defect)
+    if count is None:
+        raise ValueError(f"{category!r} drifts along the run: give count=, the number of images in {split!r}")
+    return _FAMILIES[category].render(rng, int(image_size), defect, place=place(split, index, int(count)))
 
 
 def _save_png(arr: np.ndarray, path: pathlib.Path) -> None:
@@ -66,7 +83,7 @@ def _write_split(partial: pathlib.Path, category: str, split: str, count: int, s
         gt_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(max(count - 1, 0))))
     for i in range(count):
-        img, mask = render_sample(category, split, i, seed=seed, image_size=image_size)
+        img, mask = render_sample(category, split, i, seed=seed, image_size=image_size, count=count)
         _save_png(img, out_dir / f"{i:0{width}d}.png")
         if gt_dir is not None:
             _save_png(mask.astype(np.uint8) * 255, gt_dir / f"{i:0{width}d}_mask.png")
