@@ -48,7 +48,9 @@ def fit_by_hand(detector: AnomalyDetector, selection: torch.Tensor, calibration:
     """The fit's decision steps without training: standardize the fused components on `selection`,
     calibrate every score, the pixel threshold and the drift reference on `calibration`."""
     out = detector.score(selection, keep=())
-    detector.spec.standardization = fit_standardization(out, fitting.component_transforms(detector))
+    detect = detector.spec.detect
+    detector.spec.standardization = fit_standardization(out, fitting.component_transforms(list(detect["components"]),
+                                                                                          detect["map"]))
     fitting.calibrate(detector, calibration, None, batch_size=16)
     return detector
 

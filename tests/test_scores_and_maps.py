@@ -3,14 +3,17 @@
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from pipeline.data.filters import gaussian_blur
 from pipeline.models.vae import ConvVAE
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.aupro import aupro
-from pipeline.scoring.fusion import fit_standardization
+from pipeline.scoring.evaluate import detection_at_alphas, detection_metric_names
+from pipeline.scoring.fusion import fit_standardization, keep_components
 from pipeline.detector import fitting
 from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, conformal_threshold,
@@ -244,3 +247,42 @@ def test_a_fused_component_that_does_not_vary_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.scoring.fusion"):
         fit_standardization(flat, transforms)
     assert len(caplog.records) == 1 and "'map_max' barely varies" in caplog.records[0].getMessage()
+
+
+def test_the_elbo_is_kept_only_where_the_global_level_draws_the_part():
+    both = ["map_max", "neg_elbo_mean"]
+    assert keep_components(both, 0.15, 0.5) == both           # the part is drawn: the ELBO describes it
+    assert keep_components(both, 0.87, 0.5) == ["map_max"]    # a flat blur: the ELBO measures brightness
+    assert keep_components(both, 0.87, None) == both          # the rule switched off
+    assert keep_components(["neg_elbo_mean"], 0.9, 0.5) == ["neg_elbo_mean"]  # never the last component
+
+
+def test_the_image_score_takes_the_learned_maps_maximum_at_its_own_scale(net):
+    """score_sigma 0: a one-pixel peak counts whole; the displayed map (map_sigma) stays smoothed. A score_sigma equal
+    to map_sigma scores the displayed map, as detectors did before score_sigma existed."""
+    x = torch.rand(3, 1, 16, 16)
+    detector = small_detector(net, head=True, map="head", score_sigma=0.0)
+    with torch.no_grad():
+        out = detector.score(x, keep=("map", "reconstruction"))
+        raw = torch.sigmoid(detector.head(x, torch.from_numpy(out["reconstruction"])))[:, 0]
+    np.testing.assert_allclose(out["map_max"], raw.flatten(1).amax(dim=1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["map"], gaussian_blur(raw, detector.spec.detect["map_sigma"]).numpy(), rtol=1e-5)
+    assert (out["map_max"] > out["map"].reshape(3, -1).max(axis=1)).all()  # smoothing lowers the peaks
+    detector.spec.detect = {**detector.spec.detect, "score_sigma": detector.spec.detect["map_sigma"]}
+    with torch.no_grad():
+        smoothed = detector.score(x, keep=("map",))
+    np.testing.assert_allclose(smoothed["map_max"], smoothed["map"].reshape(3, -1).max(axis=1), rtol=1e-6)
+
+
+def test_detection_rate_at_each_alpha_per_defect_type():
+    frame = pd.DataFrame({"label": [0, 0, 0, 0, 1, 1, 1, 1],
+                          "defect_type": ["good"] * 4 + ["crack", "crack", "stain", "stain"],
+                          "p_value": [0.5, 0.2, 0.04, 0.008, 0.009, 0.03, 0.2, 0.001]})
+    result = detection_at_alphas(frame, (0.01, 0.05))
+    assert result["0.01"] == {"detection_rate": 0.5, "false_alarm_rate": 0.25,
+                              "per_defect_type": {"crack": 0.5, "stain": 0.5}}
+    assert result["0.05"] == {"detection_rate": 0.75, "false_alarm_rate": 0.5,
+                              "per_defect_type": {"crack": 1.0, "stain": 0.5}}
+    flat = detection_metric_names(result)
+    assert flat["detection_rate@0.01"] == 0.5 and flat["crack.detection_rate@0.05"] == 1.0
+    assert detection_at_alphas(frame.drop(columns="p_value"), (0.01,)) == {}

@@ -62,13 +62,16 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     detector_dir = detector.save(out_dir / "detector")
     guarantee = list(C.guarantees(detector.spec).values())[0] if not detector.spec.categories else \
         min(C.guarantees(detector.spec).values(), key=lambda g: g["n_calibration"])
-    history = {**fitted.vae.history, **(fitted.head.history if fitted.head else {})}
+    history = {**fitted.vae.history, **(fitted.local.history if fitted.local else {}),
+               **(fitted.head.history if fitted.head else {})}
+    local_seconds = fitted.local.seconds if fitted.local else 0.0
     summary = {"run_id": run_id, "data_root": str(root), "detector_dir": str(detector_dir),
                "threshold": detector.threshold_, "score": detector.spec.score, "guarantee": guarantee,
                "shortfall": shortfall, "validation": detector.spec.validation,
                "sizes": {k: detector.spec.extra[k] for k in ("n_train", "n_selection", "n_calibration")},
-               "train_seconds": fitted.vae.seconds + (fitted.head.seconds if fitted.head else 0.0),
-               "vae_seconds": fitted.vae.seconds, "head_seconds": fitted.head.seconds if fitted.head else 0.0,
+               "train_seconds": fitted.vae.seconds + local_seconds + (fitted.head.seconds if fitted.head else 0.0),
+               "vae_seconds": fitted.vae.seconds, "local_seconds": local_seconds,
+               "head_seconds": fitted.head.seconds if fitted.head else 0.0, "reconstruction": detector.spec.reconstruction,
                "epochs": fitted.vae.epochs, "world_size": fitted.vae.world_size,
                "train_images_per_second": fitted.vae.images_per_second,
                "skipped_images": [str(e) for e in datamodule.skipped]}

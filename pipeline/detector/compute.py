@@ -12,6 +12,7 @@ import torch
 
 from pipeline.data.filters import gaussian_blur
 from pipeline.models.head import AnomalyHead
+from pipeline.models.two_level import restore
 from pipeline.models.vae import ConvAutoencoder
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
@@ -33,15 +34,25 @@ class BatchComputer:
         self.vae, self.head, self.detect, self.recon_loss = vae, head, detect, recon_loss
         self.map_statistics, self.eps = map_statistics, eps  # eps: (K, L) shared Monte Carlo draws
 
-    def head_map(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        """Smoothed probability that each pixel is anomalous, (B, S, S)."""
-        return gaussian_blur(torch.sigmoid(self.head(x, x_hat))[:, 0], self.detect["map_sigma"])
+    def head_map(self, x: torch.Tensor, x_hat: torch.Tensor, computed: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Smoothed probability that each pixel is anomalous, (B, S, S); the unsmoothed one is kept in `computed`."""
+        computed[HEAD_MAP] = torch.sigmoid(self.head(x, x_hat))[:, 0]
+        return gaussian_blur(computed[HEAD_MAP], self.detect["map_sigma"])
+
+    def score_map(self, smoothed: torch.Tensor, computed: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The map the image scores take their maximum of, (B, S, S): the learned map smoothed by
+        `detect.score_sigma` (0 = as the network drew it, so a 1-2 pixel crack counts as much as a blob);
+        any other map as displayed. Detectors trained before score_sigma existed keep the displayed map."""
+        sigma = self.detect.get("score_sigma")
+        if self.detect["map"] != HEAD_MAP or sigma is None or sigma == self.detect["map_sigma"]:
+            return smoothed
+        return gaussian_blur(computed[HEAD_MAP], sigma) if sigma > 0 else computed[HEAD_MAP]
 
     def map_of(self, kind: str, x: torch.Tensor, x_hat: torch.Tensor, computed: dict[str, torch.Tensor]) -> torch.Tensor:
         """Smoothed (B, S, S) map of any kind in MAP_KINDS; `computed` caches plain maps already made."""
         d = self.detect
         if kind == HEAD_MAP:
-            return self.head_map(x, x_hat)
+            return self.head_map(x, x_hat, computed)
         if kind in M.RECONSTRUCTION_MAP_KINDS:
             return M.reconstruction_map(x, x_hat, kind, d["map_sigma"], self.map_statistics, d["map_std_floor"],
                                         computed, d["balanced_powers"])
@@ -56,14 +67,15 @@ class BatchComputer:
         """x (B, C, S, S) in [0, 1] -> 'reconstruction' (B, C, S, S), 'mu' (B, L), 'map' (B, S, S), every
         BASE_SCORES score (B,), and each requested extra: a score name or 'map.<kind>'."""
         logits, mu, log_var = S.posterior_mean(self.vae, x)
-        x_hat = torch.sigmoid(logits)
+        x_hat = restore(self.vae, x, mu, logits)  # the two-level VAE's restoration, else sigmoid(logits)
         computed: dict[str, torch.Tensor] = {}
         out = {"reconstruction": x_hat, "mu": mu, "recon_error": S.recon_error(x, x_hat),
                "l1_error": S.l1_error(x, x_hat), "kl": S.kl_score(mu, log_var),
                "neg_elbo_mean": S.neg_elbo_at_mean(logits, x, mu, log_var, self.recon_loss)}
         out["map"] = self.map_of(self.detect["map"], x, x_hat, computed)
-        out["map_max"] = S.map_max(out["map"])
-        out["map_topk"] = S.map_topk(out["map"], self.detect["topk_fraction"])
+        scored = self.score_map(out["map"], computed)
+        out["map_max"] = S.map_max(scored)
+        out["map_topk"] = S.map_topk(scored, self.detect["topk_fraction"])
         if any(name in S.MONTE_CARLO_SCORES for name in extra):
             out.update({k: v for k, v in S.likelihood_scores(self.vae, x, mu, log_var, self.eps.to(x.device),
                                                              self.recon_loss).items() if k != "kl"})

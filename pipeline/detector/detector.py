@@ -59,8 +59,11 @@ class AnomalyDetector:
         self.spec = spec
         self.vae = vae if vae is not None else build_network(
             m["kind"], spec.in_channels, spec.image_size, m["latent_dim"], m["hidden_channels"], m["latent_layout"],
-            n_classes=len(spec.categories or []))
+            n_classes=len(spec.categories or []), local=m.get("local"), codebook_size=m.get("codebook_size", 128),
+            commitment=m.get("commitment", 0.25))
         self.head = head if head is not None or not spec.head else AnomalyHead(spec.in_channels, spec.head["widths"])
+        if spec.reconstruction == "global" and getattr(self.vae, "local", None) is not None:
+            self.vae.local = None  # the fit chose the global level's reconstruction: the local level was not trained
         self.eval()
 
     @classmethod

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -21,9 +23,12 @@ from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import image_statistics
-from pipeline.scoring.fusion import fit_standardization
+from pipeline.scoring.fusion import fit_standardization, keep_components
 from pipeline.scoring.threshold import pixel_threshold
-from pipeline.training.fit import FitReport, fit_head, fit_vae, head_synthesizers, validation_set
+from pipeline.training.fit import (FitReport, fit_head, fit_local, fit_vae, global_detail_ratio, head_synthesizers,
+                                   nuisance_transform, validation_set)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,18 +36,48 @@ class FitResult:
     vae: FitReport
     head: FitReport | None
     is_global_zero: bool
+    local: FitReport | None = None  # the two-level VAE's local level, when the map compares with its restoration
 
 
 def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,
                  checkpoint_dir: Path, seed: int, logger=None, callbacks=(), resume: Path | None = None) -> FitResult:
     """Step 1's training (every rank under DDP)."""
     vae_report = fit_vae(detector.vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, logger, list(callbacks), resume)
+    local_report = choose_reconstruction(detector, datamodule, model_cfg, head_cfg, trainer_cfg, checkpoint_dir, seed,
+                                         logger)
     head_report = None
     if detector.head is not None:
         detector.vae.eval()
         head_report = fit_head(detector.head, detector.vae, datamodule, head_cfg, trainer_cfg, seed, logger)
     detector.eval()
-    return FitResult(vae_report, head_report, vae_report.is_global_zero)
+    return FitResult(vae_report, head_report, vae_report.is_global_zero, local_report)
+
+
+def choose_reconstruction(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,
+                          checkpoint_dir: Path, seed: int, logger=None) -> FitReport | None:
+    """Which reconstruction the map compares with (`spec.reconstruction`), by how much of the normal selection images'
+    detail the global level draws (`model.global_detail_limit`): the global level's own where it draws the part
+    (digits, a machined part), else the local level's restoration, trained here (textures, where the global level
+    draws a blur). Every rank has the same weights and selection images, so every rank decides alike."""
+    vae = detector.vae
+    if getattr(vae, "conditional", False):
+        return None
+    ratio = global_detail_ratio(vae, datamodule.selection_images)
+    detector.spec.validation = {"global_detail_error_ratio": round(ratio, 4)}
+    limit = model_cfg.get("global_detail_limit")
+    if getattr(vae, "local", None) is None:
+        return None
+    if limit is not None and ratio <= limit:
+        detector.spec.reconstruction = "global"
+        vae.local = None  # not needed: not trained, not saved
+        log.info("the global level draws %.0f %% of the normal images' detail: the map compares with it",
+                 100 * (1 - ratio))
+        return None
+    detector.spec.reconstruction = "local"
+    synthesizer = head_synthesizers(head_cfg.synthesis)[0]
+    nuisance = (nuisance_transform(head_cfg.synthesis, datamodule.train_images)
+                if head_cfg.synthesis.nuisance.get("restorer", False) else None)
+    return fit_local(vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, synthesizer, seed, nuisance, logger)
 
 
 @torch.no_grad()
@@ -63,12 +98,21 @@ def fit_map_statistics(detector, images: torch.Tensor, labels: torch.Tensor | No
                                     for kind, (mean, std) in statistics.items()}
 
 
-def component_transforms(detector) -> dict[str, str]:
+def component_transforms(components: list[str], map_kind: str) -> dict[str, str]:
     """Each fused component and the scale it is standardized on: the learned map's values are
     probabilities (logit), every other score a positive error (log)."""
-    components = list(detector.spec.detect["components"])  # checked by detector.check_settings
-    probability = detector.spec.detect["map"] == "head"
+    probability = map_kind == "head"
     return {c: "logit" if probability and c in ("map_max", "map_topk") else "log" for c in components}
+
+
+def fit_components(detector, selection: dict) -> None:
+    """Standardize the fused components on the selection images, keeping the ELBO only where the global level draws
+    the part (scoring/fusion.py: keep_components); what was kept goes to `spec.validation`."""
+    spec = detector.spec
+    kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
+                           spec.model.get("global_detail_limit"))
+    spec.standardization = fit_standardization(selection, component_transforms(kept, spec.detect["map"]))
+    spec.validation["fused_components"] = kept
 
 
 def validate(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
@@ -77,14 +121,34 @@ def validate(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: 
     train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
     images, masks = validation_set(validation_synth, datamodule.selection_images, datamodule.train_images, seed + 1)
     labels = getattr(datamodule, "selection_labels", None)
-    out = detector.score(images, labels, batch_size)
+    out = detector.score(images, labels, batch_size, keep=("map", "reconstruction"))
     truth = masks.flatten(1).amax(dim=1).numpy().astype(int)
     names = [*detector.spec.standardization, S.FUSED]
     result = {"kind": str(head_cfg.synthesis.validation_kind), "n_images": int(len(truth)),
               "n_anomalous": int(truth.sum()),
               "pixel_auroc": MET.pixel_auroc(list(masks[:, 0].numpy() > 0.5), list(out["map"])),
-              **{f"image_auroc.{name}": MET.image_auroc(truth, out[name]) for name in names}}
+              **{f"image_auroc.{name}": MET.image_auroc(truth, out[name]) for name in names},
+              **restoration_check(datamodule.selection_images.numpy(), images.numpy(), masks.numpy() > 0.5,
+                                  out["reconstruction"])}
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+def restoration_check(clean: np.ndarray, altered: np.ndarray, masks: np.ndarray, reconstruction: np.ndarray) -> dict:
+    """How well the reconstruction restores the part, on selection images (N, C, S, S) with anomalies of the held-out
+    kind (masks (N, 1, S, S) bool): `restoration.anomaly_error_ratio` = mean |reconstruction - clean| / mean
+    |input - clean| inside the masks (0: the anomaly is removed, 1: copied); `restoration.detail_error_ratio` = mean
+    |reconstruction - image| / mean |image - its own mean| on the images left normal (a flat blur gives about 1)."""
+    inside = np.broadcast_to(masks, clean.shape)
+    normal = ~masks.reshape(len(masks), -1).any(axis=1)
+    result = {}
+    if inside.any():
+        result["restoration.anomaly_error_ratio"] = float(np.abs(reconstruction - clean)[inside].mean()
+                                                          / max(np.abs(altered - clean)[inside].mean(), 1e-12))
+    if normal.any():
+        image = altered[normal]
+        spread = np.abs(image - image.mean(axis=(1, 2, 3), keepdims=True)).mean()
+        result["restoration.detail_error_ratio"] = float(np.abs(reconstruction[normal] - image).mean() / max(spread, 1e-12))
+    return result
 
 
 def calibrate(detector, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
@@ -103,9 +167,9 @@ def fit_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, se
     fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
     selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
                                keep=())
-    detector.spec.standardization = fit_standardization(selection, component_transforms(detector))
+    fit_components(detector, selection)
     if detector.head is not None:
-        detector.spec.validation = validate(detector, datamodule, head_cfg, batch_size, seed)
+        detector.spec.validation.update(validate(detector, datamodule, head_cfg, batch_size, seed))
     calibrate(detector, datamodule.calibration_images, getattr(datamodule, "calibration_labels", None), batch_size)
     sizes = datamodule.sizes
     detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,

@@ -44,6 +44,8 @@ class DetectorSpec:
     calibration_labels: list[int] | None = None  # category of each calibration image (conditional models)
     pixel_threshold: float | None = None         # map value above which a pixel is part of the defect region
     validation: dict = field(default_factory=dict)  # label-free validation numbers from the selection images
+    reconstruction: str | None = None            # what the map compares with: "global" (the VAE's posterior mean) or
+                                                 # "local" (the two-level VAE's restoration); None = as the network is
     drift_reference: list[list[float]] = field(default_factory=list)  # image statistics of the calibration images
     # ---- the decision (may change at score time; the threshold follows from calibration_scores) -----
     score: str = "fused"

@@ -1,7 +1,8 @@
 """ONNX export of a detector's decision path, and an ONNX Runtime detector that scores exactly like it.
 
-Three graphs with a dynamic batch dimension: encoder.onnx (image -> mu, log_var), decoder.onnx (code -> logits)
-and head.onnx (image, reconstruction -> per-pixel logits, when the detector has the learned map). `OnnxDetector`
+Graphs with a dynamic batch dimension: encoder.onnx (image -> mu, log_var), decoder.onnx (code -> logits),
+restorer.onnx (image, mu -> the two-level VAE's restoration, when the network has a local level) and head.onnx
+(image, reconstruction -> per-pixel logits, when the detector has the learned map). `OnnxDetector`
 plugs them into the detector's own BatchComputer and decision (detector/compute.py, calibration.py), so maps,
 scores, p-values and flags come from the same code as in PyTorch. The Monte Carlo scores (neg_elbo, neg_iwae)
 need the decoder K times and are left out; the gradient maps (elbo_grad, projection) need autograd: not exported.
@@ -20,11 +21,12 @@ from pipeline.detector import AnomalyDetector
 from pipeline.detector import calibration as C
 from pipeline.detector.compute import BatchComputer, GRADIENT_MAP_KINDS
 from pipeline.detector.spec import DETECTOR_FILE, DetectorSpec
+from pipeline.models.two_level import local_logits
 from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
 from pipeline.scoring.maps import statistics_tensors
 
-GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx")
+GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx", "restorer.onnx")
 
 
 class _Encoder(nn.Module):
@@ -44,6 +46,15 @@ class _Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z)
+
+
+class _Restorer(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(local_logits(self.vae, x, mu))
 
 
 def _export(module: nn.Module, example: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
@@ -68,6 +79,10 @@ def export_onnx(detector: AnomalyDetector, folder: Path, opset: int) -> list[Pat
     _export(_Decoder(detector.vae), (torch.zeros(2, detector.vae.latent_size),), folder / GRAPHS[1], ["code"],
             ["logits"], opset)
     written = [folder / GRAPHS[0], folder / GRAPHS[1]]
+    if getattr(detector.vae, "local", None) is not None:
+        mu = torch.zeros(2, detector.vae.latent_size)
+        _export(_Restorer(detector.vae), (x, mu), folder / GRAPHS[3], ["image", "mu"], ["restored"], opset)
+        written.append(folder / GRAPHS[3])
     if detector.head is not None:
         _export(detector.head, (x, x), folder / GRAPHS[2], ["image", "reconstruction"], ["logits"], opset)
         written.append(folder / GRAPHS[2])
@@ -92,6 +107,9 @@ class OnnxVAE:
 
     def __init__(self, folder: Path, variational: bool):
         self.encoder, self.decoder, self.variational = _Session(folder / GRAPHS[0]), _Session(folder / GRAPHS[1]), variational
+        if (folder / GRAPHS[3]).is_file():
+            restorer = _Session(folder / GRAPHS[3])
+            self.restore_image = lambda x, mu: restorer(image=x, mu=mu)[0]  # models/two_level.restore uses it
 
     def encode(self, x: torch.Tensor):
         mu, log_var = self.encoder(image=x)
@@ -115,7 +133,7 @@ class OnnxDetector:
     def __init__(self, folder: Path | str):
         folder = Path(folder)
         self.spec = DetectorSpec.from_json((folder / DETECTOR_FILE).read_text(), str(folder / DETECTOR_FILE))
-        vae = OnnxVAE(folder, self.spec.model["kind"] != "ae")
+        vae = OnnxVAE(folder, self.spec.model["kind"] not in ("ae", "vqvae"))  # no Gaussian posterior
         head = OnnxHead(folder) if self.spec.head else None
         self.computer = BatchComputer(vae, head, self.spec.detect, self.spec.model["recon_loss"],
                                       statistics_tensors(self.spec.map_statistics), torch.zeros(0, 1))

@@ -38,13 +38,46 @@ def _pixel_metrics(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: f
     return {"pixel_auroc": M.pixel_auroc(masks, maps), "aupro": aupro(masks, maps, fpr_limit)}
 
 
-def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray], fpr_limit: float = 0.3) -> dict:
-    """Metrics of a thresholded score table (columns: index, label, defect_type, score, is_anomaly, every
-    score name); `maps` by sample index at original resolution, used when any sample has a mask."""
+def detection_at_alphas(frame: pd.DataFrame, alphas: tuple[float, ...]) -> dict:
+    """The factory's number: for each alpha, the share of defective images flagged at the conformal threshold for
+    that alpha (p_value <= alpha), overall and per defect type, beside the false-alarm rate on the normal ones.
+    {"0.01": {"detection_rate", "false_alarm_rate", "per_defect_type": {type: rate}}, ...}; {} without p-values."""
+    if "p_value" not in frame or frame["p_value"].isna().all():
+        return {}
+    normal = frame["label"].to_numpy() == 0
+    result = {}
+    for alpha in alphas:
+        flagged = frame["p_value"].to_numpy() <= alpha
+        result[f"{alpha:g}"] = {
+            "detection_rate": float(flagged[~normal].mean()) if (~normal).any() else None,
+            "false_alarm_rate": float(flagged[normal].mean()) if normal.any() else None,
+            "per_defect_type": {t: float(flagged[(frame["defect_type"] == t).to_numpy()].mean())
+                                for t in sorted(frame.loc[~normal, "defect_type"].unique())}}
+    return result
+
+
+def detection_metric_names(detection: dict) -> dict[str, float]:
+    """detection_at_alphas' result flat, for a tracking store: {"detection_rate@0.01": ..., "false_alarm_rate@0.01":
+    ..., "<defect type>.detection_rate@0.01": ...}."""
+    flat = {}
+    for alpha, entry in (detection or {}).items():
+        for key in ("detection_rate", "false_alarm_rate"):
+            if entry.get(key) is not None:
+                flat[f"{key}@{alpha}"] = entry[key]
+        flat.update({f"{t}.detection_rate@{alpha}": v for t, v in entry.get("per_defect_type", {}).items()})
+    return flat
+
+
+def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndarray], fpr_limit: float = 0.3,
+             alphas: tuple[float, ...] = (0.01, 0.05)) -> dict:
+    """Metrics of a thresholded score table (columns: index, label, defect_type, score, is_anomaly, p_value, every
+    score name); `maps` by sample index at original resolution, used when any sample has a mask. The detection rate
+    at each of `alphas` comes first: it is what a threshold with that promise catches."""
     labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
     flagged = frame["is_anomaly"].to_numpy()
     has_both = labels.min(initial=0) != labels.max(initial=0)
-    result = {"n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
+    result = {"detection_at_alpha": detection_at_alphas(frame, alphas),
+              "n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
               "image_auroc": M.image_auroc(labels, scores), "image_f1": float(f1_score(labels, flagged)) if has_both else None,
               "image_f1_max": f1_max(labels, scores), "false_alarm_rate": M.false_alarm_rate(labels, flagged),
               "detection_rate": M.detection_rate(labels, flagged)}

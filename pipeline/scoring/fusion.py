@@ -33,6 +33,25 @@ def transform(scores: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"score transform must be one of {TRANSFORMS}, got {kind!r}")
 
 
+ELBO_COMPONENT = "neg_elbo_mean"
+
+
+def keep_components(components: list[str], global_detail_ratio: float | None, max_ratio: float | None) -> list[str]:
+    """The fused components worth keeping. The ELBO describes the part only as well as the global level draws it:
+    where its reconstruction of normal images misses more than `max_ratio` of their own detail (mean |x_hat - x| /
+    mean |x - mean x|; a flat blur gives about 1), the ELBO measures the image's brightness and contrast, not the
+    part, and is dropped. A component is never dropped when it is the only one; a None keeps every component."""
+    if max_ratio is None or global_detail_ratio is None or global_detail_ratio <= max_ratio \
+            or components == [ELBO_COMPONENT]:
+        return list(components)
+    kept = [c for c in components if c != ELBO_COMPONENT]
+    if len(kept) < len(components):
+        log.info("the global level misses %.0f %% of the normal images' detail (over %.0f %%): its ELBO measures "
+                 "brightness and contrast, not the part, and is left out of the fused score", 100 * global_detail_ratio,
+                 100 * max_ratio)
+    return kept
+
+
 def fit_standardization(selection_scores: dict[str, np.ndarray], transforms: dict[str, str]) -> dict[str, dict]:
     """{component: {"transform", "center", "scale"}} from the components' scores on normal selection images."""
     params = {}

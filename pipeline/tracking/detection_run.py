@@ -31,6 +31,7 @@ from mlflow.entities import LoggedModelInput
 from omegaconf import DictConfig
 
 from pipeline.report.review_page import status_of, write_review_page
+from pipeline.scoring.evaluate import detection_metric_names
 from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, PANEL_DIR, RECORDS, ReviewRecord
 from pipeline.tracking.descriptions import detection_description, save_review_view
 from pipeline.tracking.gallery import log_gallery_image, mark_run_has_images
@@ -85,7 +86,7 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
         client.set_tag(run_id, "mlflow.note.content", detection_description(client, summary, kind, run_list))
         if summary.get("model_id"):
             client.log_inputs(run_id, models=[LoggedModelInput(summary["model_id"])])
-        for key, value in _numeric(summary).items():
+        for key, value in {**detection_metric_names(summary.get("detection_at_alpha")), **_numeric(summary)}.items():
             client.log_metric(run_id, key, value)
         for defect_type, entry in (summary.get("per_defect_type") or {}).items():
             for key, value in _numeric(entry).items():
@@ -140,7 +141,7 @@ def find_run(client, cfg: DictConfig, batch_id: str) -> str | None:
 def log_evaluation(cfg: DictConfig, run_id: str, folder: Path, metrics: dict) -> None:
     """Add a re-evaluation's metrics and figures to an existing scoring run."""
     client = open_store(cfg)
-    values = _numeric(metrics)
+    values = {**detection_metric_names(metrics.get("detection_at_alpha")), **_numeric(metrics)}
     for defect_type, entry in (metrics.get("per_defect_type") or {}).items():
         values.update({f"{defect_type}.{k}": v for k, v in _numeric(entry).items()})
     for key, value in values.items():

@@ -18,11 +18,13 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from pipeline.data.synthesis import AnomalySynthesizer
+from pipeline.data.synthesis.nuisance import NuisanceTransform, fit_lighting
 from pipeline.models.head import AnomalyHead
 from pipeline.models.vae import ConvAutoencoder
 from pipeline.training.callbacks import EpochHistory, ProgressBar, StopOnNonFiniteLoss
 from pipeline.training.distributed import build_strategy, resolve_precision
 from pipeline.training.head_module import HeadLightningModule
+from pipeline.training.local_module import LocalLevelModule
 from pipeline.training.module import VAELightningModule
 from pipeline.training.throughput import EpochThroughput
 
@@ -79,7 +81,55 @@ def fit_vae(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.Lightnin
                        trainer.world_size, history.history, _best_epoch(history), throughput.steady_rate())
     if trainer.is_global_zero:
         load_best_weights(net, checkpoint.best_model_path or checkpoint.last_model_path)
+    share_weights(trainer, net)
     return report
+
+
+def share_weights(trainer: pl.Trainer, net: torch.nn.Module) -> None:
+    """Every rank goes on with rank 0's weights (its best checkpoint), which may lie on rank 0's machine only."""
+    if trainer.world_size > 1:
+        net.load_state_dict(trainer.strategy.broadcast(net.state_dict() if trainer.is_global_zero else None))
+
+
+@torch.no_grad()
+def global_detail_ratio(net: ConvAutoencoder, images: torch.Tensor, batch_size: int = 64) -> float:
+    """mean |global reconstruction - image| / mean |image - its own mean| over normal images (N, C, S, S): about 1
+    when the global level draws a flat blur, small when it draws the part (the posterior-mean reconstruction)."""
+    was_training, error, spread = net.training, 0.0, 0.0
+    net.eval()
+    device = next(net.parameters()).device
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        mu, _ = net.encode(x)
+        error += float((torch.sigmoid(net.decode(mu)) - x).abs().sum())
+        spread += float((x - x.mean(dim=(1, 2, 3), keepdim=True)).abs().sum())
+    net.train(was_training)
+    return error / max(spread, 1e-12)
+
+
+def fit_local(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.LightningDataModule, trainer_cfg: DictConfig,
+              checkpoint_dir: Path, synthesizer: AnomalySynthesizer, seed: int, nuisance: NuisanceTransform | None = None,
+              logger=None) -> FitReport:
+    """Train a two-level VAE's local level to restore (training/local_module.py), the global level frozen; `net.local`
+    ends with the best checkpoint's weights (by the selection images' loss) on every rank."""
+    module = LocalLevelModule(net, synthesizer, model_cfg.recon_loss, float(model_cfg.local.beta),
+                              model_cfg.kl_warmup_epochs, model_cfg.lr, seed, nuisance)
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-local", monitor="local/val_loss", mode="min",
+                                 save_top_k=1, save_last=False)
+    history = EpochHistory(prefixes=("local/",))
+    trainer = build_trainer(trainer_cfg, [
+        EarlyStopping(monitor="local/val_loss", mode="min", patience=trainer_cfg.early_stopping_patience), checkpoint,
+        history, StopOnNonFiniteLoss(str(checkpoint_dir)),
+        ProgressBar("training the local level", "epoch", ("local/val_loss",), trainer_cfg.enable_progress_bar)],
+        logger, trainer_cfg.max_epochs, trainer_cfg.min_epochs)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    if trainer.is_global_zero:
+        load_best_weights(net, checkpoint.best_model_path or checkpoint.last_model_path)
+    share_weights(trainer, net)
+    net.requires_grad_(True)
+    return FitReport(time.perf_counter() - started, trainer.current_epoch, trainer.is_global_zero, trainer.world_size,
+                     history.history)
 
 
 def head_synthesizers(synthesis_cfg: DictConfig) -> tuple[AnomalySynthesizer, AnomalySynthesizer]:
@@ -90,6 +140,16 @@ def head_synthesizers(synthesis_cfg: DictConfig) -> tuple[AnomalySynthesizer, An
     common = dict(params=params, visible_delta=synthesis_cfg.visible_delta, min_pixels=synthesis_cfg.min_pixels)
     return (AnomalySynthesizer(kinds, anomaly_share=synthesis_cfg.anomaly_share, **common),
             AnomalySynthesizer((held_out,), anomaly_share=synthesis_cfg.validation_share, **common))
+
+
+def nuisance_transform(synthesis_cfg: DictConfig, train_images: torch.Tensor) -> NuisanceTransform | None:
+    """The normal variation the networks are shown as normal (conf head.synthesis.nuisance), its lighting bounds
+    from the training images; None when its share is 0."""
+    n = synthesis_cfg.get("nuisance")
+    if n is None or float(n.share) <= 0:
+        return None
+    gain, offset = fit_lighting(train_images) if n.lighting else (0.0, 0.0)
+    return NuisanceTransform(float(n.share), float(n.shift), float(n.rotation_degrees), float(n.scale), gain, offset)
 
 
 def validation_set(synthesizer: AnomalySynthesizer, images: torch.Tensor, pool: torch.Tensor,
@@ -111,7 +171,7 @@ def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: Dict
     train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
     validation = validation_set(validation_synth, datamodule.selection_images, train_images, seed + 1)
     module = HeadLightningModule(head, vae, train_synth, train_images, validation, head_cfg.lr, head_cfg.focal_gamma,
-                                 head_cfg.steps, seed)
+                                 head_cfg.steps, seed, nuisance_transform(head_cfg.synthesis, train_images))
     per_epoch = int(head_cfg.validate_every)  # steps between validations: one "epoch" of the sampler
     loader = DataLoader(_with_labels((train_images,), train_labels), batch_size=head_cfg.batch_size, drop_last=True,
                         sampler=RandomSampler(range(len(train_images)), replacement=True,

@@ -14,30 +14,34 @@ import torch
 from torchmetrics.classification import BinaryAUROC
 
 from pipeline.data.synthesis import AnomalySynthesizer
+from pipeline.data.synthesis.nuisance import NuisanceTransform
 from pipeline.models.cvae import conditioned
 from pipeline.models.head import AnomalyHead, focal_loss
+from pipeline.models.two_level import restore
 from pipeline.models.vae import ConvAutoencoder
 
 
 @torch.no_grad()
 def reconstruct(vae: ConvAutoencoder, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The VAE's posterior-mean reconstruction in [0, 1], (B, C, H, W); labels: categories (conditional VAE)."""
+    """The reconstruction the map compares with, in [0, 1], (B, C, H, W): the two-level VAE's restoration, else the
+    posterior-mean reconstruction; labels: categories (conditional VAE)."""
     with conditioned(vae, labels):
         mu, _ = vae.encode(x)
-        return torch.sigmoid(vae.decode(mu))
+        return restore(vae, x, mu, vae.decode(mu))
 
 
 class HeadLightningModule(pl.LightningModule):
     def __init__(self, head: AnomalyHead, vae: ConvAutoencoder, synthesizer: AnomalySynthesizer, pool: torch.Tensor,
                  validation: tuple[torch.Tensor, ...], lr: float = 1e-3, focal_gamma: float = 2.0,
-                 total_steps: int = 1000, seed: int = 0):
+                 total_steps: int = 1000, seed: int = 0, nuisance: NuisanceTransform | None = None):
         super().__init__()
         self.head = head
         # Frozen and kept out of the module tree (a tuple is not registered): Lightning neither trains it nor
         # warns about a module left in eval mode; its batch norm keeps the normal images' statistics.
         self._vae = (vae.eval().requires_grad_(False),)
         self.synthesizer, self.pool = synthesizer, pool  # pool: (N, C, S, S) normal images the anomalies draw from
-        self.save_hyperparameters(ignore=["head", "vae", "synthesizer", "pool", "validation"], logger=False)
+        self.nuisance = nuisance  # normal whole-image variation, shown with an empty mask
+        self.save_hyperparameters(ignore=["head", "vae", "synthesizer", "pool", "validation", "nuisance"], logger=False)
         self.generator = torch.Generator().manual_seed(seed)
         self.pixel_auroc, self.image_auroc = BinaryAUROC(), BinaryAUROC()
 
@@ -50,8 +54,9 @@ class HeadLightningModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, labels = batch[0], (batch[1] if len(batch) > 1 else None)  # (B, C, S, S) normal training images
-        altered, masks, _ = self.synthesizer(x.cpu(), self.pool, self.generator)
-        altered, masks = altered.to(x.device), masks.to(x.device)
+        x = x.cpu() if self.nuisance is None else self.nuisance(x.cpu(), self.generator)
+        altered, masks, _ = self.synthesizer(x, self.pool, self.generator)
+        altered, masks = altered.to(self.device), masks.to(self.device)
         logits = self.head(altered, reconstruct(self.vae, altered, labels))  # (B, 1, S, S)
         loss = focal_loss(logits, masks, self.hparams.focal_gamma)
         self.log_dict({"head/train_loss": loss, "head/anomalous_pixels": masks.mean()}, on_step=False, on_epoch=True,

@@ -34,8 +34,10 @@ class VAELightningModule(pl.LightningModule):
         target = x if target is None else target
         cond = () if c is None else (c,)
         mu, log_var = self.net.encode(x, *cond)
-        if log_var is None:  # plain autoencoder
-            return reconstruction_nll(self.net.decode(mu, *cond), target, self.hparams.recon_loss).mean(), x.new_zeros(())
+        if log_var is None:  # plain autoencoder; a VQ-VAE adds its codebook and commitment losses
+            extra = self.net.quantization_loss(mu) if hasattr(self.net, "quantization_loss") else x.new_zeros(())
+            return reconstruction_nll(self.net.decode(mu, *cond), target, self.hparams.recon_loss).mean() + extra, \
+                x.new_zeros(())
         z = self.net.reparameterize(mu, log_var)
         recon = reconstruction_nll(self.net.decode(z, *cond), target, self.hparams.recon_loss).mean()
         return recon, kl_divergence(mu, log_var).mean()
