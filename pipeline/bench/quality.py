@@ -41,6 +41,7 @@ class TestSplit:
     labels: np.ndarray              # (N,) 1 = anomaly
     masks: list[np.ndarray] | None  # (H, W) bool per image at original resolution; None without masks
     sizes: list[tuple[int, int]]    # original (H, W) per image
+    kinds: np.ndarray | None = None  # (N,) defect type per image ('good' for the normal ones)
 
 
 def load_test_split(root: Path, image_size: int, options) -> TestSplit:
@@ -52,7 +53,7 @@ def load_test_split(root: Path, image_size: int, options) -> TestSplit:
     masks = ([read_mask(s.mask_path, hw) if s.mask_path is not None else np.zeros(hw, bool)
               for s, hw in zip(samples, sizes)] if has_masks else None)
     return TestSplit(torch.stack([to_model_tensor(a, image_size) for a in arrays]),
-                     np.asarray([s.label for s in samples]), masks, sizes)
+                     np.asarray([s.label for s in samples]), masks, sizes, np.asarray([s.defect_type for s in samples]))
 
 
 def method_metrics(split: TestSplit, scores: np.ndarray, maps: np.ndarray | None, fpr_limit: float) -> dict:
@@ -65,10 +66,11 @@ def method_metrics(split: TestSplit, scores: np.ndarray, maps: np.ndarray | None
     return result
 
 
-def false_alarms(detector: AnomalyDetector, scores: np.ndarray, labels: np.ndarray, alphas: list[float]) -> dict:
+def false_alarms(detector: AnomalyDetector, scores: np.ndarray, labels: np.ndarray, alphas: list[float],
+                 kinds: np.ndarray | None = None) -> dict:
     """Per alpha: flagged normal test images / normal test images at the detector's own conformal threshold for
-    its decision score, with the Clopper-Pearson 95 % interval, and the recall on the defective test images;
-    None where the threshold cannot fire."""
+    its decision score, with the Clopper-Pearson 95 % interval, and the recall (detection rate) on the defective
+    test images, overall and per defect kind (`kinds`); None where the threshold cannot fire."""
     normal = labels == 0
     result = {}
     for alpha in alphas:
@@ -79,7 +81,9 @@ def false_alarms(detector: AnomalyDetector, scores: np.ndarray, labels: np.ndarr
         flagged = scores > detector.threshold_
         k, n = int(flagged[normal].sum()), int(normal.sum())
         result[str(alpha)] = {"k": k, "n": n, "rate": k / n, "interval": binomial_interval(k, n),
-                              "recall": float(flagged[~normal].mean()) if (~normal).any() else None}
+                              "recall": float(flagged[~normal].mean()) if (~normal).any() else None,
+                              "per_kind": {str(t): float(flagged[kinds == t].mean())
+                                           for t in sorted(set(kinds[~normal]))} if kinds is not None else {}}
     return result
 
 
@@ -110,7 +114,7 @@ def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_ma
     row = {**method_metrics(split, score, out["map"], cfg.score.aupro_fpr_limit), "seed": int(cfg.seed),
            "score": detector.spec.score, "map": detector.spec.detect["map"],
            "scores": {n: MET.image_auroc(split.labels, out[n]) for n in S.SCORE_NAMES if n in out},
-           "validation": detector.spec.validation, "false_alarm": false_alarms(detector, score, split.labels, alphas),
+           "validation": detector.spec.validation, "false_alarm": false_alarms(detector, score, split.labels, alphas, split.kinds),
            "n_calibration": detector.spec.extra["n_calibration"], "n_train": detector.spec.extra["n_train"],
            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
            "seconds": time.perf_counter() - started, "detector_dir": summary["detector_dir"]}

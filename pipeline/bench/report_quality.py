@@ -80,6 +80,44 @@ def comparison(quality: dict) -> list[str]:
             *_table(["new default minus", "mean over families", "worst family", "met"], rows)]
 
 
+def _detection(task: dict, method: str, alpha: str, key: str = "recall", kind: str | None = None) -> float | None:
+    """A product row's detection rate (key 'recall'), false-alarm rate ('rate') or one kind's detection rate at alpha,
+    the mean over its seed rows; None where the threshold cannot fire or the run did not measure it."""
+    values = []
+    for row in task.get(method, []):
+        cell = (row.get("false_alarm") or {}).get(alpha)
+        if cell is not None:
+            values.append(cell.get("per_kind", {}).get(kind) if kind else cell.get(key))
+    return _mean(values)
+
+
+def detection_table(quality: dict, alphas: list[str]) -> list[str]:
+    """The factory's number first: per family, the share of defective test images the new default flags at the
+    conformal threshold for each alpha, beside the share of good test images it flags, then per defect kind."""
+    groups = families(quality)
+    rows, kind_rows = [], []
+    for fam, names in groups.items():
+        live = [n for n in names if "refused" not in quality[n]]
+        row = [fam]
+        for alpha in alphas:
+            det = _mean(_detection(quality[n], "new_default", alpha) for n in live)
+            fa = _mean(_detection(quality[n], "new_default", alpha, "rate") for n in live)
+            row.append(f"**{_f(det)}** (false alarms {_f(fa)})")
+        rows.append(row)
+        if len(live) == 1:
+            task = quality[live[0]]
+            kinds = sorted({k for r in task.get("new_default", []) for c in (r.get("false_alarm") or {}).values()
+                            if c for k in c.get("per_kind", {})})
+            kind_rows += [[fam, k, *(_f(_detection(task, "new_default", a, kind=k)) for a in alphas)] for k in kinds]
+    return ["### Detection rate at the promised false-alarm rate", "",
+            "The share of defective test images the new default flags at its conformal threshold for alpha (calibration "
+            "images only), mean over its seeds; in brackets the share of good test images flagged at the same "
+            "threshold (the promise: at most alpha, up to sampling). Digits: the mean over the protocol's tasks.", "",
+            *_table(["family", *(f"alpha = {a}" for a in alphas)], rows),
+            "Per defect kind (built-in and report-only families):", "",
+            *_table(["family", "defect kind", *(f"alpha = {a}" for a in alphas)], kind_rows)]
+
+
 def summary_table(quality: dict) -> list[str]:
     groups = families(quality)
     header = ["method", *(f"{fam} ({len(names)} tasks)" if len(names) > 1 or fam != names[0] else fam
@@ -182,7 +220,9 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
              "report-only: no default was chosen on them, their defects include kinds unlike anything the synthetic "
              "anomalies make; `film`'s texture drifts along the roll, its test parts beyond the training ones.", ""]
     refused = [f"`{n}`: {t['refused']}" for n, t in quality.items() if "refused" in t]
-    lines += summary_table(quality) + comparison(quality)
+    alphas = sorted({a for t in quality.values() for r in t.get("new_default", []) for a in (r.get("false_alarm") or {})},
+                    key=float)
+    lines += detection_table(quality, alphas) + summary_table(quality) + comparison(quality)
     lines += [f"Refused tasks: {'; '.join(refused)}", ""] if refused else []
     lines += digits_table(quality, "digits one-vs-rest") + digits_table(quality, "digits leave-one-out")
     lines += seeds_table(quality) + scores_table(quality)

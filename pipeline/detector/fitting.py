@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from pipeline.data.synthesis.nuisance import NuisanceTransform
 from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
@@ -48,7 +49,8 @@ def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConf
     head_report = None
     if detector.head is not None:
         detector.vae.eval()
-        head_report = fit_head(detector.head, detector.vae, datamodule, head_cfg, trainer_cfg, seed, logger)
+        head_report = fit_head(detector.head, detector.vae, datamodule, head_cfg, trainer_cfg, seed, logger,
+                               nuisance=normal_variation(detector, head_cfg, datamodule.train_images))
     detector.eval()
     return FitResult(vae_report, head_report, vae_report.is_global_zero, local_report)
 
@@ -75,9 +77,18 @@ def choose_reconstruction(detector, datamodule, model_cfg: DictConfig, head_cfg:
         return None
     detector.spec.reconstruction = "local"
     synthesizer = head_synthesizers(head_cfg.synthesis)[0]
-    nuisance = (nuisance_transform(head_cfg.synthesis, datamodule.train_images)
-                if head_cfg.synthesis.nuisance.get("restorer", False) else None)
-    return fit_local(vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, synthesizer, seed, nuisance, logger)
+    return fit_local(vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, synthesizer, seed,
+                     normal_variation(detector, head_cfg, datamodule.train_images), logger)
+
+
+def normal_variation(detector, head_cfg: DictConfig, train_images: torch.Tensor) -> NuisanceTransform | None:
+    """The whole-image changes shown to the local level and the map as normal, only where the map compares with the
+    local level's restoration: a convolutional code follows a shifted, turned or rescaled part everywhere, so the map
+    sees what stays anomalous; the global level draws the part from one code and misses such a part at its outline,
+    and a map taught that a misdrawn outline is normal lets a bent part pass (docs/defaults.md)."""
+    if detector.spec.reconstruction != "local":
+        return None
+    return nuisance_transform(head_cfg.synthesis, train_images)
 
 
 @torch.no_grad()

@@ -164,14 +164,16 @@ def _with_labels(tensors: tuple[torch.Tensor, ...], labels: torch.Tensor | None)
 
 
 def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: DictConfig, trainer_cfg: DictConfig,
-             seed: int, logger=None, callbacks: list[pl.Callback] = ()) -> FitReport:
-    """Train the learned map for head_cfg.steps steps on synthetic anomalies of the training images;
-    validate on the selection images with anomalies of the held-out kind."""
+             seed: int, logger=None, callbacks: list[pl.Callback] = (), nuisance: NuisanceTransform | None = None
+             ) -> FitReport:
+    """Train the learned map for head_cfg.steps steps on synthetic anomalies of the training images (a share of them
+    changed as a whole first, by `nuisance`, as normal); validate on the selection images with anomalies of the
+    held-out kind."""
     train_images, train_labels = datamodule.train_images, getattr(datamodule, "train_labels", None)
     train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
     validation = validation_set(validation_synth, datamodule.selection_images, train_images, seed + 1)
     module = HeadLightningModule(head, vae, train_synth, train_images, validation, head_cfg.lr, head_cfg.focal_gamma,
-                                 head_cfg.steps, seed, nuisance_transform(head_cfg.synthesis, train_images))
+                                 head_cfg.steps, seed, nuisance)
     per_epoch = int(head_cfg.validate_every)  # steps between validations: one "epoch" of the sampler
     loader = DataLoader(_with_labels((train_images,), train_labels), batch_size=head_cfg.batch_size, drop_last=True,
                         sampler=RandomSampler(range(len(train_images)), replacement=True,
