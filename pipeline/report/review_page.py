@@ -118,13 +118,25 @@ def summary_lines(summary: dict, kind: str) -> tuple[str, list[str]]:
     n_cal = summary.get("n_calibration")
     floor = f"; the smallest p-value is 1/(n+1) = {1 / (int(n_cal) + 1):.3g}, so images are ranked by score" \
         if isinstance(n_cal, (int, float)) and n_cal >= 0 else ""
-    return title, [f"model: {version} (alias when used: {alias_when_used(summary)}), trained by run "
+    return title, [*detection_lines(summary), f"model: {version} (alias when used: {alias_when_used(summary)}), trained by run "
                    f"{summary.get('model_run_id')}",
                    f"decision: score {summary.get('score')}, threshold {_fmt(summary.get('threshold', float('nan')))}, "
                    f"{summary.get('false_alarm_control')}",
                    f"guarantee: {summary.get('guarantee')}; {n_cal} calibration images, alpha = {summary.get('alpha')}"
                    f"{floor}",
                    f"unreadable files: {summary.get('n_errors', 0)}"]
+
+
+def detection_lines(summary: dict) -> list[str]:
+    """With labelled images (a test split): what the threshold for each alpha catches, per defect type, then AUROC."""
+    lines = []
+    for alpha, entry in (summary.get("detection_at_alpha") or {}).items():
+        kinds = ", ".join(f"{t} {_fmt(v, 2)}" for t, v in entry.get("per_defect_type", {}).items())
+        lines.append(f"detection rate at alpha = {alpha}: {_fmt(entry.get('detection_rate'), 3)} of the defective "
+                     f"images ({kinds}); false alarms on the good ones {_fmt(entry.get('false_alarm_rate'), 3)}")
+    if lines and summary.get("image_auroc") is not None:
+        lines.append(f"image AUROC {_fmt(summary['image_auroc'], 3)} (a ranking: it does not say what a threshold catches)")
+    return lines
 
 
 def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict, kind: str,

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.report.review_page import CONSEQUENCE, STATUS_TITLE, alias_when_used, status_of
+from pipeline.report.review_page import CONSEQUENCE, STATUS_TITLE, alias_when_used, detection_lines, status_of
 
 REVIEW_VIEW = "review"  # a run-list view stored in the experiment (the UI's "shared view"), opened by a link
 VIEW_TAG = "mlflow.sharedViewState."  # the experiment tag the UI reads for ?viewStateShareKey=<name>
@@ -80,6 +80,7 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
     training = summary.get("model_run_id")
     trained = run_link(experiment_of(client, training), training, f"training run {training}") if training else "unknown"
     n_cal = summary.get("n_calibration")
+    lines += [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in detection_lines(summary)]
     lines += [f"- **model**: {model}, alias when used: **{alias_when_used(summary)}**; trained by {trained}"
               + (f"; logged model `{summary['model_id']}`" if summary.get("model_id") else ""),
               f"- **threshold**: {_number(summary.get('threshold', float('nan')))} on score `{summary.get('score')}`, "
