@@ -20,6 +20,7 @@ TINY = [
     # 24 normal images: 13 training, 4 selection, 7 calibration (alpha=0.2 needs at least 4)
     "data.split.min_train=8", "data.split.min_selection=4",
     "model.hidden_channels=[8,16]", "model.latent_dim=4", "model.kl_warmup_epochs=1",
+    "model.local.hidden_channels=[4]", "model.local.latent_dim=2",
     "head.widths=[4,8]", "head.steps=4", "head.validate_every=2", "head.batch_size=4",
     "trainer.max_epochs=2", "trainer.min_epochs=1", "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu", "detect.mc_samples=2", "score.alpha=0.2", "report.enabled=false",

@@ -19,15 +19,17 @@ def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, c
     assert main(["export", *overrides]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["max_abs_score_diff"] < 1e-2 and summary["max_abs_map_diff"] < 1e-4  # its own check on random images
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["decoder.onnx", "detector.json", "encoder.onnx",
-                                                                    "head.onnx"]
-
     torch_detector = AnomalyDetector.load(trained.detector_dir)
+    restorer = ["restorer.onnx"] if torch_detector.spec.reconstruction == "local" else []  # the two-level VAE's
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["decoder.onnx", "detector.json", "encoder.onnx",
+                                                                    "head.onnx", *restorer]
+
     exported = OnnxDetector(tmp_path / "onnx")
     assert exported.spec.calibration_scores == torch_detector.spec.calibration_scores
     images, _, _ = load_images(scan_test(trained.root), 32, torch_detector.spec.read_options)  # (12, 1, 32, 32)
-    expected = torch_detector.score(images, keep=("map",))
+    expected = torch_detector.score(images, keep=("map", "reconstruction"))
     got = exported.score(images.numpy())
+    np.testing.assert_allclose(got["reconstruction"], expected["reconstruction"], rtol=1e-4, atol=1e-5)
     for name in BASE_SCORES:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
     # The fused score standardizes logit(map_max) by its spread on 4 selection images: float rounding of a

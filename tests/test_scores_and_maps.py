@@ -284,5 +284,5 @@ def test_detection_rate_at_each_alpha_per_defect_type():
     assert result["0.05"] == {"detection_rate": 0.75, "false_alarm_rate": 0.5,
                               "per_defect_type": {"crack": 1.0, "stain": 0.5}}
     flat = detection_metric_names(result)
-    assert flat["detection_rate@0.01"] == 0.5 and flat["crack.detection_rate@0.05"] == 1.0
+    assert flat["detection_rate_at_0.01"] == 0.5 and flat["crack.detection_rate_at_0.05"] == 1.0
     assert detection_at_alphas(frame.drop(columns="p_value"), (0.01,)) == {}

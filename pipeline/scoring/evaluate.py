@@ -57,14 +57,14 @@ def detection_at_alphas(frame: pd.DataFrame, alphas: tuple[float, ...]) -> dict:
 
 
 def detection_metric_names(detection: dict) -> dict[str, float]:
-    """detection_at_alphas' result flat, for a tracking store: {"detection_rate@0.01": ..., "false_alarm_rate@0.01":
-    ..., "<defect type>.detection_rate@0.01": ...}."""
+    """detection_at_alphas' result flat, for a tracking store (MLflow names: no "@"): {"detection_rate_at_0.01": ...,
+    "false_alarm_rate_at_0.01": ..., "<defect type>.detection_rate_at_0.01": ...}."""
     flat = {}
     for alpha, entry in (detection or {}).items():
         for key in ("detection_rate", "false_alarm_rate"):
             if entry.get(key) is not None:
-                flat[f"{key}@{alpha}"] = entry[key]
-        flat.update({f"{t}.detection_rate@{alpha}": v for t, v in entry.get("per_defect_type", {}).items()})
+                flat[f"{key}_at_{alpha}"] = entry[key]
+        flat.update({f"{t}.detection_rate_at_{alpha}": v for t, v in entry.get("per_defect_type", {}).items()})
     return flat
 
 

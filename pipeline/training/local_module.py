@@ -27,7 +27,7 @@ class LocalLevelModule(pl.LightningModule):
         self.net = net  # only net.local trains; the global level is frozen and stays in eval mode
         self.synthesizer, self.nuisance = synthesizer, nuisance
         self.generator = torch.Generator().manual_seed(seed)
-        self.save_hyperparameters(ignore=["net", "synthesizer", "nuisance"])
+        self.save_hyperparameters(ignore=["net", "synthesizer", "nuisance"], logger=False)  # the config is logged once
 
     @property
     def local(self) -> torch.nn.Module:
