@@ -75,7 +75,8 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple
             return [[*base, *data, *bench.methods[method], *last, f"seed={s}",
                      *_isolated(work, f"quality-{name}-{method}-{s}")] for s in chosen]
 
-        first = {m: runs(m, seeds[:1] if m == "new_default" else list(sizes.baseline_seeds)) for m in bench.methods}
+        first = {m: runs(m, seeds[:1] if m == "new_default" else list(sizes.baseline_seeds)) for m in bench.methods
+                 if family == name or m not in bench.family_only_methods}
         cfg = compose(first["new_default"][0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
