@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
-ROWS = (("new_default", "new default (VAE + learned map, fused score)"),
+ROWS = (("new_default", "new default (two-level VAE + learned map, fused score)"),
+        ("learned_map_v1", "default at dd9051f (learned map on the global VAE, smoothed maximum)"),
         ("previous_default", "previous default (balanced reconstruction map)"), ("plain_ae", "plain autoencoder"),
         ("vqvae", "VQ-VAE under the same learned map"),
         ("pca_better", "PCA (its better row)"), ("iforest", "IsolationForest on pixels"))
