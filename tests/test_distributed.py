@@ -93,14 +93,21 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
     assert [str(v.version) for v in client.search_model_versions("name='tiny-vae'")] == ["1"]
     assert len(list((tmp / "outputs" / "train" / "tiny").iterdir())) == 1  # one output folder, rank 0's
 
-    # The best checkpoint loads and holds the VAE weights the detector was saved with.
+    # The best checkpoint loads and holds the global level's weights the detector was saved with (the local
+    # level, when the fit chose it, has a best checkpoint of its own).
     cfg = compose(overrides)
     net = build_network(cfg.model.kind, cfg.data.channels, cfg.data.image_size, cfg.model.latent_dim,
-                        cfg.model.hidden_channels, cfg.model.latent_layout)
-    load_best_weights(net, str(Path(summary["detector_dir"]).parent / "checkpoints" / "best.ckpt"))
+                        cfg.model.hidden_channels, cfg.model.latent_layout, local=cfg.model.local)
+    checkpoints = Path(summary["detector_dir"]).parent / "checkpoints"
+    load_best_weights(net, str(checkpoints / "best.ckpt"))
     saved = AnomalyDetector.load(summary["detector_dir"])
     for name, tensor in saved.vae.state_dict().items():
-        assert torch.equal(tensor, net.state_dict()[name]), name
+        if not name.startswith("local."):
+            assert torch.equal(tensor, net.state_dict()[name]), name
+    if saved.spec.reconstruction == "local":
+        load_best_weights(net, str(checkpoints / "best-local.ckpt"))
+        for name, tensor in saved.vae.local.state_dict().items():
+            assert torch.equal(tensor, net.local.state_dict()[name]), name
 
     # Here, in one process: the same calibration images (same seed, same split), each once, score exactly as
     # the DDP job stored them, so the threshold is the one a single process computes (no sampler padding).

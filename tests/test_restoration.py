@@ -62,7 +62,6 @@ def test_restoration_training_learns_from_the_clean_image_and_leaves_the_global_
     torch.manual_seed(0)
     net = two_level()
     module = LocalLevelModule(net, synthesizer=None, beta=0.01)
-    module.on_fit_start()
     clean = torch.rand(4, 1, 32, 32)
     altered = clean.clone()
     altered[:, :, 8:16, 8:16] = 1.0

@@ -76,7 +76,12 @@ def fit_vae(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.Lightnin
         *callbacks], logger, trainer_cfg.max_epochs, trainer_cfg.min_epochs)
     started = time.perf_counter()
     net.train()
+    local = getattr(net, "local", None)
+    if local is not None:  # trained afterwards, if at all (fit_local); DDP syncs only what this fit trains
+        local.requires_grad_(False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if local is not None:
+        local.requires_grad_(True)
     report = FitReport(time.perf_counter() - started, trainer.current_epoch, trainer.is_global_zero,
                        trainer.world_size, history.history, _best_epoch(history), throughput.steady_rate())
     if trainer.is_global_zero:

@@ -25,6 +25,8 @@ class LocalLevelModule(pl.LightningModule):
                  nuisance: NuisanceTransform | None = None):
         super().__init__()
         self.net = net  # only net.local trains; the global level is frozen and stays in eval mode
+        for name, parameter in net.named_parameters():  # before DDP wraps the module: it syncs only what trains
+            parameter.requires_grad_(name.startswith("local."))
         self.synthesizer, self.nuisance = synthesizer, nuisance
         self.generator = torch.Generator().manual_seed(seed)
         self.save_hyperparameters(ignore=["net", "synthesizer", "nuisance"], logger=False)  # the config is logged once
@@ -32,10 +34,6 @@ class LocalLevelModule(pl.LightningModule):
     @property
     def local(self) -> torch.nn.Module:
         return self.net.local
-
-    def on_fit_start(self) -> None:
-        for name, parameter in self.net.named_parameters():
-            parameter.requires_grad_(name.startswith("local."))
 
     def on_train_epoch_start(self) -> None:
         self.net.eval()
