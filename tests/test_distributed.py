@@ -105,7 +105,7 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
         if not name.startswith("local."):
             assert torch.equal(tensor, net.state_dict()[name]), name
     if saved.spec.reconstruction == "local":
-        load_best_weights(net, str(checkpoints / "best-local.ckpt"))
+        load_best_weights(net, str(checkpoints / "local" / "best.ckpt"))
         for name, tensor in saved.vae.local.state_dict().items():
             assert torch.equal(tensor, net.local.state_dict()[name]), name
 

@@ -77,7 +77,7 @@ def choose_reconstruction(detector, datamodule, model_cfg: DictConfig, head_cfg:
         return None
     detector.spec.reconstruction = "local"
     synthesizer = head_synthesizers(head_cfg.synthesis)[0]
-    return fit_local(vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, synthesizer, seed,
+    return fit_local(vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir / "local", synthesizer, seed,
                      normal_variation(detector, head_cfg, datamodule.train_images), logger)
 
 

@@ -119,7 +119,7 @@ def fit_local(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.Lightn
     ends with the best checkpoint's weights (by the selection images' loss) on every rank."""
     module = LocalLevelModule(net, synthesizer, model_cfg.recon_loss, float(model_cfg.local.beta),
                               model_cfg.kl_warmup_epochs, model_cfg.lr, seed, nuisance)
-    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-local", monitor="local/val_loss", mode="min",
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="local/val_loss", mode="min",
                                  save_top_k=1, save_last=False)
     history = EpochHistory(prefixes=("local/",))
     trainer = build_trainer(trainer_cfg, [
