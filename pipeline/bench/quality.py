@@ -112,7 +112,7 @@ def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_ma
     out = detector.score(split.images, batch_size=cfg.data.batch_size, extra=extra_maps, keep=("map", *extra_maps))
     score = out[detector.spec.score]
     row = {**method_metrics(split, score, out["map"], cfg.score.aupro_fpr_limit), "seed": int(cfg.seed),
-           "score": detector.spec.score, "map": detector.spec.detect["map"],
+           "score": detector.spec.score, "map": detector.spec.detect["map"], "reconstruction": detector.spec.reconstruction,
            "scores": {n: MET.image_auroc(split.labels, out[n]) for n in S.SCORE_NAMES if n in out},
            "validation": detector.spec.validation, "false_alarm": false_alarms(detector, score, split.labels, alphas, split.kinds),
            "n_calibration": detector.spec.extra["n_calibration"], "n_train": detector.spec.extra["n_train"],
