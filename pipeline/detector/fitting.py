@@ -1,10 +1,12 @@
 """`AnomalyDetector.fit`, step by step, each step on its own share of the normal images (data/splits.py):
 
-  1. training images    train the VAE (early stopping on the selection images), then the learned map
-                        on synthetic anomalies; fit the per-pixel statistics of the reconstruction maps
-  2. selection images   standardize the fused components; validate on anomalies of a kind the learned map
-                        never trained on (leave-one-kind-out): the numbers go to the run, nothing is tuned
-                        on the calibration images
+  1. training images    train the VAE's global level (early stopping on the selection images); where it draws a
+                        blur of the selection images, train its local level to restore (choose_reconstruction);
+                        then the learned map on synthetic anomalies; fit the per-pixel statistics of the
+                        reconstruction maps
+  2. selection images   choose the reconstruction and the fused components (the global level's detail, label-free),
+                        standardize the components; validate on anomalies of a kind neither network trained on
+                        (leave-one-kind-out): the numbers go to the run, nothing is tuned on the calibration images
   3. calibration images score them once, with every setting fixed: the calibration scores of every score,
                         the pixel threshold, the drift reference
 """
