@@ -13,22 +13,25 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
 from pipeline.scoring.scores import BASE_SCORES, FUSED
-from tests.conftest import cli
+from tests.conftest import cli, snapshot, tiny_overrides
 
 DECISION = ["score", "threshold", "p_value", "is_anomaly", "defect_area", "defect_regions", FUSED, *BASE_SCORES]
 
 
 def test_score_and_inspect_give_the_same_scores_maps_and_decisions(trained, tmp_path):
     common = trained.with_("tracking.enabled=false", f"detector={trained.detector_dir}")
+    data_before = snapshot(trained.root)
     scored = cli("score", *common, f"score.output_dir={tmp_path / 'scored'}")
     inbox = tmp_path / "inbox"
     shutil.copytree(trained.root / "test", inbox / "test")  # the same files, under the same relative paths
+    inbox_before = snapshot(inbox)
     inspected = cli("inspect", *common, f"inspect.inbox={inbox}", f"inspect.output_dir={tmp_path / 'inspection'}",
                     "inspect.min_age_seconds=0")
     assert scored["n_images"] == inspected["n_scored"] == 12
+    assert snapshot(trained.root) == data_before and snapshot(inbox) == inbox_before  # inputs untouched
 
     by_score = pd.read_csv(tmp_path / "scored" / "scores.csv").set_index("image_path").sort_index()
-    by_inspect = pd.read_csv(tmp_path / "inspection" / "results.csv").set_index("image_path").sort_index()
+    by_inspect = pd.read_parquet(tmp_path / "inspection" / "results").set_index("image_path").sort_index()
     assert list(by_score.index) == list(by_inspect.index)
     for column in DECISION:
         np.testing.assert_allclose(by_inspect[column], by_score[column], rtol=1e-6, atol=1e-7, err_msg=column)
@@ -38,6 +41,15 @@ def test_score_and_inspect_give_the_same_scores_maps_and_decisions(trained, tmp_
         np.testing.assert_allclose(np.load(batch / "maps" / f"{rel}.npy").astype(np.float32),
                                    np.load(tmp_path / "scored" / "maps" / f"{rel}.npy").astype(np.float32),
                                    rtol=1e-3, atol=1e-4, err_msg=rel)
+
+
+def test_score_refuses_an_output_folder_inside_the_data_root(tmp_path, tiny_dataset, capsys):
+    (tmp_path / "linked").symlink_to(tiny_dataset / "test", target_is_directory=True)  # resolves into the root
+    before = snapshot(tiny_dataset)
+    for inside in (tiny_dataset, tiny_dataset / "results", tmp_path / "linked" / "out"):
+        assert main(["score", *tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={inside}")]) == 1
+        assert f"is inside the data root {tiny_dataset}" in capsys.readouterr().err
+    assert snapshot(tiny_dataset) == before
 
 
 def test_a_setting_fixed_at_training_given_at_score_time_is_a_config_error(trained, tmp_path, capsys):
@@ -50,7 +62,7 @@ def test_a_setting_fixed_at_training_given_at_score_time_is_a_config_error(train
         err = capsys.readouterr().err
         key = override.split("=")[0]
         assert f"{key} is fixed when the model is trained" in err and f"train {key}=" in err, err
-    assert not (tmp_path / "scored" / "scores.csv").exists() and not (tmp_path / "inspection" / "results.csv").exists()
+    assert not (tmp_path / "scored" / "scores.csv").exists() and not (tmp_path / "inspection" / "results").exists()
     # The same value as stored is no change: allowed (scripts may spell out the whole configuration).
     assert main(["score", *common, f"score.output_dir={tmp_path / 'scored'}", "detect.map_sigma=2.0"]) == 0
 
@@ -78,7 +90,7 @@ def test_score_and_inspect_refuse_a_threshold_that_cannot_fire_unless_allowed(tr
                             "inspect.min_age_seconds=0")
     assert main(["inspect", *inspect]) == 4
     assert "cannot flag anything at alpha=0.05" in capsys.readouterr().err
-    assert not (tmp_path / "inspection" / "results.csv").exists()
+    assert not (tmp_path / "inspection" / "results").exists()
     result = cli("inspect", *inspect, "score.allow_unable_to_flag=true")
     assert result["n_scored"] == 12 and result["n_flagged"] == 0
 
