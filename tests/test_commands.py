@@ -1,19 +1,25 @@
 """The commands around a trained detector (the shared `trained` fixture): `score` and `inspect` judge the same
-images identically, settings fixed at training cannot be given again, and a threshold that cannot fire at the
-requested alpha is refused unless that is explicitly allowed."""
+images identically and leave their inputs untouched, output folders inside an input are refused, settings
+fixed at training cannot be given again, a threshold that cannot fire at the requested alpha is refused
+unless that is explicitly allowed, and inspection's cached model is held to the registry's checksum."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import tempfile
 
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
+from pipeline.detector import file_sha256
 from pipeline.scoring.scores import BASE_SCORES, FUSED
 from tests.conftest import cli, snapshot, tiny_overrides
+from tests.mlflow_server import free_port
 
 DECISION = ["score", "threshold", "p_value", "is_anomaly", "defect_area", "defect_regions", FUSED, *BASE_SCORES]
 
@@ -102,3 +108,41 @@ def test_scoring_a_registered_detector_leaves_no_copy_of_it_behind(trained, tmp_
     scored = cli("score", *trained.overrides, f"score.output_dir={tmp_path / 'scored'}")
     assert scored["model_version"] is not None  # the detector came from the registry, so it was downloaded
     assert list(scratch.iterdir()) == []
+
+
+def _tamper(weights) -> None:
+    """Rewrite weights.pt and detector.json's checksum to match: only the registry's checksum can tell."""
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    meta = json.loads((weights.parent / "detector.json").read_text())
+    meta["weights_sha256"] = file_sha256(weights)
+    (weights.parent / "detector.json").write_text(json.dumps(meta))
+
+
+def test_inspect_refuses_a_tampered_cached_champion_and_fetches_it_again(trained, tmp_path, capsys, caplog):
+    inbox, out = tmp_path / "inbox", tmp_path / "inspection"
+    base = trained.with_(f"inspect.inbox={inbox}", f"inspect.output_dir={out}", "inspect.min_age_seconds=0",
+                         "detector=champion")
+    registered = MlflowClient(f"sqlite:///{trained.base / 'mlruns' / 'mlflow.db'}").get_model_version(
+        "tiny-vae", "1").tags["weights_sha256"]
+    shutil.copytree(trained.root / "test" / "good", inbox / "first")
+    assert cli("inspect", *base)["model_version"] == "tiny-vae/v1"
+    cached = out / "models" / "tiny-vae" / "v1" / "weights.pt"
+    assert file_sha256(cached) == registered
+
+    _tamper(cached)
+    shutil.copytree(trained.root / "test" / "scratch", inbox / "second")
+    with caplog.at_level(logging.WARNING):
+        second = cli("inspect", *base)
+    assert second["n_scored"] == 6 and second["model_version"] == "tiny-vae/v1"
+    assert f"refusing the cached model: {cached}" in caplog.text and "recorded in the registry" in caplog.text
+    assert file_sha256(cached) == registered  # fetched again from the registry, verified
+
+    _tamper(cached)
+    (inbox / "third").mkdir()
+    shutil.copy(trained.root / "train" / "good" / "000.png", inbox / "third" / "a.png")
+    unreachable = [*base, f"tracking.uri=http://127.0.0.1:{free_port()}"]  # nothing listens there
+    assert main(["inspect", *unreachable]) == 4
+    err = capsys.readouterr().err
+    assert f"{cached}: checksum" in err and "recorded in the registry" in err and "cannot be fetched again" in err
+    assert len(pd.read_parquet(out / "results")) == 12  # nothing judged with the modified model
