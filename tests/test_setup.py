@@ -1,10 +1,13 @@
-"""`make setup` installs PyTorch's CPU build: the Makefile hands scripts/install_torch.py PyTorch's CPU wheel index,
-with which pip prefers the CPU build to the registry's default build of the same version; a machine that cannot
-reach that index is told so and gets the registry's build, after a short timeout instead of pip's retries.
+"""The environment's promises: `make setup` installs PyTorch's CPU build, `make ui` serves on 127.0.0.1 only,
+`make audit` never passes off an audit it could not do as clean, and pyproject.toml excludes versions with
+known CVEs.
 
-Checked with real pip resolving (--dry-run) from two package indexes served on 127.0.0.1 that stand for PyPI
-(torch 2.13.0, the default build) and PyTorch's CPU index (torch 2.13.0+cpu), holding tiny wheels of those
-names and versions; pip's own configuration (local wheels, mirrors) is switched off for it."""
+`make setup`: the Makefile hands scripts/install_torch.py PyTorch's CPU wheel index, with which pip prefers the
+CPU build to the registry's default build of the same version; a machine that cannot reach that index is told
+so and gets the registry's build, after a short timeout instead of pip's retries. Checked with real pip
+resolving (--dry-run) from two package indexes served on 127.0.0.1 that stand for PyPI (torch 2.13.0, the
+default build) and PyTorch's CPU index (torch 2.13.0+cpu), holding tiny wheels of those names and versions;
+pip's own configuration (local wheels, mirrors) is switched off for it."""
 
 from __future__ import annotations
 
@@ -16,11 +19,14 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import zipfile
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLER = ROOT / "scripts" / "install_torch.py"
@@ -112,3 +118,36 @@ def test_an_unreachable_index_costs_the_timeout_not_pips_retries():
             started = time.monotonic()
             assert why in installer.reachable(url, timeout=1.5)
             assert time.monotonic() - started < 5
+
+
+def test_make_ui_serves_on_127_0_0_1_only(tmp_path):
+    plan = subprocess.run(["make", "-n", "ui", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    (command,) = [line for line in plan.splitlines() if " ui " in line or line.endswith(" ui")]
+    assert "--host 127.0.0.1" in command and "0.0.0.0" not in (ROOT / "Makefile").read_text()
+
+
+def test_audit_says_it_was_not_done_when_the_database_cannot_be_reached(tmp_path):
+    """pip-audit for real, on this environment, through a proxy that refuses every connection."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    env.update(HTTPS_PROXY=dead, HTTP_PROXY=dead, https_proxy=dead, http_proxy=dead,
+               XDG_CACHE_HOME=str(tmp_path))  # no cached answers from an earlier audit
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "audit.py")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 3 and done.stdout.startswith(("AUDIT NOT DONE", "AUDIT FAILED")), done.stdout[-2000:]
+    assert "audited" not in done.stdout  # never a count that reads like a clean result
+
+
+def test_versions_with_known_cves_are_excluded():
+    pins = {r.name: r.specifier for r in map(Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())
+                                             ["project"]["dependencies"])}
+    for name, vulnerable, fixed in (("torch", "2.5.1", "2.6.0"), ("pillow", "10.2.0", "10.3.0"),
+                                    ("scikit-learn", "1.4.2", "1.5.0")):
+        assert vulnerable not in pins[name] and fixed in pins[name], name
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when this returns: nothing listens there
