@@ -5,8 +5,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU build of torch on machines without a GPU keeps the install small; set TORCH_SPEC=torch for CUDA.
+# PyTorch's CPU build keeps the install small: pip gets PyTorch's CPU wheel index beside its own and takes
+# the CPU build from it; where that index cannot be reached within TORCH_INDEX_TIMEOUT seconds, setup says
+# so and installs TORCH_SPEC from pip's configured index alone (scripts/install_torch.py). TORCH_INDEX= (empty)
+# installs the configured index's default build (CUDA on Linux), TORCH_INDEX=https://download.pytorch.org/whl/cu128 a CUDA one.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_TIMEOUT ?= 10
 CATEGORIES ?= fabric bracket
 ARGS ?=
 PORT ?= 5000
@@ -17,14 +22,14 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) scripts/install_torch.py "$(TORCH_SPEC)" "$(TORCH_INDEX)" --timeout $(TORCH_INDEX_TIMEOUT)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (CPU torch by default)
+setup: $(STAMP) ## create .venv and install the project (CPU-only torch by default)
 
 data: $(STAMP) ## generate the built-in dataset into data/builtin (and digits into data/digits)
 	$(PY) -m pipeline data $(ARGS)

@@ -4,8 +4,10 @@ detector trained through the CLI that many tests share (read-only)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,17 @@ def cli(*args: str, expect: int = 0) -> dict:
     assert code == expect, f"pipeline {' '.join(args)} exited {code}:\n{text[-3000:]}"
     start = text.rfind("\n{") + 1 if "\n{" in text else text.find("{")
     return json.loads(text[start:]) if start >= 0 and text[start:].strip() else {}
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry under `folder` as it is on disk, links not followed: (is a link, size, mtime, content hash
+    or link target). Equal snapshots: nothing there was written, moved, deleted or re-linked."""
+    def content(p: Path):
+        if p.is_symlink():
+            return os.readlink(p)
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return {p.relative_to(folder).as_posix(): (p.is_symlink(), p.lstat().st_size, p.lstat().st_mtime_ns, content(p))
+            for p in sorted(folder.rglob("*"))}
 
 
 def _part(rng: np.random.Generator, size: int) -> np.ndarray:

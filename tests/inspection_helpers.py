@@ -23,9 +23,12 @@ def add_parts(inbox: Path, names: list[str], seed: int = 0, gain: float = 1.0) -
     return [write_png(inbox / name, np.clip(_part(rng, SIZE) * gain, 0, 255).astype(np.uint8)) for name in names]
 
 
-def add_dark(inbox: Path, name: str) -> Path:
-    """An all-black image: the untrained detector scores it far above every normal part."""
-    return write_png(inbox / name, np.zeros((SIZE, SIZE), np.uint8))
+def add_dark(inbox: Path, name: str, mark: int = 0) -> Path:
+    """An all-black image (its first pixel `mark`, so that several differ): the untrained detector scores it
+    far above every normal part."""
+    image = np.zeros((SIZE, SIZE), np.uint8)
+    image[0, 0] = mark
+    return write_png(inbox / name, image)
 
 
 def inspect_overrides(tmp_path: Path, inbox: Path, out: Path, detector: Path | str, *extra: str) -> list[str]:
@@ -35,7 +38,8 @@ def inspect_overrides(tmp_path: Path, inbox: Path, out: Path, detector: Path | s
 
 
 def results(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "results.csv")
+    """The cumulative results table as a user reads it: the union of its parts, one per batch."""
+    return pd.read_parquet(out / "results")
 
 
 def ledger_rows(out: Path) -> list[sqlite3.Row]:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.commands.calibrate import locate
 from pipeline.detector import calibration as C
 from pipeline.detector.spec import DetectorSpec
 from pipeline.report.review_set import audit_indices
+from tests.conftest import write_png
 
 ALPHA, N_CALIBRATION, BATCHES, BATCH = 0.05, 99, 20, 100
 
@@ -50,3 +52,14 @@ def test_the_audit_sample_is_random_and_reproducible():
     picks = np.concatenate([sorted(audit_indices(100, 10, s)) for s in range(2000)])
     counts = np.bincount(picks, minlength=100)
     assert counts.min() > 120 and counts.max() < 290  # each index about 200 times: no index is favoured
+
+
+def test_a_reviewed_image_is_read_only_inside_the_folder_it_was_judged_in(tmp_path, caplog):
+    inbox = tmp_path / "inbox"
+    for path in (inbox / "a.png", inbox / "processed" / "b.png", tmp_path / "outside" / "secret.png"):
+        write_png(path, np.zeros((8, 8), np.uint8))
+    (inbox / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    assert locate(str(inbox), "a.png") == inbox / "a.png"
+    assert locate(str(inbox), "b.png") == inbox / "processed" / "b.png"  # moved there after it was judged
+    assert locate(str(inbox), "link.png") is None and locate(str(inbox), "../outside/secret.png") is None
+    assert f"leads outside {inbox} (to {tmp_path / 'outside' / 'secret.png'})" in caplog.text

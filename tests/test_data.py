@@ -162,13 +162,34 @@ def test_load_images_with_no_readable_image_is_an_error(tmp_path):
 def test_symlinks_out_of_the_dataset_are_not_followed(tiny_dataset, tmp_path, caplog):
     outside = write_png(tmp_path / "secret" / "outside.png", np.zeros((48, 48), np.uint8))
     (tiny_dataset / "train" / "good" / "link.png").symlink_to(outside)
+    (tiny_dataset / "train" / "good" / "dirlink").symlink_to(outside.parent, target_is_directory=True)
     (tiny_dataset / "test" / "good" / "dirlink").symlink_to(outside.parent, target_is_directory=True)
+    (tiny_dataset / "test" / "elsewhere").symlink_to(outside.parent, target_is_directory=True)  # a class folder
     inside = tiny_dataset / "train" / "good" / "000.png"
     (tiny_dataset / "train" / "good" / "alias.png").symlink_to(inside)  # stays inside: allowed
     names = {s.rel_path for s in scan_train(tiny_dataset)}
-    assert "train/good/link.png" not in names and "train/good/alias.png" in names
-    assert all("dirlink" not in s.rel_path for s in scan_test(tiny_dataset))
-    assert "links outside" in caplog.text
+    assert "train/good/link.png" not in names and "train/good/alias.png" in names and len(names) == 25
+    test_names = {s.rel_path for s in scan_test(tiny_dataset)}
+    assert len(test_names) == 12 and not [n for n in test_names if "dirlink" in n or "elsewhere" in n]
+    assert f"train/good/link.png: it links outside {tiny_dataset} (to {outside})" in caplog.text
+    assert f"test/elsewhere/outside.png: it links outside {tiny_dataset} (to {outside})" in caplog.text
+
+
+def test_masks_that_link_out_of_the_dataset_are_not_read(tiny_dataset, tmp_path, caplog):
+    secret = write_png(tmp_path / "secret" / "000_mask.png", np.full((48, 48), 255, np.uint8))
+    gt = tiny_dataset / "ground_truth" / "scratch"
+    (gt / "000_mask.png").unlink()
+    (gt / "000_mask.png").symlink_to(secret)                    # a mask file linking out
+    (gt / "001_mask.png").unlink()
+    (gt / "001_mask.png").symlink_to(gt / "002_mask.png")       # a mask linking inside: allowed
+    write_png(tiny_dataset / "test" / "dent" / "000.png", np.zeros((48, 48), np.uint8))
+    (tiny_dataset / "ground_truth" / "dent").symlink_to(secret.parent, target_is_directory=True)  # a folder out
+    by_name = {s.rel_path: s for s in scan_test(tiny_dataset)}
+    assert by_name["test/scratch/000.png"].mask_path is None and by_name["test/dent/000.png"].mask_path is None
+    assert by_name["test/scratch/001.png"].mask_path == gt / "001_mask.png"
+    assert by_name["test/dent/000.png"].label == 1  # the image is still scored, without its mask
+    assert f"scratch/000_mask.png: it links outside {tiny_dataset} (to {secret})" in caplog.text
+    assert f"dent/000_mask.png: it links outside {tiny_dataset} (to {secret})" in caplog.text
 
 
 def _indices(folder) -> set[int]:

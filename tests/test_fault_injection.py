@@ -1,8 +1,8 @@
-"""Crash tests: a fault at every write point of `inspect` and `score`, by exception and by SIGKILL,
-then a rerun; the invariants hold after each.
+"""Crash tests: a fault at every write point of `inspect` and `score`, by exception and by SIGKILL, and a
+SIGKILL in the middle of writing each kind of file they write, then a rerun; the invariants hold after each.
 
-    inspect: every inbox image is in results.csv exactly once, the ledger agrees with results.csv,
-             no staging folder or temporary file is left, every batch is logged to MLflow exactly once;
+    inspect: every inbox image is in the results table exactly once, the ledger agrees with it, no staging
+             folder or temporary file is left, every batch is logged to MLflow exactly once;
     score:   scores.csv has one row per test image, every map is whole, no temporary file is left, and
              the scoring run is logged to MLflow once, finished.
 
@@ -10,8 +10,8 @@ While the process lies dead (before the rerun), every file a reader can see must
 a crash may leave work undone, never half-written results.
 
 The faults are injected by tests/fault_runner.py, which wraps the write point where the product
-looks it up; a SIGKILL run is a real child process (forked from a fork server that imported the product
-once) killing itself at that point.
+looks it up (or, for a kill in the middle of a write, the files it opens); a SIGKILL run is a real child
+process (forked from a fork server that imported the product once) killing itself at that point.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pipeline.__main__ import main
 from pipeline.data.layout import scan_test
 from pipeline.report.review_set import RECORDS
 from tests import fault_runner
-from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector
+from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector, results
 
 
 # (target, before|after, n-th call). Inspection runs 3 batches (3, 3 and 1 images); the faults hit batch 2.
@@ -42,8 +42,8 @@ INSPECT_POINTS = [
     ("pipeline.inspection.batch:build_review", "before", 2),        # review panels and thumbnails
     ("pipeline.inspection.batch:write_records", "after", 2),        # review records staged, review page not
     ("pipeline.inspection.run:publish", "before", 2),               # staging folder complete, not renamed
-    ("pipeline.inspection.run:publish", "after", 2),                # batch folder visible, results not appended
-    ("pipeline.inspection.commit:append_results", "after", 2),      # rows appended, ledger not committed
+    ("pipeline.inspection.run:publish", "after", 2),                # batch folder visible, its results part not
+    ("pipeline.inspection.commit:write_results", "after", 2),       # results part visible, ledger not committed
     ("pipeline.inspection.ledger:Ledger.commit_batch", "before", 2),
     ("pipeline.inspection.ledger:Ledger.commit_batch", "after", 2),  # committed, not logged, not moved
     ("pipeline.inspection.run:_move", "after", 4),                  # half of batch 2 moved to processed/
@@ -65,13 +65,39 @@ SCORE_POINTS = [
     ("pipeline.tracking.detection_run:_records", "before", 1),      # MLflow run half logged
     ("pipeline.commands.score:log_detection_run", "before", 1),
 ]
+# A SIGKILL in the middle of writing a file (half of its first write on disk), for every kind of file
+# each command writes that a reader could see, or that a later step reads back.
+INSPECT_MID_WRITES = [
+    ("open:.npy", "mid", 4),                 # a map of batch 2 (staged)
+    ("open:scores.csv", "mid", 2),           # batch 2's table (staged)
+    ("open:records.json", "mid", 2),         # its review records (staged)
+    ("open:summary.json", "mid", 2),         # its summary (staged), read back by the commit
+    ("open:/results/", "mid", 2),            # batch 2's part of the results table
+]
+SCORE_MID_WRITES = [
+    ("open:.npy", "mid", 3),
+    ("open:scores.csv", "mid", 1),
+    ("open:errors.csv", "mid", 1),
+    ("open:/panels/", "mid", 1),
+    ("open:/thumbnails/", "mid", 1),
+    ("open:records.json", "mid", 1),
+    ("open:index.html", "mid", 1),
+    ("open:/figures/", "mid", 1),
+    ("open:metrics.json", "mid", 1),
+]
 MODES = ["raise", "kill"]
 INBOX = [f"cam{i % 2}/part {i:02d}.png" for i in range(7)]  # a space in every name, two folders
 
 
 def _point_id(point) -> str:
     target, when, nth = point
-    return f"{target.split(':')[-1]}-{when}-{nth}"
+    return f"{target.split(':')[-1].strip('/')}-{when}-{nth}"
+
+
+def _cases(points: list, mid_writes: list) -> list:
+    """Every write point by exception and by SIGKILL, every mid-write point by SIGKILL."""
+    return [pytest.param(p, m, id=f"{_point_id(p)}-{m}") for p in points for m in MODES] + \
+        [pytest.param(p, "kill", id=f"{_point_id(p)}-kill") for p in mid_writes]
 
 
 def run_with_fault(point, mode: str, argv: list[str], monkeypatch, log_dir: Path) -> int:
@@ -83,8 +109,8 @@ def run_with_fault(point, mode: str, argv: list[str], monkeypatch, log_dir: Path
         assert code == -signal.SIGKILL, f"the fault point was never reached (exit {code}):\n{log.read_text()[-3000:]}"
         return code
     with monkeypatch.context() as patch:
-        owner, attr = fault_runner._resolve("os:replace" if target.startswith("os:replace=") else target)
-        patch.setattr(owner, attr, getattr(owner, attr))  # restored when the context ends
+        for owner, attr in fault_runner.patched(target):
+            patch.setattr(owner, attr, getattr(owner, attr))  # restored when the context ends
         state = fault_runner.install(target, when, "raise", nth)
         try:
             code = main(argv)  # an injected OSError is a failed run (exit != 0) or, where that is safe,
@@ -114,6 +140,11 @@ def assert_visible_files_whole(folder: Path) -> None:
         elif path.suffix == ".png":
             with Image.open(path) as image:
                 image.load()
+        elif path.suffix == ".html":
+            assert path.read_text().rstrip().endswith("</html>"), f"{rel} is cut"
+    if (folder / "results").is_dir() and any((folder / "results").glob("*.parquet")):
+        table = pd.read_parquet(folder / "results")  # the results table as a reader reads it: its parts' union
+        assert table["score"].notna().all() and table["image_path"].is_unique
 
 
 def assert_no_temporaries(folder: Path) -> None:
@@ -132,8 +163,8 @@ def _mlflow_point(point) -> bool:
 
 
 def assert_inspection_invariant(out: Path, tracking_store: Path | None) -> None:
-    frame = pd.read_csv(out / "results.csv")
-    assert sorted(frame["image_path"]) == sorted(INBOX), "every image exactly once in results.csv"
+    frame = results(out)
+    assert sorted(frame["image_path"]) == sorted(INBOX), "every image exactly once in the results table"
     ledger = ledger_rows(out)
     assert sorted(r["path"] for r in ledger) == sorted(INBOX), "the ledger knows every image exactly once"
     assert {(r["path"], r["batch_id"]) for r in ledger} == set(zip(frame["image_path"], frame["batch_id"]))
@@ -155,8 +186,7 @@ def assert_inspection_invariant(out: Path, tracking_store: Path | None) -> None:
         assert sorted(logged) == sorted(batch_dirs), "every batch logged to MLflow exactly once"
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("point", INSPECT_POINTS, ids=_point_id)
+@pytest.mark.parametrize("point,mode", _cases(INSPECT_POINTS, INSPECT_MID_WRITES))
 def test_inspection_survives_a_fault_at_every_write_point(point, mode, judge, tmp_path, monkeypatch, capsys):
     inbox, out, processed = tmp_path / "inbox", tmp_path / "out", tmp_path / "processed"
     add_parts(inbox, INBOX[:-1])
@@ -187,8 +217,7 @@ def test_inspection_survives_a_fault_at_every_write_point(point, mode, judge, tm
 
 # ---- scoring ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("point", SCORE_POINTS, ids=_point_id)
+@pytest.mark.parametrize("point,mode", _cases(SCORE_POINTS, SCORE_MID_WRITES))
 def test_scoring_survives_a_fault_at_every_write_point(point, mode, trained, tmp_path, monkeypatch, capsys):
     out = tmp_path / "score"
     tracking = "detection_run" in point[0]

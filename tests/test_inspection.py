@@ -14,6 +14,7 @@ from pipeline.detector import calibration as C
 from pipeline.inspection.lock import InspectionLock
 from pipeline.inspection.run import EXIT_CANNOT_RUN, EXIT_DRIFT, EXIT_FILE_ERRORS, EXIT_LOCKED, EXIT_OK
 from pipeline.report.review_set import FLAGGED, RECORDS
+from tests.conftest import snapshot
 from tests.inspection_helpers import add_dark, add_parts, inspect_overrides, ledger_rows, make_detector, results
 
 NO_MLFLOW = "tracking.enabled=false"
@@ -86,6 +87,41 @@ def test_changed_file_is_scored_again_identical_redelivery_is_not(setup, capsys)
     assert [r["path"] for r in ledger_rows(out)] == ["a.png", "b.png", "a.png"]
 
 
+def test_the_same_image_under_two_names_is_scored_once(setup, capsys):
+    inbox, out, run = setup
+    (original,) = add_parts(inbox, ["cam1/part.png"])
+    (inbox / "cam1" / "copy in the same batch.png").write_bytes(original.read_bytes())
+    assert run() == EXIT_OK
+    first = _summary(capsys)
+    assert first["n_scored"] == 1 and first["already_judged"] == 1
+    # Delivered again later under another name, in another folder: recognised by its content.
+    (inbox / "cam2").mkdir()
+    (inbox / "cam2" / "part-again.png").write_bytes(original.read_bytes())
+    assert run() == EXIT_OK
+    second = _summary(capsys)
+    assert second["n_scored"] == 0 and second["already_judged"] == 3
+    (row,) = ledger_rows(out)  # whichever of the first two the scan met first
+    assert row["path"] in ("cam1/part.png", "cam1/copy in the same batch.png") and len(results(out)) == 1
+
+
+def test_a_replaced_file_with_its_size_and_timestamps_preserved_is_scored_again(setup, capsys):
+    inbox, out, run = setup
+    (image,) = add_parts(inbox, ["a.png"])
+    assert run() == EXIT_OK
+    assert _summary(capsys)["n_scored"] == 1
+    before = image.stat()
+    replaced = bytearray(image.read_bytes())
+    replaced[-20:-12] = bytes(8)  # new bytes, same size (the PNG's last chunk: a corrupt CRC)
+    image.write_bytes(bytes(replaced))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p`, `touch -r` or rsync -t leave it
+    assert image.stat().st_size == before.st_size and image.stat().st_mtime_ns == before.st_mtime_ns
+    assert run() == EXIT_FILE_ERRORS  # judged again: the new bytes are a corrupt PNG
+    summary = _summary(capsys)
+    assert summary["n_seen"] == 1 and summary["already_judged"] == 0
+    assert [(r["path"], r["status"]) for r in ledger_rows(out)] == [("a.png", "scored"), ("a.png", "error")]
+    assert run() == EXIT_OK and _summary(capsys)["n_seen"] == 0  # and once only
+
+
 def test_bad_files_are_errors_with_reasons_and_do_not_stop_the_batch(setup, capsys):
     inbox, out, run = setup
     (good,) = add_parts(inbox, ["good.png"])
@@ -110,9 +146,55 @@ def test_bad_files_are_errors_with_reasons_and_do_not_stop_the_batch(setup, caps
     assert statuses["good.png"] == ("scored", None) and statuses["empty.png"][0] == "error"
     # Errors are recorded once; unchanged bad files are not re-reported, a repaired one is judged again.
     assert run() == EXIT_OK and _summary(capsys)["n_seen"] == 0
-    inbox.joinpath("truncated.png").write_bytes(good.read_bytes())
+    add_parts(inbox, ["truncated.png"], seed=5)  # delivered again, whole
     assert run() == EXIT_OK
     assert _summary(capsys)["n_scored"] == 1 and sorted(results(out)["image_path"]) == ["good.png", "truncated.png"]
+
+
+def test_a_hostile_inbox_scores_only_the_images_inside_and_names_the_escapes(setup, tmp_path, capsys):
+    inbox, out, run = setup
+    (secret,) = add_parts(tmp_path / "outside", ["secret.png"], seed=9)
+    add_parts(tmp_path / "outside", ["folder/also-secret.png"], seed=10)
+    odd = ["ünïcødé 部品.png", "semi;colon $(rm -rf x) `q`.png", "-dash.png", "sub/deep/x.png", "a.png.npy.png"]
+    add_parts(inbox, ["ok.png", *odd], seed=1)
+    (inbox / "escape.png").symlink_to(secret)                                    # a file out
+    (inbox / "sub" / "up.png").symlink_to("../../outside/secret.png")           # a relative link out
+    (inbox / "escape-dir").symlink_to(secret.parent / "folder", target_is_directory=True)  # a folder out
+    (inbox / "loop").symlink_to(inbox, target_is_directory=True)                 # a folder inside: not descended
+    (inbox / "alias.png").symlink_to(inbox / "ok.png")                           # inside: the same image, judged once
+    from tests.test_hostile_images import _bomb_png
+    (inbox / "bomb.png").write_bytes(_bomb_png(100_000, 100_000))
+    before = snapshot(tmp_path / "outside"), snapshot(inbox)
+
+    assert run() == EXIT_FILE_ERRORS
+    summary = _summary(capsys)
+    reasons = {os.path.relpath(e["path"], inbox): e["reason"] for e in summary["errors"]}
+    assert set(reasons) == {"escape.png", "sub/up.png", "escape-dir", "bomb.png"}
+    assert reasons["escape.png"] == f"links outside the inbox (to {secret}): not read"
+    assert reasons["sub/up.png"] == f"links outside the inbox (to {secret}): not read"
+    assert reasons["escape-dir"] == f"links outside the inbox (to {secret.parent / 'folder'}): not read"
+    assert "decompression bomb" in reasons["bomb.png"]
+    scored = sorted(results(out)["image_path"])
+    assert sorted(set(scored) - {"ok.png", "alias.png"}) == sorted(odd) and len(scored) == len(odd) + 1
+    escapes = {r["path"]: r["sha256"] for r in ledger_rows(out) if r["path"] in reasons and r["path"] != "bomb.png"}
+    assert escapes == {"escape.png": None, "sub/up.png": None, "escape-dir": None}  # never read, so never hashed
+    # Outputs are named after the paths inside the inbox, all under the output folder; nothing else moved.
+    batch = out / "batches" / summary["batches"][0]["batch_id"]
+    assert sorted(p.relative_to(batch / "maps").as_posix() for p in (batch / "maps").rglob("*.npy")) == \
+        sorted(f"{name}.npy" for name in scored)
+    assert (snapshot(tmp_path / "outside"), snapshot(inbox)) == before
+    assert run() == EXIT_OK and _summary(capsys)["n_seen"] == 0  # the escapes are reported once
+
+
+def test_an_output_folder_inside_the_inbox_is_refused(setup, tmp_path, capsys):
+    inbox, out, run = setup
+    add_parts(inbox, ["a.png"])
+    (tmp_path / "linked-out").symlink_to(inbox / "sub", target_is_directory=True)  # resolves into the inbox
+    before = snapshot(inbox)
+    for inside in (inbox, inbox / "results", tmp_path / "linked-out"):
+        assert run(f"inspect.output_dir={inside}") == EXIT_CANNOT_RUN
+        assert f"is inside the inbox {inbox}" in capsys.readouterr().err
+    assert snapshot(inbox) == before and not out.exists()
 
 
 def test_a_held_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(setup, capsys, caplog):
@@ -121,7 +203,7 @@ def test_a_held_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(setup, c
     with InspectionLock(out / "inspect.lock"):
         assert run() == EXIT_LOCKED
     assert "another inspection holds" in capsys.readouterr().err
-    assert not (out / "results.csv").exists()
+    assert not (out / "results").exists()
     # What a killed holder leaves: its pid in the file (the kernel already dropped its flock).
     (out / "inspect.lock").write_text(json.dumps({"pid": 999999999, "host": "elsewhere", "started": "earlier"}))
     with caplog.at_level(logging.WARNING):
@@ -136,22 +218,24 @@ def test_every_state_a_killed_run_leaves_is_recovered_exactly_once(setup, capsys
     add_parts(inbox, [f"{i}.png" for i in range(6)])
     assert run("inspect.max_batch_images=3") == EXIT_OK
     batches = [b["batch_id"] for b in _summary(capsys)["batches"]]
-    full_csv = (out / "results.csv").read_bytes()
-    last = json.loads((out / "batches" / batches[1] / "summary.json").read_text())
+    table = results(out)
+    part = out / "results" / f"{batches[1]}.parquet"
     import sqlite3
     db = sqlite3.connect(out / "ledger.sqlite")
     db.execute("DELETE FROM files WHERE batch_id = ?", (batches[1],))
     db.execute("DELETE FROM batches WHERE batch_id = ?", (batches[1],))
     db.commit(), db.close()
-    # killed during step 3: half of the last batch's rows appended, the last line cut mid-way
-    (out / "results.csv").write_bytes(full_csv[:last["csv_offset"] + 150])
+    # killed during step 3: the last batch's part half-written, under its temporary name
+    part.with_name(f".{part.name}.tmp").write_bytes(part.read_bytes()[:150])
+    part.unlink()
+    assert len(results(out)) == 3  # a reader sees the first batch only, never a cut part
     # killed during step 1 of a following batch: a staging folder
     (out / "batches" / ".staging-20990101T000000-abcdef" / "maps").mkdir(parents=True)
     assert run("inspect.max_batch_images=3") == EXIT_OK
     summary = _summary(capsys)
     assert summary["recovered_batches"] == [batches[1]] and summary["n_scored"] == 0
-    assert (out / "results.csv").read_bytes() == full_csv  # exactly the uninterrupted result
-    assert not list((out / "batches").glob(".staging-*"))
+    assert results(out).equals(table)  # exactly the uninterrupted result
+    assert not list((out / "batches").glob(".staging-*")) and not list((out / "results").glob(".*"))
     assert len(ledger_rows(out)) == 6
 
 
@@ -187,13 +271,13 @@ def test_an_unknown_control_is_refused(setup, capsys):
     inbox, out, run = setup
     add_parts(inbox, ["a.png"])
     assert run("inspect.control=bonferroni") == EXIT_CANNOT_RUN
-    assert "inspect.control" in capsys.readouterr().err and not (out / "results.csv").exists()
+    assert "inspect.control" in capsys.readouterr().err and not (out / "results").exists()
 
 
 def test_bh_in_a_batch_of_defects_and_it_drifted(setup, capsys):
     inbox, out, run = setup
     for i in range(25):
-        add_dark(inbox, f"dark{i:02d}.png")
+        add_dark(inbox, f"dark{i:02d}.png", mark=i)  # 25 different images
     assert run("inspect.control=bh", "inspect.fdr_q=0.1", "inspect.drift_min_images=20") == EXIT_DRIFT
     summary = _summary(capsys)
     assert [d["batch_id"] for d in summary["drift_batches"]] == [summary["batches"][0]["batch_id"]]

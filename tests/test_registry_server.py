@@ -6,8 +6,11 @@ import subprocess
 import sys
 import tempfile
 
+from urllib.parse import urlparse
+
 import numpy as np
 import pandas as pd
+import psutil
 from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
@@ -24,6 +27,13 @@ def _records(served, folder="scored-newest") -> list[dict]:
 def _artifact_table(client, run_id, path) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         return pd.read_json(client.download_artifacts(run_id, path, tmp), orient="split", dtype=False)
+
+
+def test_the_test_server_listens_on_127_0_0_1_only(served):
+    port = urlparse(served["url"]).port
+    listening = [c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening and set(listening) == {"127.0.0.1"}, listening
 
 
 def test_every_training_run_is_a_version_and_only_promotion_moves_the_champion(served):

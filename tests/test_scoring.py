@@ -133,6 +133,7 @@ def test_score_refuses_a_registered_model_whose_files_were_swapped_in_the_store(
     detector.json's checksum to match: the checksum the registry recorded at training time catches it."""
     overrides = tiny_overrides(tmp_path, f"data.root={tiny_dataset}", f"score.output_dir={tmp_path / 'scored'}")
     assert main(["train", *overrides]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
     assert main(["score", *overrides, "detector=1"]) == 0  # intact: scores
     capsys.readouterr()
     swapped = 0
@@ -149,6 +150,10 @@ def test_score_refuses_a_registered_model_whose_files_were_swapped_in_the_store(
                      f"export.output_dir={tmp_path / 'onnx'}", f"report.output_dir={tmp_path / 'report'}"]) == 1
         assert "recorded in the registry" in capsys.readouterr().err, command
     assert not (tmp_path / "scored-2" / "scores.csv").exists() and not (tmp_path / "onnx").exists()
+    # Named by its training run (its id or a runs:/ URI), a registered detector is held to the registry's checksum too.
+    for spec in (run_id, f"runs:/{run_id}/detector"):
+        assert main(["score", *overrides, f"detector={spec}", f"score.output_dir={tmp_path / 'scored-2'}"]) == 1
+        assert "recorded in the registry" in capsys.readouterr().err, spec
     # inspect refuses it too, and never falls back to a cached copy (exit 4: cannot run)
     (tmp_path / "inbox").mkdir()
     write_png(tmp_path / "inbox" / "a.png", np.full((48, 48), 40, np.uint8))

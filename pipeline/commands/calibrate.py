@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from pipeline.commands.common import load_detector
 from pipeline.commands.review import review_experiments
 from pipeline.data.datasets import load_images
+from pipeline.data.fs import real_path, within
 from pipeline.data.layout import Sample
 from pipeline.detector import AnomalyDetector
 from pipeline.review.loop import audited_normal_images
@@ -39,13 +40,16 @@ def extend_calibration(detector: AnomalyDetector, images) -> int:
     return len(images)
 
 
-def locate(where: str, image_path: str) -> Path:
-    """The file of a reviewed image: under the data root or inbox it was judged in (or its processed/ folder)."""
-    base = Path(where)
-    for candidate in (base / image_path, base / "processed" / image_path):
-        if candidate.is_file():
-            return candidate
-    return base / image_path
+def locate(where: str, image_path: str) -> Path | None:
+    """The file of a reviewed image: under the data root or inbox it was judged in (or its processed/ folder);
+    None, with a warning, when that path leads outside the folder (the record's path or a symlink on its way)."""
+    base = real_path(Path(where))
+    candidates = [p for p in (base / image_path, base / "processed" / image_path) if p.is_file()]
+    path = candidates[0] if candidates else base / image_path
+    if not within(real_path(path), base):
+        log.warning("not added to the calibration set: %s leads outside %s (to %s)", path, base, real_path(path))
+        return None
+    return path
 
 
 def run_calibrate(cfg: DictConfig) -> dict:
@@ -63,13 +67,14 @@ def run_calibrate(cfg: DictConfig) -> dict:
                           f"{len(already)} already added, {ignored} flagged false alarms outside the audit sample, "
                           "which calibrate never uses): review the images marked 'audit' of a scoring run or an "
                           "inspection batch, e.g. `python -m pipeline review <run> review.set=[<sample id>:false_alarm]`")
-    samples = [Sample(locate(w, p), p, "good", None) for w, p in zip(new["where"], new["image_path"])]
-    images, kept, errors = load_images(samples, detector.spec.image_size, detector.spec.read_options)
+    located = {i: locate(w, p) for i, w, p in zip(new["id"], new["where"], new["image_path"])}
+    samples = {i: Sample(path, i, "good", None) for i, path in located.items() if path is not None}
+    images, kept, errors = load_images(list(samples.values()), detector.spec.image_size, detector.spec.read_options)
     for err in errors:
         log.warning("not added to the calibration set: %s", err)
     old_threshold, old_n = detector.threshold_, len(detector.calibration_scores_)
     n_added = extend_calibration(detector, images)
-    added = [i for i, s in zip(new["id"], samples) if s in kept]
+    added = [i for i, s in samples.items() if s in kept]
     detector.spec.extra = {**detector.spec.extra, ADDED_KEY: sorted(already | set(added)),
                            "calibrated_from": provenance["model_source"]}
     log.warning("threshold recalibrated with %d reviewed normal audit image(s): %.6g -> %.6g (n = %d -> %d); "

@@ -23,7 +23,8 @@ from pipeline.data.conditional import category_roots
 from pipeline.data.images import ImageReadError
 from pipeline.data.layout import Sample, scan_test
 from pipeline.detector import calibration as C
-from pipeline.detector.files import atomic_write_text, decide_frame, score_files
+from pipeline.data.fs import atomic_write_text
+from pipeline.detector.files import decide_frame, score_files
 from pipeline.detector.distributed import score_distributed, wants_distributed
 from pipeline.report import figures
 from pipeline.report.evaluation import evaluation_figures

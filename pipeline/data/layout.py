@@ -3,6 +3,9 @@
     <root>/train/good/*                       normal training images
     <root>/test/<good|defect_type>/*          test images, labelled by their folder
     <root>/ground_truth/<defect_type>/<stem>_mask.png   pixel masks of defective test images (optional)
+
+Reads never leave the root: an image or a mask that leads outside it (a symlink of the file, or of a folder
+on its way) is skipped with a warning that names it and where it leads.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.data.fs import real_path, within
 from pipeline.data.images import is_image_file
 
 log = logging.getLogger(__name__)
@@ -37,24 +41,24 @@ class Sample:
 
 def _images_in(folder: Path, root: Path | None = None) -> list[Path]:
     """Image files under `folder`, sorted (so splits and outputs do not depend on the file system's
-    listing order). A symlink that leads outside `root` is skipped with a warning: reads never leave
-    the configured folder."""
+    listing order). One that leads outside `root` is skipped with a warning."""
     root = (root or folder).resolve()
-    images = []
-    for path in sorted(folder.rglob("*"), key=lambda p: p.as_posix()):
-        if not is_image_file(path):
-            continue
-        if not path.resolve().is_relative_to(root):
-            log.warning("skipping %s: it links outside %s", path, root)
-            continue
-        images.append(path)
-    return images
+    return [p for p in sorted(folder.rglob("*"), key=lambda p: p.as_posix()) if is_image_file(p) and _contained(p, root)]
+
+
+def _contained(path: Path, root: Path) -> bool:
+    """Whether `path` really lies inside `root`; warns, naming both, when it does not."""
+    real = real_path(path)
+    if within(real, root):
+        return True
+    log.warning("skipping %s: it links outside %s (to %s)", path, root, real)
+    return False
 
 
 def _mask_for(root: Path, defect_type: str, image: Path, class_dir: Path) -> Path | None:
     rel = image.relative_to(class_dir)
     mask = root / "ground_truth" / defect_type / rel.parent / f"{rel.stem}_mask.png"
-    return mask if mask.is_file() else None
+    return mask if mask.is_file() and _contained(mask, root) else None
 
 
 def scan_train(root: Path | str) -> list[Sample]:

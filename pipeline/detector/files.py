@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipeline.data.datasets import ImageDataset
+from pipeline.data.fs import atomic_write
 from pipeline.data.layout import Sample
 from pipeline.detector import calibration as C
 from pipeline.scoring import scores as S
@@ -46,24 +46,6 @@ class ScoredFiles:
     errors: list[dict]          # [{'image_path', 'error'}] for files that could not be read
     kept: dict[int, Kept]       # by sample index: the top `keep_top` by decision score, and the `keep_indices`
     maps: dict[int, np.ndarray] = field(default_factory=dict)  # by sample index, original resolution (keep_maps)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file; on failure (e.g. a
-    full disk) the temporary file is removed and the previous file, if any, stays intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def map_file(out_dir: Path, rel_path: str) -> Path:

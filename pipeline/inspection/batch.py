@@ -71,8 +71,7 @@ def batch_drift(detector: AnomalyDetector, frame: pd.DataFrame, icfg: DictConfig
                       icfg.drift_test)
 
 
-def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig, staging: Path, batch_id: str,
-                csv_offset: int) -> dict:
+def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig, staging: Path, batch_id: str) -> dict:
     """Score `files` into `staging` and return the batch summary (also written as summary.json)."""
     icfg, review = cfg.inspect, cfg.review
     started, now = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -82,7 +81,7 @@ def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig,
     for f in files:
         if f.problem:  # decoding errors are reported by score_files
             log.warning("cannot judge %s: %s", f.path, f.problem)
-    samples = [Sample(f.path, f.rel_path, "unknown", None) for f in files if not f.problem]
+    samples = [Sample(f.real_path or f.path, f.rel_path, "unknown", None) for f in files if not f.problem]
     audit = audit_indices(len(samples), review.audit_size, zlib.crc32(batch_id.encode()))
     scored = score_files(detector, samples, staging, cfg.data.batch_size, cfg.data.num_workers, keep_top=icfg.max_panels,
                          keep_indices=audit, statistics=True)
@@ -115,7 +114,6 @@ def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig,
         "n_seen": len(files), "n_scored": len(table), "n_images": len(table), "n_flagged": int(table["is_anomaly"].sum()),
         "n_errors": len(errors), "scoring_images_per_second": len(table) / forward_seconds if len(table) else None,
         "drift": drift, "errors": errors, "flagged": table.loc[table["is_anomaly"] == 1, "image_path"].tolist(),
-        "csv_offset": csv_offset,
     }
     records = build_review(frame, scored.kept, audit, staging, detector.spec.pixel_threshold, icfg.max_panels,
                            review.top_when_none, review.tile_size, review.thumbnail_width) if not frame.empty else []

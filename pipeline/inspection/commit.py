@@ -5,14 +5,16 @@ The order of a batch's commit, and what a run killed between two steps leaves be
   1. write everything into batches/.staging-<id>/ and fsync it   killed: staging folder, deleted on the next run
   2. rename it to batches/<id>/ (atomic) and fsync the parent     killed: a complete batch folder the ledger
                                                                    does not know: rolled forward on the next run
-  3. append its rows to results.csv (from the byte offset          killed: a partial append, cut back to the offset
-     recorded in its summary.json) and fsync                       and redone by the roll-forward
+  3. write its rows as results/<id>.parquet (aside, fsynced,      killed: a hidden temporary file, rewritten by
+     then renamed into place)                                      the roll-forward
   4. one ledger transaction: all its files + the batch row        the commit point: from here on its files are
                                                                    never judged again
 
-Every image therefore lands in results.csv exactly once: before step 4 its batch is finished from the
-folder (never rescored), and a partial append is cut back to the recorded offset before it is redone.
-Only one process writes at a time (the lock), so at most one batch can be half-committed.
+The cumulative results table is the union of results/*.parquet, one part per batch with scored images:
+`pd.read_parquet("<output_dir>/results")` (hidden temporary files are not part of it). A part appears
+whole or not at all, and a roll-forward rewrites the same part, so every image is in the table exactly
+once: before step 4 its batch is finished from the folder (never rescored). Only one process writes at a
+time (the lock), so at most one batch can be half-committed.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from pipeline.data.fs import atomic_write
 from pipeline.inspection.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-RESULTS_CSV = "results.csv"
+RESULTS = "results"
 BATCHES = "batches"
 STAGING_PREFIX = ".staging-"
 SUMMARY = "summary.json"
+SCORES = "scores.parquet"
 
 
 def fsync_path(path: Path) -> None:
@@ -52,11 +57,6 @@ def fsync_tree(folder: Path) -> None:
         fsync_path(Path(current))
 
 
-def results_size(out_dir: Path) -> int:
-    path = out_dir / RESULTS_CSV
-    return path.stat().st_size if path.exists() else 0
-
-
 def publish(staging: Path, final: Path) -> None:
     """Steps 1-2: make the staged batch durable, then visible under its final name in one rename."""
     fsync_tree(staging)
@@ -64,21 +64,19 @@ def publish(staging: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def append_results(csv_path: Path, frame: pd.DataFrame, offset: int) -> None:
-    """Step 3: append `frame` to the cumulative CSV starting exactly at byte `offset`."""
-    size = csv_path.stat().st_size if csv_path.exists() else 0
-    if size > offset:
-        log.warning("%s: cutting an interrupted append back from %d to %d bytes", csv_path, size, offset)
-        os.truncate(csv_path, offset)
-    elif size < offset:
-        log.warning("%s is shorter (%d bytes) than when batch was staged (%d): it was edited; appending at the end",
-                    csv_path, size, offset)
-    if frame.empty:
-        return
-    with open(csv_path, "a", newline="") as handle:
-        frame.to_csv(handle, header=handle.tell() == 0, index=False)
-        handle.flush()
-        os.fsync(handle.fileno())
+def results_part(out_dir: Path, batch_id: str) -> Path:
+    return out_dir / RESULTS / f"{batch_id}.parquet"
+
+
+def write_results(out_dir: Path, batch_dir: Path, batch_id: str) -> Path | None:
+    """Step 3: the batch's scored rows as its own part of the results table, whole or not at all
+    (None when the batch scored no image: an empty part would carry no column types)."""
+    scores = batch_dir / SCORES
+    if not scores.exists() or pq.read_metadata(scores).num_rows == 0:
+        return None
+    part = atomic_write(results_part(out_dir, batch_id), lambda handle: handle.write(scores.read_bytes()), fsync=True)
+    fsync_path(part.parent)
+    return part
 
 
 def _nullable(value):
@@ -89,7 +87,7 @@ def ledger_rows(batch_dir: Path, summary: dict) -> list[dict]:
     """The ledger's file rows of a batch, read back from its folder (the same code path for a fresh
     commit and for a roll-forward after a crash)."""
     rows = []
-    for name, status in (("scores.parquet", "scored"), ("errors.parquet", "error")):
+    for name, status in ((SCORES, "scored"), ("errors.parquet", "error")):
         path = batch_dir / name
         if not path.exists():
             continue
@@ -103,8 +101,7 @@ def ledger_rows(batch_dir: Path, summary: dict) -> list[dict]:
 def commit(out_dir: Path, ledger: Ledger, batch_dir: Path, mlflow_state: str) -> dict:
     """Steps 3-4 for a published batch folder; returns its summary."""
     summary = json.loads((batch_dir / SUMMARY).read_text())
-    scores = pd.read_parquet(batch_dir / "scores.parquet") if (batch_dir / "scores.parquet").exists() else pd.DataFrame()
-    append_results(out_dir / RESULTS_CSV, scores, int(summary["csv_offset"]))
+    write_results(out_dir, batch_dir, summary["batch_id"])
     batch = {k: summary[k] for k in ("batch_id", "model_version", "n_seen", "n_scored", "n_flagged", "n_errors")}
     batch["folder"] = str(batch_dir)
     ledger.commit_batch(batch, ledger_rows(batch_dir, summary), mlflow_state)
@@ -112,14 +109,16 @@ def commit(out_dir: Path, ledger: Ledger, batch_dir: Path, mlflow_state: str) ->
 
 
 def recover(out_dir: Path, ledger: Ledger, mlflow_state: str) -> list[str]:
-    """Clean up after a run that was killed: drop staging folders, roll forward published batches the
-    ledger does not know. Returns the ids of the batches rolled forward."""
+    """Clean up after a run that was killed: drop staging folders and temporary parts, roll forward published
+    batches the ledger does not know. Returns the ids of the batches rolled forward."""
     batches = out_dir / BATCHES
     if not batches.is_dir():
         return []
     for staging in batches.glob(f"{STAGING_PREFIX}*"):
         log.warning("removing %s, left by an inspection that was killed before finishing it", staging)
         shutil.rmtree(staging, ignore_errors=True)
+    for tmp in (out_dir / RESULTS).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
     committed = ledger.committed_batch_ids()
     rolled = []
     for folder in sorted(p for p in batches.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from pipeline.detector.decision import UnableToFlag, check_and_decide
 from pipeline.inspection.batch import InspectionModel, judge_batch, new_batch_id
-from pipeline.inspection.commit import BATCHES, RESULTS_CSV, STAGING_PREFIX, commit, publish, recover, results_size
+from pipeline.inspection.commit import BATCHES, RESULTS, STAGING_PREFIX, commit, publish, recover
 from pipeline.inspection.inbox import ScanCounts, new_files
 from pipeline.inspection.ledger import Ledger
 from pipeline.inspection.lock import InspectionLock
@@ -108,7 +108,7 @@ def _result(inbox: Path, out: Path, batches: list[dict], recovered: list, counts
             pending: int | None, model_version) -> dict:
     """What one `inspect` call did, with its exit code: drift first, then file errors."""
     result = {
-        "inbox": str(inbox), "output_dir": str(out), "results": str(out / RESULTS_CSV),
+        "inbox": str(inbox), "output_dir": str(out), "results": str(out / RESULTS),
         "batches": batches, "recovered_batches": recovered,
         "n_seen": sum(b["n_seen"] for b in batches), "n_scored": sum(b["n_scored"] for b in batches),
         "n_flagged": sum(b["n_flagged"] for b in batches), "n_errors": len(errors),
@@ -151,8 +151,7 @@ def run_inspection(cfg: DictConfig) -> dict:
                     break
                 model = model or load_model(cfg, out)
                 batch_id = new_batch_id()
-                summary = judge_batch(chunk, model, cfg, out / BATCHES / f"{STAGING_PREFIX}{batch_id}", batch_id,
-                                      results_size(out))
+                summary = judge_batch(chunk, model, cfg, out / BATCHES / f"{STAGING_PREFIX}{batch_id}", batch_id)
                 publish(out / BATCHES / f"{STAGING_PREFIX}{batch_id}", out / BATCHES / batch_id)
                 commit(out, ledger, out / BATCHES / batch_id, mlflow_state)
                 log.info("batch %s committed: %d seen, %d scored, %d flagged, %d errors (%.1f images/s)", batch_id,

@@ -10,11 +10,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import roc_curve
 
+from pipeline.data.fs import atomic_write
+
 
 def save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    """Written whole or not at all (data/fs.py), in the format of its suffix."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip("."), dpi=110,
+                                                         bbox_inches="tight"))
 
 
 def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:

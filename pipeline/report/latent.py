@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from sklearn.decomposition import PCA
 
+from pipeline.data.fs import atomic_write
 from pipeline.report.figures import save
 
 
@@ -118,9 +119,8 @@ def latent_walk_gif(images: np.ndarray, path: Path, frame_ms: int, scale: int) -
     frames = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
               for f in _to_rgb(images)]
     frames = frames + frames[-2:0:-1]  # back again, so the loop has no jump
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
-    return path
+    return atomic_write(path, lambda handle: frames[0].save(handle, format="GIF", save_all=True,
+                                                            append_images=frames[1:], duration=frame_ms, loop=0))
 
 
 def walk_codes(z_a: np.ndarray, z_b: np.ndarray, steps: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import html
 import math
 from pathlib import Path
 
+from pipeline.data.fs import atomic_write_text
 from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, ReviewRecord
 
 PAGE = "review/index.html"
@@ -165,7 +166,4 @@ def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict,
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)} {badge}</h1>{problem}<ul>{head}</ul>"
             f"{shown}{how}{_index(records) if records else ''}{cards}</body></html>")
-    path = path or out_dir / PAGE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    return path
+    return atomic_write_text(path or out_dir / PAGE, page)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.data.fs import atomic_write, atomic_write_text
 from pipeline.report.panels import PanelText, render_panel, render_thumbnail, to_image
 
 FLAGGED, NOT_FLAGGED, AUDIT = "FLAGGED", "not flagged", "audit"
@@ -111,8 +112,7 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
                                                        tile_size)),
                              (thumbnail_file, render_thumbnail(image, material.map, vmax, pixel_threshold, text,
                                                                thumbnail_width))):
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            picture.save(out_dir / rel)
+            atomic_write(out_dir / rel, lambda handle, picture=picture: picture.save(handle, format="PNG"))
         records.append(ReviewRecord(
             rank_of[index], ids[index], key, str(row["image_path"]), status, index in audit, text.score, text.threshold,
             text.p_value, None if pd.isna(row.get("q_value", np.nan)) else float(row["q_value"]), text.defect_area,
@@ -127,7 +127,4 @@ def records_frame(records: list[ReviewRecord]) -> pd.DataFrame:
 
 def write_records(out_dir: Path, records: list[ReviewRecord]) -> Path:
     """review/records.json: every reviewed image's record (the review page and `review` read it)."""
-    path = out_dir / RECORDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.as_row() for r in records], indent=1, default=float))
-    return path
+    return atomic_write_text(out_dir / RECORDS, json.dumps([r.as_row() for r in records], indent=1, default=float))

@@ -4,6 +4,11 @@
 on the next batch) and the version's detector folder is cached under <output_dir>/models/<name>/v<N>/.
 When MLflow cannot be reached, the version used last time for the same spec is taken from the cache,
 with a warning, so a tracking-server outage never stops the line's inspection.
+
+The cache is trusted no more than the registry: a cached copy loads only when its weights have the
+SHA-256 the registry recorded for the version. A copy that does not is discarded and fetched again
+(verified like any download); when MLflow is unreachable it cannot be, and the inspection is refused
+with the file named, never run on a modified model.
 """
 
 from __future__ import annotations
@@ -65,6 +70,20 @@ def _remember(cache: Path, spec: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
+def _load_cached(target: Path, expected_sha256: str | None) -> AnomalyDetector | None:
+    """The cached detector in `target` if it loads with the registry's checksum; else it is discarded (None)."""
+    if not (target / DETECTOR_FILE).is_file():
+        return None
+    try:
+        return AnomalyDetector.load(target, expected_sha256=expected_sha256)
+    except (TamperedModelError, ValueError, OSError) as err:
+        log.warning("refusing the cached model: %s; fetching the registered version again", err)
+        discarded = Path(tempfile.mkdtemp(prefix=".discarded-", dir=target.parent))
+        os.rename(target, discarded / target.name)
+        shutil.rmtree(discarded, ignore_errors=True)
+        return None
+
+
 def _from_cache(cache: Path, spec: str, err: Exception) -> tuple[Path, str, dict]:
     path = cache / LAST_USED
     known = json.loads(path.read_text()) if path.exists() else {}
@@ -97,12 +116,15 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
         else:
             name, version = pinned.group(1), pinned.group(2)
         described = registry.describe(client, f"models:/{name}/{version}")
+        expected = described.get("registered_weights_sha256")
         target = cache / name / f"v{version}"
-        if not (target / DETECTOR_FILE).is_file():
+        detector = _load_cached(target, expected)
+        if detector is None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:  # the download is verified against the registry
                 folder, _ = resolve_detector(cfg, f"models:/{name}/{version}", str(cfg.data.root), download_to=Path(tmp))
                 _copy_detector(folder, target)
+            detector = AnomalyDetector.load(target, expected_sha256=expected)
     except (LookupError, TamperedModelError):  # no such model, or a modified one: never fall back silently
         raise
     except Exception as err:  # noqa: BLE001 - any failure to reach the registry falls back to the cache
@@ -110,9 +132,14 @@ def resolve_inspection_model(cfg: DictConfig, cache: Path) -> tuple[AnomalyDetec
             raise LookupError(f"detector={spec}: {str(err).splitlines()[0]} (train a model first, or set "
                               "detector=<model URI, run id or detector folder>)") from err
         folder, label, provenance = _from_cache(cache, spec, err)
-        return AnomalyDetector.load(folder), label, provenance
+        try:
+            detector = AnomalyDetector.load(folder, expected_sha256=provenance.get("registered_weights_sha256"))
+        except TamperedModelError as tampered:
+            raise TamperedModelError(f"{tampered}; MLflow is unreachable, so the registered version cannot be "
+                                     "fetched again: not inspecting with a modified model") from err
+        return detector, label, provenance
     label = f"{name}/v{version}"
     provenance = {"model_source": f"models:/{name}/{version}", "model_spec": spec, **described,
                   "model_alias": alias.group(2) if alias else "", "weights_sha256": file_sha256(target / WEIGHTS_FILE)}
     _remember(cache, spec, {"dir": str(target), "version": label, "provenance": provenance})
-    return AnomalyDetector.load(target), label, provenance
+    return detector, label, provenance

@@ -112,16 +112,27 @@ def resolve_detector(cfg: DictConfig, spec: str, data_root: str, download_to: Pa
         run_id = find_latest_training_run(client, cfg, data_root) if spec == "latest" else spec
         path = _download(cfg, run_id=run_id, artifact_path="detector", dst_path=str(download_to),
                          tracking_uri=tracking_uri(cfg))
-        provenance = {"model_source": f"runs:/{run_id}/detector", "model_run_id": run_id}
-        version = registry.version_of_run(client, name, run_id)
-        if version is not None:
-            provenance.update(model_name=name, model_version=version)
-        return _find_detector(Path(path)), provenance
+        found = _find_detector(Path(path))
+        return found, _registered_run(client, name, run_id, found, {"model_source": f"runs:/{run_id}/detector",
+                                                                    "model_run_id": run_id})
     if spec.startswith("runs:/"):
         path = _download(cfg, artifact_uri=spec, dst_path=str(download_to), tracking_uri=tracking_uri(cfg))
-        return _find_detector(Path(path)), {"model_source": spec}
+        found, run_id = _find_detector(Path(path)), spec.removeprefix("runs:/").split("/")[0]
+        return found, _registered_run(client, name, run_id, found, {"model_source": spec})
     raise ValueError(f"model={spec!r} is neither 'latest', 'champion', a version number, an existing folder, "
                      "a models:/ or runs:/ URI, nor a 32-character run id")
+
+
+def _registered_run(client: MlflowClient, name: str, run_id: str, found: Path, provenance: dict) -> dict:
+    """`provenance`, with the registered version of training run `run_id` when it has one; then its weights are
+    held to the registry's checksum, exactly as when the version is named (a run id is no way around it)."""
+    version = registry.version_of_run(client, name, run_id) if registry.RUN_ID.fullmatch(run_id) else None
+    if version is None:
+        return provenance
+    provenance = {**provenance, **registry.describe(client, f"models:/{name}/{version}")}
+    recorded = json.loads((found / DETECTOR_FILE).read_text()).get("weights_sha256")
+    verify_weights(found, recorded, provenance.get("registered_weights_sha256"))
+    return provenance
 
 
 def _download(cfg: DictConfig, **kwargs) -> str:
