@@ -21,8 +21,9 @@ from pipeline.commands.common import load_detector
 from pipeline.data.builtin import ensure_dataset
 from pipeline.data.conditional import category_roots
 from pipeline.data.images import ImageReadError
-from pipeline.data.layout import Sample, scan_test
+from pipeline.data.layout import GOOD, Sample, scan_test
 from pipeline.detector import calibration as C
+from pipeline.detector.checks import DriftSettings, check_drift, check_promise
 from pipeline.detector.files import atomic_write_text, decide_frame, score_files
 from pipeline.detector.distributed import score_distributed, wants_distributed
 from pipeline.report import figures
@@ -74,7 +75,8 @@ def run_score(cfg: DictConfig) -> dict:
             return {}
     else:
         scored = score_files(detector, samples, out_dir, cfg.data.batch_size, cfg.data.num_workers, extra, labels,
-                             keep_top=cfg.review.max_panels, keep_indices=audit, keep_maps=True, progress="scoring")
+                             keep_top=cfg.review.max_panels, keep_indices=audit, keep_maps=True, statistics=True,
+                             progress="scoring", progress_every_percent=cfg.trainer.progress_every_percent)
     seconds = time.perf_counter() - started
     if scored.frame.empty:
         raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")
@@ -92,6 +94,7 @@ def run_score(cfg: DictConfig) -> dict:
     if labelled and category:  # per category too: each has its own threshold, a pooled AUROC mixes their scales
         metrics.update(per_category_metrics(frame, samples, scored.maps, cfg.score.aupro_fpr_limit))
     metrics.update(decision_metrics(detector, frame, scored.errors, cfg.score.fdr_q, seconds), **provenance)
+    metrics.update(trust_checks(detector, frame, cfg))
     records = build_review(frame, scored.kept, audit, out_dir, detector.spec.pixel_threshold, cfg.review.max_panels,
                            cfg.review.top_when_none, cfg.review.tile_size, cfg.review.thumbnail_width)
     if labelled:
@@ -132,6 +135,23 @@ def decision_metrics(detector, frame: pd.DataFrame, errors: list, fdr_q: float |
             "pixel_threshold": detector.spec.pixel_threshold, "n_images": int(len(frame)),
             "n_flagged": int(frame["is_anomaly"].sum()), "n_errors": len(errors),
             "images_per_second": len(frame) / max(seconds, 1e-9)}
+
+
+def trust_checks(detector, frame: pd.DataFrame, cfg: DictConfig) -> dict:
+    """The drift test and, with labelled good images, the false-alarm promise (detector/checks.py); with labels
+    both look at the good images only. Says so in the log when either fails."""
+    good = frame["defect_type"].eq(GOOD)
+    drift = check_drift(detector.spec, frame[good] if good.any() else frame, DriftSettings.from_config(cfg.inspect))
+    drift["images"] = "good" if good.any() else "all"
+    promise = (check_promise(detector.spec, frame, cfg.score.promise_level) if good.any() else
+               {"tested": False, "broken": False, "reason": "not tested: no labelled good images (test/good)"})
+    if promise["broken"]:
+        log.warning("the threshold does not keep its promise on these good images: %s. They differ from the "
+                    "calibration images; see the review page", promise["reason"])
+    if drift["drifted"]:
+        log.warning("the %s images drifted from the calibration images: %s", "good" if good.any() else "scored",
+                    drift["reason"])
+    return {"drift": drift, "promise": promise}
 
 
 def run_evaluate(cfg: DictConfig) -> dict:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.report.review_page import CONSEQUENCE, STATUS_TITLE, alias_when_used, status_of
+from pipeline.report.review_page import CONSEQUENCE, STATUS_TITLE, alias_when_used, check_lines, status_of
 
 REVIEW_VIEW = "review"  # a run-list view stored in the experiment (the UI's "shared view"), opened by a link
 VIEW_TAG = "mlflow.sharedViewState."  # the experiment tag the UI reads for ?viewStateShareKey=<name>
@@ -88,9 +88,9 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
               f"({summary.get('guarantee')}; {n_cal} calibration images)",
               f"- **counts**: {n_images} images judged, {summary.get('n_flagged', 0)} flagged, "
               f"{summary.get('n_errors', 0)} unreadable" + (f", {summary['n_seen']} seen" if "n_seen" in summary else "")]
-    drift = summary.get("drift") or {}
-    if drift.get("tested") or drift.get("reason"):
-        lines.append(f"- **drift**: {'DRIFTED: ' if drift.get('drifted') else 'none: '}{drift.get('reason', '')}")
+    for line in check_lines(summary):
+        name, _, rest = line.partition(": ")
+        lines.append(f"- **{name}**: {rest}")
     lines += ["", "**Review**: open `review/index.html` in Artifacts (every panel at full size, by score). Record a "
               "verdict here: Tags, edit, add `verdict.<sample id>` = `true_defect` | `false_alarm` | `unsure` "
               "(`python -m pipeline review <run id>` reads them). Only verdicts on the random audit sample feed "

@@ -3,12 +3,14 @@
 Logged from the output folder on disk (so an inspection batch committed while MLflow was down is logged
 later, unchanged, from the outbox). In the run:
 
-    name        'score-<dataset>' or the batch id; '[UNABLE_TO_FLAG] <...>' or '[DRIFT] <...>' (run_name)
+    name        'score-<dataset>' or the batch id; '[UNABLE_TO_FLAG] <...>', '[PROMISE_BROKEN] <...>' or
+                '[DRIFT] <...>' (run_name)
     description the run page's Description (tracking/descriptions.py): model version (linked), the alias it
-                had when used, the training run (linked), threshold and guarantee, counts, drift / cannot-flag
+                had when used, the training run (linked), threshold and guarantee, counts, the promise and drift
+                checks / cannot-flag
     tags        stage, model_*, decision.* (score, alpha, threshold, control, n_calibration, map),
-                detection.status (ok | unable_to_flag | drift), review.status (pending | nothing_flagged |
-                blocked), review.reason; verdicts are tags too: verdict.<sample id> (review/loop.py)
+                detection.status (ok | unable_to_flag | promise_broken | drift), review.status (pending |
+                nothing_flagged | blocked), review.reason; verdicts are tags too: verdict.<sample id> (review/loop.py)
     inputs      the model version's LoggedModel
     metrics     counts, rates, throughput; with labels every metric, per defect type as '<type>.<metric>'
     artifacts   scores.csv, errors.csv, metrics.json / summary.json, figures/, review/panels/ (one panel per
