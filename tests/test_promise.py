@@ -6,6 +6,7 @@ detector on unshifted parts reports nothing."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,16 @@ def test_score_reports_a_broken_promise_on_parts_seen_from_farther_away(detector
     note = tags["mlflow.note.content"]
     assert "**PROMISE BROKEN**" in note and "What to do" in note
     assert "- **promise on labelled good images**: BROKEN" in note
+    # every link opens MLflow's "Model training" view: the Description's routes, the printed URLs, the review page's
+    routes = re.findall(r"\]\((#/[^)]*)\)", note)
+    assert routes and all(r.endswith("?workflowType=machine_learning") or "&workflowType=machine_learning" in r
+                          for r in routes), routes
+    experiment = run.info.experiment_id
+    assert summary["mlflow_run"] == (f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}"
+                                     "?workflowType=machine_learning")
+    assert summary["mlflow_experiment"] == (f"http://127.0.0.1:5000/#/experiments/{experiment}"
+                                            "?workflowType=machine_learning")
+    assert f'href="{summary["mlflow_run"]}"' in page
 
 
 def test_score_reports_nothing_on_unshifted_parts(detector, tmp_path):
@@ -129,3 +140,4 @@ def test_score_reports_nothing_on_unshifted_parts(detector, tmp_path):
     assert summary["drift"]["tested"] and not summary["drift"]["drifted"]
     page = (tmp_path / "scored" / "review" / "index.html").read_text()
     assert 'class="banner"' not in page and "promise on labelled good images: kept" in page
+    assert "drift (good images): none<" in page

@@ -32,7 +32,7 @@ from pipeline.report.review_page import write_review_page
 from pipeline.report.review_set import audit_indices, build_review, write_records
 from pipeline.scoring import scores as S
 from pipeline.scoring.evaluate import evaluate, evaluate_output_folder
-from pipeline.tracking.detection_run import log_detection_run, log_evaluation
+from pipeline.tracking.detection_run import detection_urls, log_detection_run, log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def run_score(cfg: DictConfig) -> dict:
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     if cfg.tracking.enabled:
         metrics["run_id"] = log_detection_run(cfg, "score", out_dir, metrics, records, str(root))
+        metrics.update(detection_urls(cfg, "score", metrics["run_id"]))
+        log.info("review it in MLflow (`make ui` serves the local store): %s", metrics["mlflow_run"])
         write_review_page(out_dir, records, metrics, "score", metrics["run_id"])  # with the run id in its commands
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     metrics["output_dir"] = str(out_dir)

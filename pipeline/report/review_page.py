@@ -131,8 +131,9 @@ def check_lines(summary: dict) -> list[str]:
     drift = summary.get("drift") or {}
     if drift.get("tested") or drift.get("reason"):
         on = " (good images)" if drift.get("images") == "good" else ""
-        lines.append(f"drift{on}: {'DRIFTED: ' if drift.get('drifted') else 'none'}"
-                     f"{drift.get('reason', '') if drift.get('drifted') or not drift.get('tested') else ''}")
+        verdict = (f"DRIFTED: {drift.get('reason')}" if drift.get("drifted") else "none" if drift.get("tested")
+                   else str(drift.get("reason")))
+        lines.append(f"drift{on}: {verdict}")
     return lines
 
 
@@ -162,6 +163,16 @@ def summary_lines(summary: dict, kind: str) -> tuple[str, list[str]]:
                    f"unreadable files: {summary.get('n_errors', 0)}"]
 
 
+def _links(summary: dict) -> str:
+    """The run and its experiment in the MLflow UI ("Model training" view), once the run is logged."""
+    if not summary.get("mlflow_run"):
+        return ""
+    run, runs = (html.escape(summary.get(k) or "", quote=True) for k in ("mlflow_run", "mlflow_experiment"))
+    return (f'<li>in MLflow: <a href="{run}" target="_blank">this run</a>'
+            + (f', <a href="{runs}" target="_blank">all runs of its experiment</a>' if runs else "")
+            + " (Model training view)</li>")
+
+
 def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict, kind: str,
                       run_id: str | None = None, path: Path | None = None) -> Path:
     """Write the review page of a run's summary and review records (out_dir/review/index.html unless `path`);
@@ -183,7 +194,7 @@ def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict,
            f"the tag <code>verdict.&lt;sample id&gt;</code> with the value {VERDICT_VALUES} (click the tag name on a "
            "card to select it). `python -m pipeline review` reads these tags. Only verdicts on images of the "
            "<b>random audit sample</b> feed `calibrate`.</p>")
-    head = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    head = "".join(f"<li>{html.escape(line)}</li>" for line in lines) + _links(summary)
     cards = "".join(_card(r, out_dir, run_id) for r in records)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)} {badge}</h1>{problem}<ul>{head}</ul>"
