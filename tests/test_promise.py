@@ -141,3 +141,17 @@ def test_score_reports_nothing_on_unshifted_parts(detector, tmp_path):
     page = (tmp_path / "scored" / "review" / "index.html").read_text()
     assert 'class="banner"' not in page and "promise on labelled good images: kept" in page
     assert "drift (good images): none<" in page
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # one class of labels: no metric on it, no library warning
+def test_score_on_an_unlabelled_folder_runs_the_drift_test_on_every_image(detector, tmp_path):
+    rng = np.random.default_rng(9)
+    root = tmp_path / "unlabelled"
+    for i in range(24):  # one folder of new images, no test/good: nothing to count false alarms on
+        write_png(root / "test" / "new" / f"{i:03d}.png", zoom(_part(rng, 48)[:, :, None], 1 / 1.4)[:, :, 0])
+    summary = cli("score", *tiny_overrides(tmp_path, f"data.root={root}", f"detector={detector}",
+                                           f"score.output_dir={tmp_path / 'scored'}", "tracking.enabled=false"))
+    assert not summary["promise"]["tested"] and "no labelled good images" in summary["promise"]["reason"]
+    assert summary["drift"]["images"] == "all" and summary["drift"]["n"] == 24 and summary["drift"]["drifted"]
+    page = (tmp_path / "scored" / "review" / "index.html").read_text()
+    assert '<p class="banner"><b>DRIFT</b>' in page

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the React app slowly
+TIMEOUT_MS = int(os.environ.get("E2E_TIMEOUT_MS", 60_000))  # a loaded 2-core machine renders the React app slowly
 NAME = "tiny-vae"
 EXPERIMENT = "e2e-inspection"  # this test's batches only: the registry tests look for the newest flagged run
 CARD = '[data-testid="experiment-view-compare-runs-card"]'
