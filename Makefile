@@ -17,7 +17,7 @@ ARGS ?=
 PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data train score inspect report sweep ui test audit clean clean-all promote review e2e browser bench
+.PHONY: help setup data train score inspect report sweep ui test audit clean clean-all promote review e2e browser bench screenshot
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,8 +53,9 @@ report: $(STAMP) ## latent-space report of each category's newest detector; in o
 sweep: $(STAMP) ## beta x latent-size sweep (sweep.params, ARGS=overrides), MLflow experiment vae-sweep
 	$(PY) -m pipeline sweep $(ARGS)
 
-ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT)
+ui: $(STAMP) ## MLflow UI over the local store on http://127.0.0.1:$(PORT); prints each experiment's link first
 	mkdir -p mlruns
+	@$(PY) -m pipeline links tracking.local_ui_url=http://127.0.0.1:$(PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP) ## run the test suite (the browser test too when chromium is installed)
@@ -68,6 +69,9 @@ browser: ## install Debian's chromium for the browser test (apt-get; needs root 
 
 e2e: $(STAMP) browser ## browser test: headless chromium checks the flagged-sample gallery in the MLflow UI
 	PIPELINE_REQUIRE_BROWSER=1 E2E_SCREENSHOT_DIR=$(CURDIR)/outputs/e2e $(VENV)/bin/pytest -q -m e2e tests/e2e
+
+screenshot: $(STAMP) browser ## README's review-page picture from `make score`'s fabric run (SCORED=outputs/score/<dataset>)
+	$(PY) scripts/review_screenshot.py $(if $(SCORED),--scored $(SCORED))
 
 promote: $(STAMP) ## give a registered version the alias champion (ARGS="3 data.category=bracket"; default: newest)
 	$(PY) -m pipeline promote $(ARGS)

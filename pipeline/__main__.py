@@ -26,6 +26,7 @@ commands:
   sweep     train and compare a grid, Hydra sweep syntax: sweep model.beta=0.5,1,2 model.latent_dim=2,10,20,64
   config    print the composed configuration
   bench     measure speed, memory and detection quality; writes BENCHMARKS.md and BENCHMARKS.json
+  links     the MLflow UI links of the training, scoring and inspection experiments (`make ui` prints them)
 
 overrides are Hydra-style, e.g.  model.latent_dim=64 trainer.max_epochs=5 data.root=/path/to/mvtec/bottle
 """
@@ -46,6 +47,7 @@ ENTRY_POINTS = {
     "report": "pipeline.commands.report:run_report",
     "sweep": "pipeline.commands.sweep:run_sweep",
     "bench": "pipeline.bench.run:run_bench",
+    "links": "pipeline.commands.links:run_links",
 }
 # Commands that take one positional argument: it becomes this override (quoted, so a run id stays a string).
 POSITIONAL = {"promote": "detector", "review": "review.run"}

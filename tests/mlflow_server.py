@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(folder: Path, startup_timeout: float = 90.0):
+def mlflow_server(folder: Path, startup_timeout: float = 300.0):  # minutes on a loaded 2-core machine
     """Start the server, wait until /health answers, yield its URL, stop it (its whole process group)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()

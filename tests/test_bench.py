@@ -42,6 +42,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                  "bench.sizes.quick.train_epochs=2", "bench.sizes.quick.memory_n=3", "bench.sizes.quick.score_images=0",
                  "bench.iforest_trees=20", "bench.alpha_sizes=0.2", "bench.alphas=[0.2]",
                  "bench.drift.n_reference=7", "bench.drift.batch_size=4", "bench.drift.n_batches=5",
+                 "bench.drift.sets.set_size=6", "bench.drift.sets.n_sets=5", "bench.drift.sets.pool=4",
                  f"bench.markdown={md}", f"bench.json={js}", f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0
     data = json.loads(js.read_text())
@@ -62,9 +63,15 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert 0 <= tiny["baselines"]["pca"]["aupro"] <= 1 and tiny["baselines"]["iforest"]["pixel_auroc"] is None
     assert "thresholds" in data and data["drift"]["tiny"]["n_batches"] == 5
     assert data["drift"]["tiny"]["root"] == str(tiny_dataset.resolve())  # never a generated built-in family
+    sets = data["drift"]["tiny"]["sets"]  # whole test sets, with the promise of the detector quality trained
+    assert sets["n_pool"] == 4 and sets["detector"] and sets["n_calibration"] == 7
+    assert list(sets["conditions"]) == ["unshifted", "scale_x1.2", "scale_x1/1.2", "scale_x1.4", "scale_x1/1.4",
+                                        "texture_x0.75", "texture_x1.33"]
+    assert all(c["promise"]["sets"] == 5 and c["either"]["rate"] >= c["drift"]["rate"]
+               for c in sets["conditions"].values())
     text = md.read_text()
     for heading in ("## 2. Training", "## 3. Scoring", "## 4. Peak memory", "## 5. Detection quality",
-                    "## 6. Thresholds", "## 7. Drift"):
+                    "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images"):
         assert heading in text
     assert "Quick run" in text
 

@@ -11,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 # Lowest first: a module may import from its own layer and the layers before it, never after.
-LAYERS = ("config", "data", "models", "scoring", "training", "detector", "export", "report", "tracking", "review",
-          "inspection", "commands", "bench", "__main__")
+LAYERS = ("config", "progress", "data", "models", "scoring", "training", "detector", "export", "report", "tracking",
+          "review", "inspection", "commands", "bench", "__main__")
 
 
 def module_name(path: Path) -> str:

@@ -105,6 +105,7 @@ def test_recon_error_and_neg_elbo_behave():
 def test_metrics():
     assert image_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
     assert image_auroc(np.array([0, 0]), np.array([0.1, 0.2])) is None
+    assert image_auroc(np.array([1, 1]), np.array([0.1, 0.2])) is None  # defects only: one class too
     masks = [np.array([[True, False]]), np.array([[False, False]])]
     maps = [np.array([[0.9, 0.1]]), np.array([[0.2, 0.3]])]
     assert pixel_auroc(masks, maps) == 1.0

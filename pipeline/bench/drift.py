@@ -40,8 +40,16 @@ Shift = Callable[[np.ndarray], np.ndarray]
 
 def zoom(array: np.ndarray, factor: float) -> np.ndarray:
     """(H, W, C) uint8 -> the same size, camera `factor` times closer: centre crop of 1/factor of each side,
-    resized back (bilinear)."""
+    resized back (bilinear). A factor below 1 moves the camera away: the image shrunk by it (bilinear), the
+    border it leaves filled with the image's own mirror image (a texture continues; a part gains background)."""
     height, width, channels = array.shape
+    image = Image.fromarray(array[:, :, 0] if channels == 1 else array)
+    if factor < 1.0:
+        small_h, small_w = round(height * factor), round(width * factor)
+        small = np.asarray(image.resize((small_w, small_h), Image.Resampling.BILINEAR)).reshape(small_h, small_w,
+                                                                                              channels)
+        top, left = (height - small_h) // 2, (width - small_w) // 2
+        return np.pad(small, ((top, height - small_h - top), (left, width - small_w - left), (0, 0)), mode="reflect")
     crop_h, crop_w = round(height / factor), round(width / factor)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     crop = array[top:top + crop_h, left:left + crop_w]

@@ -221,7 +221,31 @@ def drift_section(drift: dict) -> list[str]:
             f"Batches of {any_r['batch_size']} test images ({any_r['n_batches']} per cell): shifted ones (the process "
             "changed: camera closer, gain down or up, focus lost) must be reported as drift; unshifted ones with a "
             "share of defective images must not. Drift reported, with its 95 % interval.", "",
-            *_table(["family", *conditions], rows)]
+            *_table(["family", *conditions], rows), *sets_section(drift)]
+
+
+def sets_section(drift: dict) -> list[str]:
+    """Whole test sets whose good parts differ from the training parts: reported by `score`'s checks or not."""
+    found = {family: r["sets"] for family, r in drift.items() if r.get("sets")}
+    if not found:
+        return []
+    any_r = next(iter(found.values()))
+    rows = []
+    for family, r in found.items():
+        cells = []
+        for c in r["conditions"].values():
+            promise = "" if c["promise"] is None else f", promise {100 * c['promise']['rate']:.0f}"
+            cells.append(f"{100 * c['either']['rate']:.1f} % [{100 * c['either']['ci95'][0]:.1f}, "
+                         f"{100 * c['either']['ci95'][1]:.1f}] (drift {100 * c['drift']['rate']:.0f}{promise})")
+        detector = (f"promise at alpha {r['alpha']} with {r['n_calibration']} calibration images" if r["detector"]
+                    else "no detector: drift test only")
+        rows.append([f"{family} ({detector})", *cells])
+    return ["", f"Whole test sets of {any_r['set_size']} good images ({any_r['n_sets']} per cell, drawn from "
+            f"{any_r['n_pool']} test/good images): every good part seen at another scale (camera closer, x, or farther, "
+            "x1/) or from other parts of the material (texture contrast times a factor) must be reported by `score` "
+            "(drift test or broken promise, at least 95 %); unshifted sets must not (at most 5 %). Reported, with "
+            "its 95 % interval, and how often each check fired (%).", "",
+            *_table(["family", *any_r["conditions"]], rows)]
 
 
 def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:

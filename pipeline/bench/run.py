@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.bench import drift, memory, quality, report, speed, thresholds
+from pipeline.bench import drift, memory, promise, quality, report, speed, thresholds
 from pipeline.config import compose, configure_logging, project_root
 from pipeline.data.layout import scan_test
 from pipeline.data.splits import TooFewNormalImages
 from pipeline.detector import AnomalyDetector
+from pipeline.detector.checks import DriftSettings
 
 log = logging.getLogger(__name__)
 SECTIONS = ("wall_time", "speed", "quality", "thresholds", "drift")  # the report's order
@@ -152,18 +153,33 @@ def measure_thresholds(bench: DictConfig, sizes: DictConfig, work: Path, quality
     return table
 
 
-def measure_drift(bench: DictConfig, work: Path) -> dict:
+def set_detector(bench: DictConfig, family: str, quality_results: dict | None) -> AnomalyDetector | None:
+    """The detector whose promise the test-set check measures: bench.drift.sets.detectors[family], else the one
+    this run's quality section trained (new default, first seed); None when neither exists."""
+    given = bench.drift.sets.detectors.get(family)
+    rows = ((quality_results or {}).get(family) or {}).get("new_default") or [{}]
+    folder = given or rows[0].get("detector_dir")
+    return AnomalyDetector.load(folder) if folder and Path(folder).is_dir() else None
+
+
+def measure_drift(bench: DictConfig, work: Path, quality_results: dict | None = None) -> dict:
     cfg = compose([*bench.overrides])
-    d, i = bench.drift, cfg.inspect
+    d, i, sets = bench.drift, cfg.inspect, bench.drift.sets
+    split = drift.SplitSettings(alpha=float(bench.alpha_sizes), **cfg.data.split)
     results = {}
     for family in bench.families:
         root = quality.ensure_dataset(compose([*bench.overrides, f"data.category={family}"]).data, cfg.seed)
         results[family] = drift.measure_drift(
-            root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed,
-            split=drift.SplitSettings(alpha=float(bench.alpha_sizes), **cfg.data.split),
+            root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed, split=split,
             shifts=drift.process_shifts(d.zoom, list(d.gains), d.blur_sigma), defect_shares=list(d.defect_shares),
             alpha=i.drift_alpha, trim=i.drift_trim, min_images=i.drift_min_images, min_shift=i.drift_min_shift,
             test=i.drift_test)
+        results[family]["sets"] = promise.measure_promise(
+            root, cfg.data.image_size, sets.set_size, sets.n_sets, cfg.seed,
+            shifts=promise.set_shifts(list(sets.scales), list(sets.textures), sets.texture_sigma),
+            drift=DriftSettings.from_config(i), level=cfg.score.promise_level,
+            detector=set_detector(bench, family, quality_results), pool=sets.pool, split=split,
+            batch_size=cfg.data.batch_size)
     return results
 
 
@@ -218,7 +234,7 @@ def run_bench(cfg: DictConfig) -> dict:
                 "speed": lambda: measure_speed(bench, sizes, work),
                 "quality": lambda: measure_quality(bench, sizes, work, quality_progress),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
-                "drift": lambda: measure_drift(bench, work)}
+                "drift": lambda: measure_drift(bench, work, results.get("quality"))}
     try:
         for section in RUN_ORDER:
             if section in sections:

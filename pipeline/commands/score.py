@@ -21,9 +21,10 @@ from pipeline.commands.common import load_detector
 from pipeline.data.builtin import ensure_dataset
 from pipeline.data.conditional import category_roots
 from pipeline.data.images import ImageReadError
-from pipeline.data.layout import Sample, scan_test
+from pipeline.data.layout import GOOD, Sample, scan_test
 from pipeline.detector import calibration as C
 from pipeline.data.fs import atomic_write_text
+from pipeline.detector.checks import DriftSettings, check_drift, check_promise
 from pipeline.detector.files import decide_frame, score_files
 from pipeline.detector.distributed import score_distributed, wants_distributed
 from pipeline.report import figures
@@ -32,7 +33,7 @@ from pipeline.report.review_page import write_review_page
 from pipeline.report.review_set import audit_indices, build_review, write_records
 from pipeline.scoring import scores as S
 from pipeline.scoring.evaluate import evaluate, evaluate_output_folder
-from pipeline.tracking.detection_run import log_detection_run, log_evaluation
+from pipeline.tracking.detection_run import detection_urls, log_detection_run, log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def run_score(cfg: DictConfig) -> dict:
             return {}
     else:
         scored = score_files(detector, samples, out_dir, cfg.data.batch_size, cfg.data.num_workers, extra, labels,
-                             keep_top=cfg.review.max_panels, keep_indices=audit, keep_maps=True, progress="scoring")
+                             keep_top=cfg.review.max_panels, keep_indices=audit, keep_maps=True, statistics=True,
+                             progress="scoring", progress_every_percent=cfg.trainer.progress_every_percent)
     seconds = time.perf_counter() - started
     if scored.frame.empty:
         raise ImageReadError(root / "test", "no test image could be read (see errors.csv)")
@@ -93,6 +95,7 @@ def run_score(cfg: DictConfig) -> dict:
     if labelled and category:  # per category too: each has its own threshold, a pooled AUROC mixes their scales
         metrics.update(per_category_metrics(frame, samples, scored.maps, cfg.score.aupro_fpr_limit))
     metrics.update(decision_metrics(detector, frame, scored.errors, cfg.score.fdr_q, seconds), **provenance)
+    metrics.update(trust_checks(detector, frame, cfg))
     records = build_review(frame, scored.kept, audit, out_dir, detector.spec.pixel_threshold, cfg.review.max_panels,
                            cfg.review.top_when_none, cfg.review.tile_size, cfg.review.thumbnail_width)
     if labelled:
@@ -105,6 +108,8 @@ def run_score(cfg: DictConfig) -> dict:
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     if cfg.tracking.enabled:
         metrics["run_id"] = log_detection_run(cfg, "score", out_dir, metrics, records, str(root))
+        metrics.update(detection_urls(cfg, "score", metrics["run_id"]))
+        log.info("review it in MLflow (`make ui` serves the local store): %s", metrics["mlflow_run"])
         write_review_page(out_dir, records, metrics, "score", metrics["run_id"])  # with the run id in its commands
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     metrics["output_dir"] = str(out_dir)
@@ -133,6 +138,23 @@ def decision_metrics(detector, frame: pd.DataFrame, errors: list, fdr_q: float |
             "pixel_threshold": detector.spec.pixel_threshold, "n_images": int(len(frame)),
             "n_flagged": int(frame["is_anomaly"].sum()), "n_errors": len(errors),
             "images_per_second": len(frame) / max(seconds, 1e-9)}
+
+
+def trust_checks(detector, frame: pd.DataFrame, cfg: DictConfig) -> dict:
+    """The drift test and, with labelled good images, the false-alarm promise (detector/checks.py); with labels
+    both look at the good images only. Says so in the log when either fails."""
+    good = frame["defect_type"].eq(GOOD)
+    drift = check_drift(detector.spec, frame[good] if good.any() else frame, DriftSettings.from_config(cfg.inspect))
+    drift["images"] = "good" if good.any() else "all"
+    promise = (check_promise(detector.spec, frame, cfg.score.promise_level) if good.any() else
+               {"tested": False, "broken": False, "reason": "not tested: no labelled good images (test/good)"})
+    if promise["broken"]:
+        log.warning("the threshold does not keep its promise on these good images: %s. They differ from the "
+                    "calibration images; see the review page", promise["reason"])
+    if drift["drifted"]:
+        log.warning("the %s images drifted from the calibration images: %s", "good" if good.any() else "scored",
+                    drift["reason"])
+    return {"drift": drift, "promise": promise}
 
 
 def run_evaluate(cfg: DictConfig) -> dict:

@@ -26,6 +26,7 @@ from pipeline.data.datasets import ImageDataset
 from pipeline.data.layout import Sample
 from pipeline.detector.files import Kept, ScoredFiles, _TopK, map_file, save_map
 from pipeline.scoring import scores as S
+from pipeline.scoring.drift import FEATURES, image_statistics
 from pipeline.scoring.maps import defect_regions, resize_map
 from pipeline.training.distributed import build_strategy, requested_world_size
 
@@ -84,6 +85,7 @@ class RankScoresWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         names = [n for n in S.SCORE_NAMES if n in prediction]
+        stats = image_statistics(batch["image"])  # (B, F): the drift test's statistics, as score_files adds them
         for j, index in enumerate(batch["index"].tolist()):
             sample, error = self.samples[index], batch["error"][j]
             if error:
@@ -93,7 +95,8 @@ class RankScoresWriter(BasePredictionWriter):
             save_map(map_file(self.out_dir, sample.rel_path), full)
             self.rows.append({"index": index, "image_path": sample.rel_path, "defect_type": sample.defect_type,
                               "label": sample.label, **{n: float(prediction[n][j]) for n in names},
-                              **defect_regions(full, self.pixel_threshold)})
+                              **defect_regions(full, self.pixel_threshold),
+                              **{f"stat.{f}": float(v) for f, v in zip(FEATURES, stats[j])}})
             self.top.offer(float(prediction[self.score_name][j]), index, lambda j=j: Kept(
                 batch["image"][j].numpy().astype(np.float16), prediction["reconstruction"][j].numpy().astype(np.float16),
                 prediction["map"][j].numpy()))

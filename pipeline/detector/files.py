@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from pipeline.data.datasets import ImageDataset
 from pipeline.data.fs import atomic_write
 from pipeline.data.layout import Sample
 from pipeline.detector import calibration as C
+from pipeline.progress import Progress
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import FEATURES, image_statistics
 from pipeline.scoring.maps import defect_regions, resize_map
@@ -76,15 +76,16 @@ class _TopK:
 def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int, num_workers: int = 0,
                 extra: tuple[str, ...] = (), labels: list[int] | None = None, keep_top: int = 0,
                 keep_indices: set[int] = frozenset(), keep_maps: bool = False, statistics: bool = False,
-                progress: str | None = None) -> ScoredFiles:
+                progress: str | None = None, progress_every_percent: float = 10.0) -> ScoredFiles:
     """Score `samples` (maps written under out_dir/maps/); `labels`: each sample's category (conditional);
-    `statistics`: add each image's drift statistics (scoring/drift.py) as columns 'stat.<name>'."""
+    `statistics`: add each image's drift statistics (scoring/drift.py) as columns 'stat.<name>'; `progress`: the
+    label of a progress display (pipeline/progress.py), None for none."""
     spec = detector.spec
     loader = DataLoader(ImageDataset(samples, spec.image_size, spec.read_options), batch_size=batch_size,
                         shuffle=False, num_workers=num_workers)
     rows, errors, maps, top = [], [], {}, _TopK(keep_top, set(keep_indices))
     computer = detector.computer()
-    bar = tqdm(total=len(samples), desc=progress, unit="image", disable=progress is None, dynamic_ncols=True)
+    bar = Progress(len(samples), progress, "image", progress_every_percent) if progress is not None else None
     for batch in loader:
         indices = batch["index"].tolist()
         batch_labels = None if labels is None else torch.tensor([labels[i] for i in indices])
@@ -108,8 +109,10 @@ def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int,
             top.offer(float(out[spec.score][j]), index, lambda j=j: Kept(
                 batch["image"][j].numpy().astype(np.float16), out["reconstruction"][j].cpu().numpy().astype(np.float16),
                 out["map"][j].cpu().numpy().astype(np.float32)))
-        bar.update(len(indices))
-    bar.close()
+        if bar is not None:
+            bar.update(len(indices))
+    if bar is not None:
+        bar.close()
     return ScoredFiles(pd.DataFrame(rows), errors, top.result(), maps)
 
 

@@ -19,19 +19,18 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.data.layout import Sample
 from pipeline.detector import AnomalyDetector
 from pipeline.detector import calibration as C
+from pipeline.detector.checks import DriftSettings, check_drift
 from pipeline.detector.files import decide_frame, score_files
 from pipeline.inspection.inbox import InboxFile
 from pipeline.report.review_page import write_review_page
 from pipeline.report.review_set import audit_indices, build_review, write_records
 from pipeline.scoring import scores as S
-from pipeline.scoring.drift import FEATURES, drift_test
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,8 @@ def _write_table(frame: pd.DataFrame, folder: Path, stem: str) -> None:
 
 
 def batch_drift(detector: AnomalyDetector, frame: pd.DataFrame, icfg: DictConfig) -> dict:
-    """The drift test (scoring/drift.py) of the batch's image statistics against the calibration images'."""
-    reference = np.asarray(detector.spec.drift_reference, dtype=np.float64)
-    batch = frame[[f"stat.{f}" for f in FEATURES]].to_numpy(dtype=np.float64) if not frame.empty else np.zeros((0, 0))
-    if reference.size == 0 or batch.size == 0:
-        return {"tested": False, "drifted": False, "n": int(len(frame)), "reason": "not tested: no images or no reference"}
-    return drift_test(reference, batch, icfg.drift_alpha, icfg.drift_trim, icfg.drift_min_images, icfg.drift_min_shift,
-                      icfg.drift_test)
+    """The drift test (detector/checks.py) of the batch's image statistics against the calibration images'."""
+    return check_drift(detector.spec, frame, DriftSettings.from_config(icfg))
 
 
 def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig, staging: Path, batch_id: str) -> dict:

@@ -31,7 +31,7 @@ from pipeline.inspection.commit import BATCHES, RESULTS, STAGING_PREFIX, commit,
 from pipeline.inspection.inbox import ScanCounts, new_files
 from pipeline.inspection.ledger import Ledger
 from pipeline.inspection.lock import InspectionLock
-from pipeline.tracking.detection_run import find_run, log_detection_run
+from pipeline.tracking.detection_run import detection_urls, find_run, log_detection_run
 from pipeline.tracking.inspection_model import configure_client, resolve_inspection_model
 from pipeline.tracking.store import open_store
 
@@ -80,18 +80,22 @@ def log_batch(cfg: DictConfig, batch_dir: Path) -> str:
     return run_id or log_detection_run(cfg, "inspect", batch_dir, summary, where=str(cfg.inspect.inbox))
 
 
-def flush_outbox(cfg: DictConfig, ledger: Ledger) -> bool:
-    """Log every committed batch MLflow has not seen, oldest first; False when MLflow is unreachable."""
+def flush_outbox(cfg: DictConfig, ledger: Ledger, logged: list[dict] | None = None) -> bool:
+    """Log every committed batch MLflow has not seen, oldest first; False when MLflow is unreachable. Each batch
+    logged is appended to `logged` with its links in the MLflow UI (tracking/links.py)."""
     for row in ledger.outbox():
         try:
             run_id = log_batch(cfg, Path(row["folder"]))
+            urls = detection_urls(cfg, "inspect", run_id)
         except Exception as err:  # noqa: BLE001 - whatever MLflow raises, the batch stays in the outbox
             ledger.mark_log_failed(row["batch_id"], str(err))
             log.warning("MLflow logging of batch %s deferred (%s); it stays in the outbox and is logged by a "
                         "later run", row["batch_id"], str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
             return False
         ledger.mark_logged(row["batch_id"], run_id)
-        log.info("batch %s logged to MLflow run %s", row["batch_id"], run_id)
+        log.info("batch %s logged to MLflow: %s", row["batch_id"], urls["mlflow_run"])
+        if logged is not None:
+            logged.append({"batch_id": row["batch_id"], "run_id": run_id, **urls})
     return True
 
 
@@ -105,7 +109,7 @@ def _move(path: Path, inbox: Path, processed: Path, sha256: str | None) -> None:
 
 
 def _result(inbox: Path, out: Path, batches: list[dict], recovered: list, counts: ScanCounts, errors: list[dict],
-            pending: int | None, model_version) -> dict:
+            pending: int | None, model_version, logged: list[dict]) -> dict:
     """What one `inspect` call did, with its exit code: drift first, then file errors."""
     result = {
         "inbox": str(inbox), "output_dir": str(out), "results": str(out / RESULTS),
@@ -116,7 +120,10 @@ def _result(inbox: Path, out: Path, batches: list[dict], recovered: list, counts
         "drift_batches": [{"batch_id": b["batch_id"], "reason": b["drift"]["reason"]}
                           for b in batches if b["drift"]["drifted"]],
         "errors": errors, "mlflow_pending_batches": pending,
+        "mlflow_logged": [{k: b[k] for k in ("batch_id", "mlflow_run")} for b in logged],
     }
+    if logged:  # the inspection experiment's runs, in the MLflow UI's "Model training" view
+        result["mlflow_experiment"] = logged[-1]["mlflow_experiment"]
     if model_version is not None:
         result["model_version"] = model_version
     result["exit_code"] = EXIT_DRIFT if result["drift_batches"] else EXIT_FILE_ERRORS if errors else EXIT_OK
@@ -136,7 +143,8 @@ def run_inspection(cfg: DictConfig) -> dict:
         ledger = Ledger(out / "ledger.sqlite")
         try:
             recovered = recover(out, ledger, mlflow_state)
-            mlflow_up = flush_outbox(cfg, ledger) if cfg.tracking.enabled else False
+            logged: list[dict] = []
+            mlflow_up = flush_outbox(cfg, ledger, logged) if cfg.tracking.enabled else False
 
             def move_judged(path: Path, sha256: str | None) -> None:  # committed earlier, not yet moved (killed)
                 if icfg.move_processed:
@@ -167,9 +175,9 @@ def run_inspection(cfg: DictConfig) -> dict:
                 batches.append({k: summary[k] for k in ("batch_id", "n_seen", "n_scored", "n_flagged", "n_errors",
                                                         "images_per_second", "drift")})
                 if mlflow_up:
-                    mlflow_up = flush_outbox(cfg, ledger)
+                    mlflow_up = flush_outbox(cfg, ledger, logged)
             pending = len(ledger.outbox())
         finally:
             ledger.close()
     return _result(inbox, out, batches, recovered, counts, errors, pending if cfg.tracking.enabled else None,
-                   model.version if model is not None else None)
+                   model.version if model is not None else None, logged)

@@ -18,10 +18,18 @@ from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, ReviewRecord
 
 PAGE = "review/index.html"
 VERDICT_VALUES = "true_defect | false_alarm | unsure"
-STATUS_TITLE = {"ok": "ok", "unable_to_flag": "UNABLE TO FLAG", "drift": "DRIFT"}
+STATUS_TITLE = {"ok": "ok", "unable_to_flag": "UNABLE TO FLAG", "promise_broken": "PROMISE BROKEN", "drift": "DRIFT"}
 CONSEQUENCE = {"unable_to_flag": "This run could not flag any image: an image it did not flag is not known to be good.",
+               "promise_broken": "Good parts are flagged far more often than alpha promises: these good images are not "
+                                 "like the ones the threshold was calibrated on (another camera distance, lighting or "
+                                 "focus, other parts of the material), so most flags are false alarms and an image "
+                                 "that is not flagged is not known to be good. What to do: if the imaging changed, "
+                                 "restore it (the drift line says what moved); if these are normal production parts, "
+                                 "add good images like them to train/good and train again.",
                "drift": "The images differ from the calibration images: neither the flags nor their absence can be "
-                        "trusted until the cause (camera, lighting, focus) is fixed."}
+                        "trusted until the cause (camera, lighting, focus) is fixed, or, if these are normal "
+                        "production parts, until the detector is trained again with good images like them."}
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 17px; margin: 0 0 6px 0; }
@@ -94,13 +102,40 @@ def _index(records: list[ReviewRecord]) -> str:
 
 
 def status_of(summary: dict) -> tuple[str, str]:
-    """(detection status, reason) of a run's summary: unable_to_flag beats drift beats ok."""
+    """(detection status, reason) of a run's summary: unable_to_flag beats promise_broken beats drift beats ok."""
     if summary.get("unable_to_flag"):
         return "unable_to_flag", str(summary["unable_to_flag"])
-    drift = summary.get("drift") or {}
+    promise, drift = summary.get("promise") or {}, summary.get("drift") or {}
+    if promise.get("broken"):
+        also = (f"; the images also drifted from the calibration images: {drift.get('reason')}"
+                if drift.get("drifted") else "")
+        return "promise_broken", str(promise.get("reason") or "too many good images flagged") + also
     if drift.get("drifted"):
         return "drift", str(drift.get("reason") or "the batch's images drifted from the calibration images")
     return "ok", ""
+
+
+def check_lines(summary: dict) -> list[str]:
+    """One line per trust check the run made (detector/checks.py): the promise on labelled good images, drift."""
+    lines = []
+    promise = summary.get("promise") or {}
+    groups = [g for g in (promise.get("groups") or {}).values() if g.get("tested")]
+    if groups:
+        alarms, normal = sum(g["n_false_alarms"] for g in groups), sum(g["n_normal"] for g in groups)
+        allowed = sum(g["max_allowed"] for g in groups)
+        verdict = "BROKEN" if promise.get("broken") else "kept"
+        lines.append(f"promise on labelled good images: {verdict}: {alarms} of {normal} flagged "
+                     f"({alarms / normal:.1%}) at alpha = {groups[0]['alpha']:g}; the calibration set's chance allows at most {allowed} "
+                     f"(beta-binomial test at level {promise.get('level')})")
+    elif promise.get("reason"):
+        lines.append(f"promise on labelled good images: {promise['reason']}")
+    drift = summary.get("drift") or {}
+    if drift.get("tested") or drift.get("reason"):
+        on = " (good images)" if drift.get("images") == "good" else ""
+        verdict = (f"DRIFTED: {drift.get('reason')}" if drift.get("drifted") else "none" if drift.get("tested")
+                   else str(drift.get("reason")))
+        lines.append(f"drift{on}: {verdict}")
+    return lines
 
 
 def alias_when_used(summary: dict) -> str:
@@ -125,6 +160,7 @@ def summary_lines(summary: dict, kind: str) -> tuple[str, list[str]]:
                    f"{summary.get('false_alarm_control')}",
                    f"guarantee: {summary.get('guarantee')}; {n_cal} calibration images, alpha = {summary.get('alpha')}"
                    f"{floor}",
+                   *check_lines(summary),
                    f"unreadable files: {summary.get('n_errors', 0)}"]
 
 
@@ -138,6 +174,16 @@ def detection_lines(summary: dict) -> list[str]:
     if lines and summary.get("image_auroc") is not None:
         lines.append(f"image AUROC {_fmt(summary['image_auroc'], 3)} (a ranking: it does not say what a threshold catches)")
     return lines
+
+
+def _links(summary: dict) -> str:
+    """The run and its experiment in the MLflow UI ("Model training" view), once the run is logged."""
+    if not summary.get("mlflow_run"):
+        return ""
+    run, runs = (html.escape(summary.get(k) or "", quote=True) for k in ("mlflow_run", "mlflow_experiment"))
+    return (f'<li>in MLflow: <a href="{run}" target="_blank">this run</a>'
+            + (f', <a href="{runs}" target="_blank">all runs of its experiment</a>' if runs else "")
+            + " (Model training view)</li>")
 
 
 def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict, kind: str,
@@ -161,7 +207,7 @@ def write_review_page(out_dir: Path, records: list[ReviewRecord], summary: dict,
            f"the tag <code>verdict.&lt;sample id&gt;</code> with the value {VERDICT_VALUES} (click the tag name on a "
            "card to select it). `python -m pipeline review` reads these tags. Only verdicts on images of the "
            "<b>random audit sample</b> feed `calibrate`.</p>")
-    head = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    head = "".join(f"<li>{html.escape(line)}</li>" for line in lines) + _links(summary)
     cards = "".join(_card(r, out_dir, run_id) for r in records)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)} {badge}</h1>{problem}<ul>{head}</ul>"

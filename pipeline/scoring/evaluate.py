@@ -19,7 +19,7 @@ from pipeline.scoring.scores import SCORE_NAMES
 
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """The best F1 over all thresholds (an upper bound on what any threshold could reach)."""
-    if labels.min(initial=0) == labels.max(initial=0):
+    if np.unique(labels).size < 2:
         return None
     precision, recall, _ = precision_recall_curve(labels, scores)
     return float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
@@ -75,7 +75,7 @@ def evaluate(frame: pd.DataFrame, samples: list[Sample], maps: dict[int, np.ndar
     at each of `alphas` comes first: it is what a threshold with that promise catches."""
     labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
     flagged = frame["is_anomaly"].to_numpy()
-    has_both = labels.min(initial=0) != labels.max(initial=0)
+    has_both = np.unique(labels).size > 1
     result = {"detection_at_alpha": detection_at_alphas(frame, alphas),
               "n_images": int(len(frame)), "n_normal": int((labels == 0).sum()), "n_anomalous": int((labels == 1).sum()),
               "image_auroc": M.image_auroc(labels, scores), "image_f1": float(f1_score(labels, flagged)) if has_both else None,

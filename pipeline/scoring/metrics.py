@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve of image scores (1 = anomaly); None when only one class is present."""
     labels = np.asarray(labels)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if np.unique(labels).size < 2:
         return None
     return float(roc_auc_score(labels, scores))
 

@@ -94,7 +94,7 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     from sklearn.metrics import precision_recall_curve
 
     labels = np.asarray(labels)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if np.unique(labels).size < 2:
         raise ValueError("an F1-optimal threshold needs labelled anomalies and normal images in validation")
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)

@@ -1,22 +1,24 @@
 """What the MLflow UI shows as text: the Description (markdown) of a scoring run or inspection batch and of a
 model version, with links between them, and a saved run-list view with the status columns.
 
-Links are the UI's own routes, relative to the page (`#/experiments/<id>/runs/<run id>`), so they work
-whatever host and port serve the UI. MLflow 3.17's run page lists under "Logged models" only models of the
-run's own experiment, so a scoring run's input model (from the training experiment) is not shown there
-although it is recorded (`client.log_inputs`): the description links it instead.
+Links are the UI's own routes, relative to the page (`#/experiments/<id>/runs/<run id>?workflowType=...`,
+tracking/links.py), so they work whatever host and port serve the UI, and open the "Model training" view.
+MLflow 3.17's run page lists under "Logged models" only models of the run's own experiment, so a scoring run's
+input model (from the training experiment) is not shown there although it is recorded (`client.log_inputs`):
+the description links it instead.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from urllib.parse import quote
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.report.review_page import CONSEQUENCE, STATUS_TITLE, alias_when_used, detection_lines, status_of
+from pipeline.report.review_page import (CONSEQUENCE, STATUS_TITLE, alias_when_used, check_lines, detection_lines,
+                                         status_of)
+from pipeline.tracking.links import model_version_route, run_route, runs_route
 
 REVIEW_VIEW = "review"  # a run-list view stored in the experiment (the UI's "shared view"), opened by a link
 VIEW_TAG = "mlflow.sharedViewState."  # the experiment tag the UI reads for ?viewStateShareKey=<name>
@@ -27,17 +29,15 @@ REVIEW_COLUMNS = ["tags.`detection.status`", "tags.`review.status`", "metrics.`n
 def run_link(experiment_id: str | None, run_id: str, text: str | None = None) -> str:
     if not experiment_id:
         return f"`{run_id}`"
-    return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
+    return f"[{text or run_id}]({run_route(experiment_id, run_id)})"
 
 
 def version_link(name: str, version: str) -> str:
-    return f"[{name} version {version}](#/models/{quote(name)}/versions/{version})"
+    return f"[{name} version {version}]({model_version_route(name, version)})"
 
 
 def runs_link(experiment_id: str, text: str, filter_string: str = "", view: str = "") -> str:
-    query = "&".join(q for q in (f"searchFilter={quote(filter_string)}" if filter_string else "",
-                                 f"viewStateShareKey={view}" if view else "") if q)
-    return f"[{text}](#/experiments/{experiment_id}/runs{'?' + query if query else ''})"
+    return f"[{text}]({runs_route(experiment_id, filter_string, view)})"
 
 
 def experiment_of(client: MlflowClient, run_id: str | None) -> str | None:
@@ -89,9 +89,9 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
               f"({summary.get('guarantee')}; {n_cal} calibration images)",
               f"- **counts**: {n_images} images judged, {summary.get('n_flagged', 0)} flagged, "
               f"{summary.get('n_errors', 0)} unreadable" + (f", {summary['n_seen']} seen" if "n_seen" in summary else "")]
-    drift = summary.get("drift") or {}
-    if drift.get("tested") or drift.get("reason"):
-        lines.append(f"- **drift**: {'DRIFTED: ' if drift.get('drifted') else 'none: '}{drift.get('reason', '')}")
+    for line in check_lines(summary):
+        name, _, rest = line.partition(": ")
+        lines.append(f"- **{name}**: {rest}")
     lines += ["", "**Review**: open `review/index.html` in Artifacts (every panel at full size, by score). Record a "
               "verdict here: Tags, edit, add `verdict.<sample id>` = `true_defect` | `false_alarm` | `unsure` "
               "(`python -m pipeline review <run id>` reads them). Only verdicts on the random audit sample feed "

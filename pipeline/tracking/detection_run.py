@@ -3,12 +3,14 @@
 Logged from the output folder on disk (so an inspection batch committed while MLflow was down is logged
 later, unchanged, from the outbox). In the run:
 
-    name        'score-<dataset>' or the batch id; '[UNABLE_TO_FLAG] <...>' or '[DRIFT] <...>' (run_name)
+    name        'score-<dataset>' or the batch id; '[UNABLE_TO_FLAG] <...>', '[PROMISE_BROKEN] <...>' or
+                '[DRIFT] <...>' (run_name)
     description the run page's Description (tracking/descriptions.py): model version (linked), the alias it
-                had when used, the training run (linked), threshold and guarantee, counts, drift / cannot-flag
+                had when used, the training run (linked), threshold and guarantee, counts, the promise and drift
+                checks / cannot-flag
     tags        stage, model_*, decision.* (score, alpha, threshold, control, n_calibration, map),
-                detection.status (ok | unable_to_flag | drift), review.status (pending | nothing_flagged |
-                blocked), review.reason; verdicts are tags too: verdict.<sample id> (review/loop.py)
+                detection.status (ok | unable_to_flag | promise_broken | drift), review.status (pending |
+                nothing_flagged | blocked), review.reason; verdicts are tags too: verdict.<sample id> (review/loop.py)
     inputs      the model version's LoggedModel
     metrics     counts, rates, throughput; with labels every metric, per defect type as '<type>.<metric>'
     artifacts   scores.csv, errors.csv, metrics.json / summary.json, figures/, review/panels/ (one panel per
@@ -35,6 +37,7 @@ from pipeline.scoring.evaluate import detection_metric_names
 from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, PANEL_DIR, RECORDS, ReviewRecord
 from pipeline.tracking.descriptions import detection_description, save_review_view
 from pipeline.tracking.gallery import log_gallery_image, mark_run_has_images
+from pipeline.tracking.links import experiment_route, run_route, url
 from pipeline.tracking.runs import start_run
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
 
@@ -79,10 +82,11 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
         if summary.get(key):
             tags[key] = str(summary[key]).lower() if isinstance(summary[key], bool) else str(summary[key])
     tags.update({f"decision.{key}": str(summary[key]) for key in DECISION_KEYS if key in summary})
-    experiment = cfg.tracking.score_experiment if kind == "score" else cfg.inspect.experiment
+    experiment = _experiment(cfg, kind)
     client, run_id = start_run(cfg, experiment, run_name(kind, summary, cfg.data.name), tags)
     try:
-        run_list = save_review_view(client, experiment_id(client, cfg, experiment))
+        experiment_ref = experiment_id(client, cfg, experiment)
+        run_list = save_review_view(client, experiment_ref)
         client.set_tag(run_id, "mlflow.note.content", detection_description(client, summary, kind, run_list))
         if summary.get("model_id"):
             client.log_inputs(run_id, models=[LoggedModelInput(summary["model_id"])])
@@ -96,12 +100,29 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
                 client.log_artifact(run_id, str(folder / name))
         if (folder / "figures").is_dir():
             client.log_artifacts(run_id, str(folder / "figures"), artifact_path="figures")
-        _log_review(client, run_id, folder, summary, kind, _records(folder, records))
+        _log_review(client, run_id, folder, {**summary, **_urls(cfg, experiment_ref, run_id)}, kind,
+                    _records(folder, records))
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _experiment(cfg: DictConfig, kind: str) -> str:
+    return cfg.tracking.score_experiment if kind == "score" else cfg.inspect.experiment
+
+
+def _urls(cfg: DictConfig, experiment: str, run_id: str) -> dict[str, str]:
+    return {"mlflow_run": url(cfg, run_route(experiment, run_id)),
+            "mlflow_experiment": url(cfg, experiment_route(experiment))}
+
+
+def detection_urls(cfg: DictConfig, kind: str, run_id: str) -> dict[str, str]:
+    """{'mlflow_run': the run's page, 'mlflow_experiment': its experiment's runs} in the MLflow UI, "Model training"
+    view (tracking/links.py): what the commands print."""
+    client = open_store(cfg)
+    return _urls(cfg, experiment_id(client, cfg, _experiment(cfg, kind)), run_id)
 
 
 def _log_review(client, run_id: str, folder: Path, summary: dict, kind: str, records: list[ReviewRecord]) -> None:

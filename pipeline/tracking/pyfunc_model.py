@@ -2,9 +2,9 @@
 model is loaded (`mlflow.pyfunc.load_model`). The weights and detector.json come in as the artifact
 `detector`; the `pipeline` package comes along as code.
 
-Input: a DataFrame with an `image_path` column (files are read with the detector's preprocessing), or an
-array (N, C, S, S) of preprocessed images in [0, 1]. A conditional detector (model=cvae) needs a DataFrame
-with a `category` column as well.
+Input: a DataFrame with an `image_path` column (files are read with the detector's preprocessing); a
+conditional detector (model=cvae) needs a `category` column as well. The type hints and the signature it is
+logged with (tracking/runs.py) say so: MLflow checks the input against it and shows it on the model's page.
 Output: a DataFrame with score, p_value, is_anomaly, threshold and every base score, from the detector itself.
 """
 
@@ -26,13 +26,10 @@ class DetectorPyfunc(PythonModel):
     def load_context(self, context):
         self.detector = AnomalyDetector.load(context.artifacts["detector"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         detector = self.detector
-        if isinstance(model_input, pd.DataFrame):
-            images = torch.stack([to_model_tensor(read_image(p, detector.spec.read_options), detector.spec.image_size)
-                                  for p in model_input["image_path"]])
-        else:
-            images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        images = torch.stack([to_model_tensor(read_image(p, detector.spec.read_options), detector.spec.image_size)
+                              for p in model_input["image_path"]])  # (N, C, S, S)
         labels = _labels(detector, model_input)
         out = detector.score(images, labels, keep=())
         scores = out[detector.spec.score].astype(np.float64)
@@ -46,11 +43,11 @@ class DetectorPyfunc(PythonModel):
         return frame
 
 
-def _labels(detector: AnomalyDetector, model_input) -> torch.Tensor | None:
+def _labels(detector: AnomalyDetector, model_input: pd.DataFrame) -> torch.Tensor | None:
     """Each image's category label (conditional detectors, from a `category` column); None otherwise."""
     if not detector.spec.categories:
         return None
-    if not isinstance(model_input, pd.DataFrame) or "category" not in model_input:
+    if "category" not in model_input or model_input["category"].isna().any():
         raise ValueError(f"a conditional detector needs a `category` column (one of {detector.spec.categories})")
     unknown = sorted(set(model_input["category"]) - set(detector.spec.categories))
     if unknown:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 from omegaconf import DictConfig
 
 from pipeline.config import PACKAGE_DIR
@@ -26,6 +29,10 @@ PYFUNC_CODE = PACKAGE_DIR / "tracking" / "pyfunc_model.py"
 # import and run the model to infer it.
 MODEL_REQUIREMENTS = ["torch>=2.4", "mlflow>=3.5,<4", "numpy>=1.26", "pandas>=2.1", "pillow>=10.3", "omegaconf>=2.3",
                       "pytorch-lightning>=2.5,<2.7", "scikit-learn>=1.4", "scipy>=1.11"]
+# The pyfunc's input, logged as its signature (MLflow cannot infer one from a DataFrame type hint): image paths,
+# and each image's category for a conditional detector.
+INPUT_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image_path"),
+                                                ColSpec("string", "category", required=False)]))
 
 
 @contextmanager
@@ -50,10 +57,13 @@ def log_detector_model(client: MlflowClient, run_id: str, detector_dir: Path, re
     """Log the detector folder as plain artifacts (`detector/`) and as a pyfunc model (`model`), and
     register a new model version with `description`; the very first version becomes the champion."""
     client.log_artifacts(run_id, str(detector_dir), artifact_path="detector")
-    with fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id):
+    with fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # MLflow advises an input example beside a signature; ours would be an image path on this machine, which
+        # means nothing where the model is loaded (and MLflow would score it at logging): the signature says it all.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided when logging the model")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"detector": str(detector_dir)},
-            code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS)
+            code_paths=[str(PACKAGE_DIR)], pip_requirements=MODEL_REQUIREMENTS, signature=INPUT_SIGNATURE)
     result = {"model_uri": info.model_uri, "model_id": info.model_id, "weights_sha256": file_sha256(detector_dir / WEIGHTS_FILE)}
     client.set_tag(run_id, "weights_sha256", result["weights_sha256"])
     if registered_model:

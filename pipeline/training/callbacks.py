@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from pipeline.progress import Progress
+
 
 class EpochHistory(pl.Callback):
     """Keeps every epoch-level metric as [(epoch, value)] in memory, for the loss-curve figure."""
@@ -49,34 +51,33 @@ class StopOnNonFiniteLoss(pl.Callback):
 
 class ProgressBar(pl.Callback):
     """One line of progress per fit, ours: epochs (or steps) done, of how many, and the numbers that say
-    how it goes; rank 0 only. Lightning's own bar (a bar per epoch and per validation) is switched off."""
+    how it goes; rank 0 only. A bar on a terminal, a log line every `every_percent` % otherwise
+    (pipeline/progress.py). Lightning's own bar (a bar per epoch and per validation) is switched off."""
 
-    def __init__(self, label: str, unit: str = "epoch", shown: tuple[str, ...] = ("val/loss",), enabled: bool = True):
-        self.label, self.unit, self.shown, self.enabled = label, unit, shown, enabled
-        self._bar = None
+    def __init__(self, label: str, unit: str = "epoch", shown: tuple[str, ...] = ("val/loss",), enabled: bool = True,
+                 every_percent: float = 10.0):
+        self.label, self.unit, self.shown, self.enabled, self.every_percent = label, unit, shown, enabled, every_percent
+        self._progress: Progress | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return
-        from tqdm.auto import tqdm
-
         total = trainer.max_steps if self.unit == "step" else trainer.max_epochs
-        self._bar = tqdm(total=total, desc=self.label, unit=self.unit, dynamic_ncols=True, leave=True)
+        self._progress = Progress(total, self.label, self.unit, self.every_percent)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._bar is not None and self.unit == "step":
-            self._bar.update(1)
+        if self._progress is not None and self.unit == "step":
+            self._progress.update(1)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._bar is None or trainer.sanity_checking:
+        if self._progress is None or trainer.sanity_checking:
             return
-        metrics = {name.split("/", 1)[-1]: f"{float(trainer.callback_metrics[name]):.4g}"
-                   for name in self.shown if name in trainer.callback_metrics}
-        self._bar.set_postfix(metrics, refresh=False)
+        self._progress.note(**{name.split("/", 1)[-1]: f"{float(trainer.callback_metrics[name]):.4g}"
+                               for name in self.shown if name in trainer.callback_metrics})
         if self.unit == "epoch":
-            self._bar.update(1)
+            self._progress.update(1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None

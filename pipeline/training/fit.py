@@ -72,7 +72,8 @@ def fit_vae(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.Lightnin
     trainer = build_trainer(trainer_cfg, [
         EarlyStopping(monitor="val/loss", mode="min", patience=trainer_cfg.early_stopping_patience), checkpoint,
         history, throughput, StopOnNonFiniteLoss(str(checkpoint_dir)),
-        ProgressBar(f"training {model_cfg.kind}", "epoch", ("val/loss",), trainer_cfg.enable_progress_bar),
+        ProgressBar(f"training {model_cfg.kind}", "epoch", ("val/loss",), trainer_cfg.enable_progress_bar,
+                    trainer_cfg.progress_every_percent),
         *callbacks], logger, trainer_cfg.max_epochs, trainer_cfg.min_epochs)
     started = time.perf_counter()
     net.train()
@@ -190,7 +191,8 @@ def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: Dict
     history = EpochHistory(prefixes=("head/",))
     trainer = build_trainer(trainer_cfg, [history, StopOnNonFiniteLoss("(the learned map keeps no checkpoints)"),
                                           ProgressBar("training the anomaly map", "step",
-                                                      ("head/val_pixel_auroc",), trainer_cfg.enable_progress_bar),
+                                                      ("head/val_pixel_auroc",), trainer_cfg.enable_progress_bar,
+                                                      trainer_cfg.progress_every_percent),
                                           *callbacks], logger, epochs, max_steps=int(head_cfg.steps))
     started = time.perf_counter()
     head.train()

@@ -6,7 +6,9 @@ server from tests/served.py and checks what a reviewer sees, on a scoring run an
 - the review page (review/index.html in the Artifacts tab) with every reviewed panel, highest score first;
 - the Description names the model version, the alias it had when used and the training run;
 - a verdict added as a tag `verdict.<sample id>` with the run page's tag editor is read by `pipeline review`;
-- a batch whose threshold cannot fire (infinite) is marked unable to flag (run name, detection.status, page).
+- a batch whose threshold cannot fire (infinite) is marked unable to flag (run name, detection.status, page);
+- the link `score` printed opens the scoring experiment in MLflow's "Model training" view (a fresh browser, which
+  would otherwise open the GenAI view), where the reviewer finds the run and its review page.
 
 Screenshots go to E2E_SCREENSHOT_DIR (`make e2e`: outputs/e2e/), else to the test's tmp folder.
 Without /usr/bin/chromium it skips with a reason, unless PIPELINE_REQUIRE_BROWSER=1 (`make e2e`, CI), where
@@ -34,11 +36,12 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the React app slowly
+TIMEOUT_MS = int(os.environ.get("E2E_TIMEOUT_MS", 60_000))  # a loaded 2-core machine renders the React app slowly
 NAME = "tiny-vae"
 EXPERIMENT = "e2e-inspection"  # this test's batches only: the registry tests look for the newest flagged run
 CARD = '[data-testid="experiment-view-compare-runs-card"]'
 GALLERY_KEY = re.compile(r"images/flagged~(\d{3}_[^+]+)\+step\+")
+WORKFLOW = "workflowType=machine_learning"  # MLflow's "Model training" view (pipeline/tracking/links.py)
 
 
 @pytest.fixture(scope="session")
@@ -153,13 +156,13 @@ def check_review_page(page, base: str, records: list[dict], shot: Path) -> None:
 def check_description(page, base: str, run, alias: str, training_run: str, shot: Path) -> None:
     """Overview: the Description names the model version (linked), the alias when used and the training run."""
     note = run.data.tags["mlflow.note.content"]
-    assert f"[{NAME} version 2](#/models/{NAME}/versions/2)" in note
+    assert f"[{NAME} version 2](#/models/{NAME}/versions/2?{WORKFLOW})" in note
     assert f"alias when used: **{alias}**" in note and f"training run {training_run}" in note
     page.goto(base)
-    version = page.locator(f'a[href$="#/models/{NAME}/versions/2"]').first
+    version = page.locator(f'a[href$="#/models/{NAME}/versions/2?{WORKFLOW}"]').first
     version.wait_for()
     assert version.inner_text() == f"{NAME} version 2"
-    trained = page.locator(f'a[href$="/runs/{training_run}"]').first
+    trained = page.locator(f'a[href$="/runs/{training_run}?{WORKFLOW}"]').first
     assert trained.inner_text() == f"training run {training_run}"
     assert "alias when used: " + alias in page.locator("body").inner_text()
     page.screenshot(path=str(shot), full_page=True)
@@ -235,3 +238,27 @@ def test_a_batch_that_cannot_flag_is_marked_so_in_the_ui(served, browser_page, s
     page.get_by_text("UNABLE TO FLAG").first.wait_for()  # the Description's title
     assert "unable_to_flag" in page.locator("body").inner_text()  # the detection.status tag
     page.screenshot(path=str(shots / "unable_to_flag_overview.png"), full_page=True)
+
+
+def test_the_link_score_printed_opens_the_model_training_view_and_the_review(served, browser_page, shots):
+    scored = served["score_newest"]
+    link = scored["mlflow_experiment"]  # what `score` printed, as a reviewer would copy it
+    assert link.startswith(f"{served['url']}/#/experiments/") and link.endswith(f"?{WORKFLOW}")
+    page = browser_page  # a fresh profile: the UI's own default would be the GenAI view (#/experiments/<id>/overview)
+    page.goto(link)
+    page.wait_for_url(re.compile(rf"#/experiments/\d+/runs\?(.*&)?{WORKFLOW}"))  # the run list of Model training
+    page.get_by_role("link", name="Model registry").first.wait_for()  # the side bar of Model training, not GenAI's
+    assert page.get_by_text("Evaluation runs", exact=True).count() == 0
+    page.screenshot(path=str(shots / "printed_link_runs.png"))
+    run_id = scored["run_id"]
+    page.locator(f'a[href*="/runs/{run_id}"]').first.click()  # the run, in the run list
+    page.wait_for_url(re.compile(f"/runs/{run_id}"))
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("review", exact=True).first.click()
+    page.get_by_text("index.html", exact=True).first.click()
+    frame = page.frame_locator("iframe").first
+    frame.locator(".card img").first.wait_for()
+    records = _records(MlflowClient(served["url"]), run_id)
+    assert frame.locator(".card").count() == len(records)
+    assert frame.locator(f'a[href="{scored["mlflow_run"]}"]').count() == 1  # the page links back to its run
+    page.screenshot(path=str(shots / "printed_link_review_page.png"))
