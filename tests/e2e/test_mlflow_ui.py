@@ -106,6 +106,8 @@ def check_gallery(page, base: str, records: list[dict], shot: Path) -> None:
     """Model metrics: one card per flagged image, in score order, the panel whole inside its card."""
     flagged = [r["key"] for r in sorted(records, key=lambda r: r["rank"]) if r["status"] == FLAGGED]
     assert flagged, "nothing flagged: no gallery to look at"
+    # the UI renders only the cards near the screen: a window tall enough for every row of three cards
+    page.set_viewport_size({"width": 1400, "height": max(1000, 400 + 350 * -(-len(flagged) // 3))})
     page.goto(f"{base}/model-metrics")
     page.wait_for_function(
         "n => { const imgs = [...document.querySelectorAll('img[src*=\"flagged~\"]')];"
