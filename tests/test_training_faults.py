@@ -68,5 +68,6 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_checkpoint_into_the_s
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
-    assert main(["train", *tiny_overrides(tmp_path), f"train.resume={tmp_path / 'nope.ckpt'}"]) == 1
-    assert "no such checkpoint file" in capsys.readouterr().err
+    root = tmp_path / "data" / "fabric"  # not generated: the mistake is named before any data is made
+    assert main(["train", *tiny_overrides(tmp_path), f"data.root={root}", f"train.resume={tmp_path / 'nope.ckpt'}"]) == 1
+    assert "no such checkpoint file" in capsys.readouterr().err and not root.exists()

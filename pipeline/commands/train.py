@@ -38,6 +38,9 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     """Train, select, calibrate and log one detector; returns a summary (run id, threshold, paths).
     `extra_callbacks` ride along in the VAE's Trainer (the benchmark times epochs with one)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # a mistyped checkpoint fails at once, before any data is generated or read
+    resume = Path(cfg.train.resume).expanduser().resolve() if cfg.train.resume else None
+    resumed_run = resumed_run_id(resume) if resume is not None else None
     root = ensure_dataset(cfg.data, cfg.seed)
     datamodule = build_datamodule(cfg, root)
     datamodule.setup("fit")  # every rank reads and splits the images itself (deterministic from the seed)
@@ -46,8 +49,6 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     rank = launch_rank(cfg.trainer)
     if shortfall and rank == 0:
         announce_unable_to_flag(shortfall)
-    resume = Path(cfg.train.resume).expanduser().resolve() if cfg.train.resume else None
-    resumed_run = resumed_run_id(resume) if resume is not None else None
     logger = (training_run.make_logger(cfg, root, run_id=resumed_run)
               if cfg.tracking.enabled and rank == 0 else None)
     run_id = logger.run_id if logger is not None else resumed_run or time.strftime("%Y%m%d-%H%M%S")
