@@ -151,10 +151,8 @@ def markdown(results: dict, context: dict) -> str:
     lines += [f"Not measured in this run: {'; '.join(f'{n} ({why})' for n, why in skipped.items())}.", ""] if skipped else []
     lines += _wall_time(results["wall_time"])
     lines += _speed(results["speed"]) if "speed" not in skipped else []
-    if not any(s in skipped for s in ("quality", "thresholds", "drift")):
+    if "quality" not in skipped:  # thresholds and drift are shown where measured (each section on its own)
         lines += quality_section(results["quality"], results["thresholds"], results["drift"])
-    elif "quality" not in skipped:
-        lines += quality_section(results["quality"], {"skipped": True}, {})
     return "\n".join(lines)
 
 

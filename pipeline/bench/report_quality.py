@@ -203,6 +203,8 @@ def threshold_section(thresholds: dict) -> list[str]:
                   f"{_f(t.get('false_alarm_rate'))} on the test split, against recall {_f(small['recall_1000'])} with "
                   f"1,000 normal images; with {r.get('n_normal')}: "
                   + (f"refused at train time: \"{r['message']}\"" if r.get("refused") else "NOT refused") + ".", ""]
+    elif "skipped" in small:
+        lines += [f"**Few normal images**: not measured in this run ({small['skipped']}).", ""]
     return lines
 
 
@@ -241,8 +243,8 @@ def sets_section(drift: dict) -> list[str]:
                     else "no detector: drift test only")
         rows.append([f"{family} ({detector})", *cells])
     return ["", f"Whole test sets of {any_r['set_size']} good images ({any_r['n_sets']} per cell, drawn from "
-            f"{any_r['n_pool']} test/good images): every good part seen at another scale (camera closer, x, or farther, "
-            "x1/) or from other parts of the material (texture contrast times a factor) must be reported by `score` "
+            f"{any_r['n_pool']} test/good images): every good part seen at another scale (camera closer: "
+            "scale_x<s>, or farther: scale_x1/<s>) or from other parts of the material (texture contrast times a factor) must be reported by `score` "
             "(drift test or broken promise, at least 95 %); unshifted sets must not (at most 5 %). Reported, with "
             "its 95 % interval, and how often each check fired (%).", "",
             *_table(["family", *any_r["conditions"]], rows)]
@@ -262,6 +264,5 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
     lines += [f"Refused tasks: {'; '.join(refused)}", ""] if refused else []
     lines += digits_table(quality, "digits one-vs-rest") + digits_table(quality, "digits leave-one-out")
     lines += seeds_table(quality) + scores_table(quality)
-    if "skipped" in thresholds:  # a run stopped before them: the quality tables alone
-        return lines
-    return lines + threshold_section(thresholds) + drift_section(drift)
+    lines += threshold_section(thresholds) if "skipped" not in thresholds else []
+    return lines + (drift_section(drift) if "skipped" not in drift else [])

@@ -145,7 +145,7 @@ def measure_thresholds(bench: DictConfig, sizes: DictConfig, work: Path, quality
     table = thresholds.false_alarm_table({k: v for k, v in quality_results.items() if "refused" not in v},
                                          list(bench.alphas))
     if not sizes.small_data:
-        return {**table, "small_data": {"skipped": "quick mode"}}
+        return {**table, "small_data": {"skipped": "bench.sizes.<size>.small_data is false (quick mode, or left out)"}}
     reference = quality_results.get(bench.small_data.category, {}).get("new_default", [{}])[0]
     recall = ((reference.get("false_alarm") or {}).get(str(bench.alpha_sizes)) or {}).get("recall")
     base = [*bench.overrides, "tracking.enabled=false", "trainer.enable_progress_bar=false"]
