@@ -66,7 +66,8 @@ def shoot(link: str, out: Path, chromium: Path, timeout_ms: int = 120_000) -> No
     experiment = re.search(r"#/experiments/(\d+)/", link).group(1)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # wide enough for a whole panel beside MLflow 3.17's Assistant side panel
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
         page.set_default_timeout(timeout_ms)
         page.goto(link.split("#")[0] + f"#/experiments/{experiment}")  # the UI's own default: the GenAI view
         page.get_by_text("Model training", exact=True).first.click()
@@ -78,6 +79,9 @@ def shoot(link: str, out: Path, chromium: Path, timeout_ms: int = 120_000) -> No
         frame = page.frame_locator("iframe").first
         frame.locator(".card img").first.wait_for()
         frame.locator(".card img").first.evaluate("img => img.decode()")
+        # the first flagged panel (input | reconstruction | map) at the top, below the page's summary and table
+        frame.locator(".card img").first.evaluate("img => img.closest('.card').scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
         browser.close()
