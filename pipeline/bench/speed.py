@@ -30,6 +30,7 @@ from pipeline.detector import AnomalyDetector
 from pipeline.detector.files import map_file, save_map, score_files
 from pipeline.models.factory import build_network
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
+from pipeline.models.two_level import restore
 from pipeline.scoring.maps import defect_regions, resize_map
 
 
@@ -127,6 +128,8 @@ def network_calls(detector: AnomalyDetector, images: torch.Tensor, batch: int) -
     """Images passed through each network per scored image, counted with forward hooks during one `score`."""
     counts, hooks = Counter(), []
     modules = {"encoder": detector.vae.encoder, "decoder": detector.vae.decoder}
+    if getattr(detector.vae, "local", None) is not None:  # the two-level VAE's restoring level
+        modules["local level"] = detector.vae.local.encoder
     if detector.head is not None:
         modules["learned map"] = detector.head
     for name, module in modules.items():
@@ -146,7 +149,7 @@ def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) ->
         for start in range(0, len(images), batch):
             x = images[start:start + batch]
             mu, _ = detector.vae.encode(x)
-            x_hat = torch.sigmoid(detector.vae.decode(mu))
+            x_hat = restore(detector.vae, x, mu, detector.vae.decode(mu))  # the local level's, where there is one
             if detector.head is not None:
                 detector.head(x, x_hat)
 
