@@ -13,6 +13,7 @@ from pipeline.bench.drift import blur, gain, main as drift_main, measure_drift, 
 from pipeline.config import compose
 from pipeline.data.datamodule import SplitSettings
 from pipeline.data.images import to_model_tensor
+from pipeline.detector.checks import DriftSettings
 from pipeline.data.generators import DEFECT_TYPES, generate_category, render_sample
 from pipeline.scoring.drift import FEATURES, drift_test, image_statistics
 
@@ -124,7 +125,8 @@ def test_measure_drift_on_a_small_generated_dataset(tmp_path):
     root = generate_category(tmp_path, "bracket", image_size=64, n_train=60, n_test_good=30, n_test_defect_per_type=2)
     # The reference is the detector's calibration share of train/good: 19 of 60 images at alpha=0.05.
     split = SplitSettings(alpha=0.05, min_selection=8, min_train=8)
-    kwargs = dict(image_size=32, n_reference=18, batch_size=30, n_batches=20, seed=0, min_images=20,
+    kwargs = dict(image_size=32, n_reference=18, batch_size=30, n_batches=20, seed=0,
+                  drift=DriftSettings(min_images=20),
                   shifts=process_shifts(1.15, (0.85,), 1.0), defect_shares=(0.0, 0.2), split=split)
     result = measure_drift(root, **kwargs)
     assert set(result["shifts"]) == {"zoom_x1.15", "gain_x0.85", "blur_sigma1"}

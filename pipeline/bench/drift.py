@@ -19,6 +19,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pipeline.data.datamodule import SplitSettings
 from pipeline.data.splits import split_indices
 from pipeline.data.images import ImageReadError, ReadOptions, read_image, to_model_tensor
 from pipeline.data.layout import GOOD, scan_test, scan_train
+from pipeline.detector.checks import DriftSettings
 from pipeline.scoring.drift import FEATURES, drift_test, image_statistics
 
 Shift = Callable[[np.ndarray], np.ndarray]
@@ -127,8 +129,7 @@ def _run_batches(reference: np.ndarray, draw: Callable[[np.random.Generator], np
 def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int, n_batches: int, seed: int, *,
                   split: SplitSettings = SplitSettings(), read_options: ReadOptions = ReadOptions(),
                   shifts: dict[str, Shift] | None = None, defect_shares: Sequence[float] = (0.0, 0.1, 0.2),
-                  alpha: float = 0.01, trim: float = 0.2, min_images: int = 20, min_shift: float = 0.5,
-                  test: str = "mannwhitneyu", min_frequency: float = 1 / 16) -> dict:
+                  drift: DriftSettings = DriftSettings(), min_frequency: float = 1 / 16) -> dict:
     """Detection rate per shift and false-drift rate per defect share on one MVTec-layout dataset.
 
     Returns {"dataset", "n_reference", "n_test_good", "n_defective", settings..., "shifts": {name: rate},
@@ -148,7 +149,7 @@ def measure_drift(root: Path, image_size: int, n_reference: int, batch_size: int
     defective = (_statistics(defect_paths, image_size, read_options, min_frequency, {})[0]["none"]
                  if defect_paths else None)
 
-    test_kwargs = {"alpha": alpha, "trim": trim, "min_images": min_images, "min_shift": min_shift, "test": test}
+    test_kwargs = asdict(drift)  # alpha, trim, min_images, min_shift, test: drift_test's keywords
     rng = np.random.default_rng(seed)
     by_shift = {name: _run_batches(reference["none"], partial(_draw, good[name], None, batch_size, 0), n_batches,
                                    rng, test_kwargs) for name in shifts}
@@ -189,14 +190,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
     data, bench, inspect = cfg.data, cfg.bench.drift, cfg.inspect
-    options = ReadOptions(channels=data.channels, max_pixels=data.max_image_pixels,
-                          strict_channels=data.strict_channels)
     result = measure_drift(
         args.root.resolve(), data.image_size, bench.n_reference, bench.batch_size, bench.n_batches, cfg.seed,
-        split=SplitSettings(alpha=cfg.score.alpha, **data.split), read_options=options,
+        split=SplitSettings(alpha=cfg.score.alpha, **data.split), read_options=ReadOptions.from_config(data),
         shifts=process_shifts(bench.zoom, list(bench.gains), bench.blur_sigma),
-        defect_shares=list(bench.defect_shares), alpha=inspect.drift_alpha, trim=inspect.drift_trim,
-        min_images=inspect.drift_min_images, min_shift=inspect.drift_min_shift, test=inspect.drift_test)
+        defect_shares=list(bench.defect_shares), drift=DriftSettings.from_config(inspect))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result))

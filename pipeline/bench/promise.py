@@ -162,8 +162,7 @@ def main(argv: list[str]) -> int:
         shifts=set_shifts(list(sets.scales), list(sets.textures), sets.texture_sigma),
         drift=DriftSettings.from_config(cfg.inspect), level=cfg.score.promise_level, detector=detector,
         pool=sets.pool, split=SplitSettings(alpha=cfg.score.alpha, **data.split),
-        read_options=ReadOptions(channels=data.channels, max_pixels=data.max_image_pixels,
-                                 strict_channels=data.strict_channels), batch_size=data.batch_size)
+        read_options=ReadOptions.from_config(data), batch_size=data.batch_size)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result))

@@ -172,8 +172,7 @@ def measure_drift(bench: DictConfig, work: Path, quality_results: dict | None = 
         results[family] = drift.measure_drift(
             root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed, split=split,
             shifts=drift.process_shifts(d.zoom, list(d.gains), d.blur_sigma), defect_shares=list(d.defect_shares),
-            alpha=i.drift_alpha, trim=i.drift_trim, min_images=i.drift_min_images, min_shift=i.drift_min_shift,
-            test=i.drift_test)
+            drift=DriftSettings.from_config(i))
         results[family]["sets"] = promise.measure_promise(
             root, cfg.data.image_size, sets.set_size, sets.n_sets, cfg.seed,
             shifts=promise.set_shifts(list(sets.scales), list(sets.textures), sets.texture_sigma),

@@ -144,15 +144,16 @@ def trust_checks(detector, frame: pd.DataFrame, cfg: DictConfig) -> dict:
     """The drift test and, with labelled good images, the false-alarm promise (detector/checks.py); with labels
     both look at the good images only. Says so in the log when either fails."""
     good = frame["defect_type"].eq(GOOD)
-    drift = check_drift(detector.spec, frame[good] if good.any() else frame, DriftSettings.from_config(cfg.inspect))
-    drift["images"] = "good" if good.any() else "all"
-    promise = (check_promise(detector.spec, frame, cfg.score.promise_level) if good.any() else
+    labelled = bool(good.any())
+    drift = check_drift(detector.spec, frame[good] if labelled else frame, DriftSettings.from_config(cfg.inspect))
+    drift["images"] = "good" if labelled else "all"
+    promise = (check_promise(detector.spec, frame, cfg.score.promise_level) if labelled else
                {"tested": False, "broken": False, "reason": "not tested: no labelled good images (test/good)"})
     if promise["broken"]:
         log.warning("the threshold does not keep its promise on these good images: %s. They differ from the "
                     "calibration images; see the review page", promise["reason"])
     if drift["drifted"]:
-        log.warning("the %s images drifted from the calibration images: %s", "good" if good.any() else "scored",
+        log.warning("the %s images drifted from the calibration images: %s", "good" if labelled else "scored",
                     drift["reason"])
     return {"drift": drift, "promise": promise}
 

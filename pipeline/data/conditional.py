@@ -85,8 +85,7 @@ class ConditionalDataModule(pl.LightningDataModule):
 
 def build_datamodule(cfg: DictConfig, root: Path) -> pl.LightningDataModule:
     """The datamodule the config describes: one category, or several labelled ones (data.categories)."""
-    options = ReadOptions(channels=cfg.data.channels, max_pixels=cfg.data.max_image_pixels,
-                          strict_channels=cfg.data.strict_channels)
+    options = ReadOptions.from_config(cfg.data)
     split = SplitSettings(alpha=float(cfg.score.alpha), **cfg.data.split)
     common = dict(image_size=cfg.data.image_size, read_options=options, split=split, batch_size=cfg.data.batch_size,
                   num_workers=cfg.data.num_workers, seed=cfg.seed, strict_size=cfg.data.strict_size)

@@ -36,6 +36,11 @@ class ReadOptions:
     strict_channels: bool = True      # an image whose own channel count differs is an error
     expected_size: tuple[int, int] | None = None  # (height, width) every image must have, or None
 
+    @classmethod
+    def from_config(cls, data) -> "ReadOptions":
+        """From the `data` config: data.channels, data.max_image_pixels, data.strict_channels."""
+        return cls(channels=data.channels, max_pixels=data.max_image_pixels, strict_channels=data.strict_channels)
+
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
