@@ -50,6 +50,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     speed = data["speed"]
     assert speed["training"]["efficiency"] > 0 and speed["scoring"]["ratio_same_work"] > 0
     assert set(speed["scoring"]["stages"]) == {"decode", "forward", "maps", "write"}
+    assert speed["scoring"]["repeats"] == 3 and len(speed["scoring"]["end_to_end"]["runs_seconds"]) == 3
+    step = speed["training"]["head_step"]  # the learned map's step against the same head on a ready batch
+    assert step["ready_step_seconds"] > 0 and step["synthesis_seconds"] > 0 and 0 < step["ratio"] < 5
     assert [m["n_images"] for m in speed["memory"]] == [3, 30] and all(m["n_errors"] == 0 for m in speed["memory"])
     tiny = data["quality"]["tiny"]
     assert tiny["n_test"] == 12 and tiny["n_anomalous"] == 6 and tiny["has_masks"]
@@ -71,7 +74,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                for c in sets["conditions"].values())
     text = md.read_text()
     for heading in ("## 2. Training", "## 3. Scoring", "## 4. Peak memory", "## 5. Detection quality",
-                    "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images"):
+                    "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images", "on a ready batch"):
         assert heading in text
     assert "Quick run" in text
 

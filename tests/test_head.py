@@ -38,6 +38,28 @@ def test_head_output_has_one_logit_per_pixel():
     assert head(x, x).shape == (2, 1, 32, 32)
 
 
+def test_channels_last_head_computes_the_same_map_and_gradients():
+    # the memory layout is a speed choice (PERFORMANCE.md): same weights, same logits and gradients up to rounding
+    torch.manual_seed(0)
+    plain, fast = AnomalyHead(1, (4, 8, 16)), AnomalyHead(1, (4, 8, 16), channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    assert fast.out.weight.is_contiguous(memory_format=torch.channels_last)
+    x, r = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32)
+    out_plain, out_fast = plain(x, r), fast(x, r)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-4, atol=1e-5)
+    out_plain.square().mean().backward()
+    out_fast.square().mean().backward()
+    torch.testing.assert_close(fast.down[0][0].weight.grad, plain.down[0][0].weight.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_head_accepts_widths_from_the_config():
+    # a ListConfig: OmegaConf 2.3 slices [4, 8][-2::-1] as [8, 4], not [4]
+    widths = compose(["head.widths=[4,8]"]).head.widths
+    head = AnomalyHead(1, widths)
+    assert [block[0].in_channels for block in head.up] == [12]
+    assert head(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+
+
 def briefly_trained_autoencoder(images: torch.Tensor, steps: int = 300) -> torch.nn.Module:
     """A small dense-bottleneck autoencoder fitted for a few hundred steps to the normal images: it redraws a
     normal part, not an anomaly, so its reconstruction is the comparison the head is built to use."""

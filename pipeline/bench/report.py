@@ -91,6 +91,13 @@ def _speed(s: dict) -> list[str]:
              f"`{s['dataset']}`, {t['n_train']} training images, batch {t['batch_size']}, {t['epochs']} VAE epochs (the "
              f"first is warm-up and not counted; every epoch includes its validation pass), {s['torch_threads']} torch "
              f"threads. The learned map: {t['head_steps']} steps in {f(t['head_seconds'], 1)} s.", ""]
+    hs = t.get("head_step") or {}
+    if hs:
+        lines += [f"Learned-map step in the product's training (anomalies drawn, reconstructed, the head's forward, "
+                  f"backward and Adam, Lightning, one validation): {f(1000 * hs['step_seconds'], 1)} ms; the same head's "
+                  f"forward + backward + Adam on a ready batch: {f(1000 * hs['ready_step_seconds'], 1)} ms: **ratio "
+                  f"{f(hs['ratio'], 2)}**. Drawing one batch's anomalies costs {f(1000 * hs['synthesis_seconds'], 1)} ms, "
+                  f"reconstructing it {f(1000 * hs['reconstruction_seconds'], 1)} ms.", ""]
     lines += table(["loop", "images/s", "images/CPU-s", "epoch seconds"], [
         ["Lightning pipeline (`run_train`: checkpoints, early stopping, MLflow)", f(t["pipeline"]["images_per_second"], 1),
          f(t["pipeline"]["images_per_cpu_second"], 1), ", ".join(f(x, 2) for x in t["pipeline"]["epoch_seconds"])],
@@ -99,8 +106,9 @@ def _speed(s: dict) -> list[str]:
     lines += [f"**Training efficiency (pipeline / raw): {f(t['efficiency'], 2)} by wall time, "
               f"{f(t['efficiency_cpu'], 2)} by CPU time**", "", "## 3. Scoring throughput", "",
               f"{sc['n_images']} test images of `{s['dataset']}`, batch {sc['batch_size']}, {sc['num_workers']} DataLoader "
-              "workers. *Same work* = the detector's batch computation on in-memory tensors (its network calls, the map, "
-              "the scores its decision needs). *Bare forward* = its networks once each, nothing else. Network calls per "
+              f"workers; each path run {sc.get('repeats', 1)} times, interleaved, its median run shown (every run's "
+              "seconds in BENCHMARKS.json). *Same work* = the detector's batch computation on in-memory tensors (its "
+              "network calls, the map, the scores its decision needs). *Bare forward* = its networks once each, nothing else. Network calls per "
               "image (images through each network): " + ", ".join(f"{k} {v:g}" for k, v in
                                                                    sc["network_calls_per_image"].items()) + ".", ""]
     paths = [("end to end (`score_files`: read, decode, score, maps, write .npy)", sc["end_to_end"]),

@@ -117,7 +117,7 @@ def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     if sizes.score_images:
         samples = samples[:int(sizes.score_images)]
     scoring = speed.scoring_throughput(detector, samples, work / "speed-scoring", cfg.data.batch_size,
-                                       cfg.data.num_workers, bench.warmup_batches)
+                                       cfg.data.num_workers, bench.warmup_batches, int(bench.scoring_repeats))
     n = int(sizes.memory_n)
     peaks = [memory.measure(Path(training["detector_dir"]), Path(cfg.data.root), count, cfg.data.batch_size,
                             work / f"memory-{count}") for count in (n, 10 * n)]

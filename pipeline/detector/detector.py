@@ -61,7 +61,8 @@ class AnomalyDetector:
             m["kind"], spec.in_channels, spec.image_size, m["latent_dim"], m["hidden_channels"], m["latent_layout"],
             n_classes=len(spec.categories or []), local=m.get("local"), codebook_size=m.get("codebook_size", 128),
             commitment=m.get("commitment", 0.25))
-        self.head = head if head is not None or not spec.head else AnomalyHead(spec.in_channels, spec.head["widths"])
+        self.head = head if head is not None or not spec.head else AnomalyHead(
+            spec.in_channels, spec.head["widths"], bool(spec.head.get("channels_last", False)))
         if spec.reconstruction == "global" and getattr(self.vae, "local", None) is not None:
             self.vae.local = None  # the fit chose the global level's reconstruction: the local level was not trained
         self.eval()

@@ -26,20 +26,27 @@ class AnomalyHead(nn.Module):
     """U-Net: `len(widths)` resolutions, each a block of two 3x3 convolutions; skip connections carry the
     fine detail a thin scratch needs past the coarse context that tells a texture's variation from a defect."""
 
-    def __init__(self, image_channels: int, widths: Sequence[int] = (16, 32, 64, 128)):
+    def __init__(self, image_channels: int, widths: Sequence[int] = (16, 32, 64, 128), channels_last: bool = False):
         super().__init__()
-        self.image_channels, self.widths = image_channels, tuple(widths)
+        self.image_channels, self.widths, self.channels_last = image_channels, tuple(widths), channels_last
         self.down = nn.ModuleList()
         channels = 2 * image_channels
+        widths = self.widths  # a tuple: slicing a config list backwards is not reliable
         for width in widths:
             self.down.append(_block(channels, width))
             channels = width
         self.up = nn.ModuleList(_block(wide + narrow, narrow) for wide, narrow in zip(widths[::-1], widths[-2::-1]))
         self.out = nn.Conv2d(widths[0], 1, 1)
+        if channels_last:
+            # Few channels at full resolution: the channels-last layout runs the step 1.3x faster on CPU (PERFORMANCE.md)
+            # and is the layout cuDNN prefers; the numbers are the same up to float rounding.
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """image and reconstruction (B, C, H, W) -> logits (B, 1, H, W); H, W divisible by 2**(len(widths) - 1)."""
         x = torch.cat([x, reconstruction], dim=1)  # (B, 2C, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
