@@ -87,3 +87,27 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert after["context"]["sections_from"]["speed"]["date"] == before["context"]["date"]
     assert "Sections kept from earlier runs" in md.read_text()
     assert main(["bench", *overrides, "bench.sections=[]"]) == 1  # nothing to measure: a clear error
+
+
+def test_quality_budget_leaves_out_what_it_cannot_start_and_names_it(tmp_path, tiny_dataset):
+    from pipeline.bench.run import measure_quality
+    from pipeline.config import compose
+
+    product = [*TINY, f"data.root={tiny_dataset}"]
+    cfg = compose([f"bench.overrides=[{','.join(repr(o) for o in product)}]", "bench.families=[tiny]",
+                   "bench.sizes.full.digits_one_vs_rest=[]", "bench.sizes.full.digits_leave_one_out=[]"])
+    left_out: list[str] = []
+    results = measure_quality(cfg.bench, cfg.bench.sizes.full, tmp_path, minutes=0, left_out=left_out)
+    assert results == {}  # nothing started: no row is made up
+    assert left_out == ["tiny new_default seed 0, tiny learned_map_v1 seed 0, tiny previous_default seed 0, "
+                        "tiny plain_ae seed 0, tiny vqvae seed 0", "tiny new_default seed 1"]
+
+
+def test_further_seeds_join_their_task_whichever_finished_first():
+    from pipeline.bench.run import merged
+
+    first = {"fabric": {"family": "fabric", "new_default": [{"seed": 0}], "plain_ae": [{"seed": 0}]},
+             "digit_1": {"family": "digits", "refused": "too few"}}
+    out = merged(first, {"fabric": [{"seed": 2}, {"seed": 1}], "digit_1": [{"seed": 1}]})
+    assert [r["seed"] for r in out["fabric"]["new_default"]] == [0, 1, 2]
+    assert out["digit_1"] == first["digit_1"] and [r["seed"] for r in first["fabric"]["new_default"]] == [0]

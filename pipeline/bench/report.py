@@ -157,6 +157,9 @@ def markdown(results: dict, context: dict) -> str:
               "", *_kept_sections(c)]
     skipped = {name: value["skipped"] for name, value in results.items() if "skipped" in value}
     lines += [f"Not measured in this run: {'; '.join(f'{n} ({why})' for n, why in skipped.items())}.", ""] if skipped else []
+    if c.get("quality_left_out"):
+        lines += [f"**Left out to keep the quality section within `bench.quality_minutes`** (not started when its time "
+                  f"was up; their rows are missing below): {'; '.join(c['quality_left_out'])}.", ""]
     lines += _wall_time(results["wall_time"])
     lines += _speed(results["speed"]) if "speed" not in skipped else []
     if "quality" not in skipped:  # thresholds and drift are shown where measured (each section on its own)

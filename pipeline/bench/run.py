@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -88,21 +88,62 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple
     return first_jobs + later_jobs
 
 
-def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None) -> dict:
-    """Every job in `bench.workers` processes, the built-in families first (the longest)."""
+def job_label(job: tuple) -> str:
+    """'<task> <method> seed <s>, ...' for each run a quality job would train."""
+    name, runs = job[0], job[2]
+    return ", ".join(f"{name} {method} seed {o.split('=', 1)[1]}" for method, lists in runs.items() for config in lists
+                     for o in config if o.startswith("seed="))
+
+
+def merged(first: dict, further: dict) -> dict:
+    """Each task's first-seed result with the new default's further seeds appended in seed order, whichever
+    finished first."""
+    results = {name: {**result} for name, result in first.items()}
+    for name, rows in further.items():
+        if "new_default" in results.get(name, {}):
+            results[name]["new_default"] = sorted(results[name]["new_default"] + rows, key=lambda r: r.get("seed", 0))
+    return results
+
+
+def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None,
+                    minutes: float | None = None, left_out: list | None = None) -> dict:
+    """Every job in `bench.workers` processes, the built-in families first (the longest). With `minutes`, no job
+    starts after that many minutes: the runs of the jobs never started are appended to `left_out`."""
     jobs = quality_jobs(bench, sizes, work)
-    results = {}
+    deadline = None if minutes is None else time.monotonic() + 60 * float(minutes)
+    left_out = [] if left_out is None else left_out
+    first, further, waiting, running = {}, {}, list(enumerate(jobs)), {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=int(bench.workers), mp_context=context) as pool:
-        for done, (name, result) in enumerate(pool.map(_quality_job, jobs), start=1):
-            if "new_default" in results.get(name, {}) and "new_default" in result:  # a further seed of a task
-                results[name]["new_default"] += result["new_default"]
-            else:
-                results[name] = result
-            log.info("bench quality: %d/%d jobs done (%s)", done, len(jobs), name)
-            if progress is not None and done < len(jobs):
-                progress(dict(results))
-    return results
+        def start_jobs() -> None:
+            while waiting and len(running) < int(bench.workers):
+                if deadline is not None and time.monotonic() >= deadline:
+                    left_out.extend(job_label(job) for _, job in waiting)
+                    waiting.clear()
+                    return
+                index, job = waiting.pop(0)
+                running[pool.submit(_quality_job, job)] = index
+
+        start_jobs()
+        done = 0
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                name, result = future.result()
+                if jobs[index][6]:  # a task's first job: every method at its first seed
+                    first[name] = result
+                else:  # the new default's further seeds of a task
+                    further.setdefault(name, []).extend(result.get("new_default", []))
+                done += 1
+                log.info("bench quality: %d/%d jobs done (%s)", done, len(jobs), name)
+            start_jobs()
+            if progress is not None and running:
+                progress(merged(first, further))
+    if left_out:
+        log.warning("bench quality: %d jobs left out (bench.quality_minutes=%s): %s", len(left_out), minutes,
+                    "; ".join(left_out))
+    return merged(first, further)
 
 
 def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
@@ -231,7 +272,8 @@ def run_bench(cfg: DictConfig) -> dict:
     measures = {"wall_time": lambda: (measure_wall_time(bench, work) if not bench.quick
                                       else {"skipped": "not run in quick mode"}),
                 "speed": lambda: measure_speed(bench, sizes, work),
-                "quality": lambda: measure_quality(bench, sizes, work, quality_progress),
+                "quality": lambda: measure_quality(bench, sizes, work, quality_progress, bench.quality_minutes,
+                                                   context.setdefault("quality_left_out", [])),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
                 "drift": lambda: measure_drift(bench, work, results.get("quality"))}
     try:
