@@ -108,9 +108,9 @@ def _speed(s: dict) -> list[str]:
               f"{sc['n_images']} test images of `{s['dataset']}`, batch {sc['batch_size']}, {sc['num_workers']} DataLoader "
               f"workers; each path run {sc.get('repeats', 1)} times, interleaved, its median run shown (every run's "
               "seconds in BENCHMARKS.json). *Same work* = the detector's batch computation on in-memory tensors (its "
-              "network calls, the map, the scores its decision needs). *Bare forward* = its networks once each, nothing else. Network calls per "
-              "image (images through each network): " + ", ".join(f"{k} {v:g}" for k, v in
-                                                                   sc["network_calls_per_image"].items()) + ".", ""]
+              "network calls, the map, the scores its decision needs). *Bare forward* = its networks once each, "
+              "nothing else. Network calls per image (images through each network): "
+              + ", ".join(f"{k} {v:g}" for k, v in sc["network_calls_per_image"].items()) + ".", ""]
     paths = [("end to end (`score_files`: read, decode, score, maps, write .npy)", sc["end_to_end"]),
              ("same work, in memory", sc["raw_same_work"]), ("bare forward of the networks", sc["raw_bare_forward"])]
     lines += table(["path", "images/s", "images/CPU-s", "seconds"],

@@ -129,9 +129,9 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                index = running.pop(future)
                 name, result = future.result()
-                if jobs[index][6]:  # a task's first job: every method at its first seed
+                is_first_job = jobs[running.pop(future)][6]  # its `baselines` flag: every method at its first seed
+                if is_first_job:
                     first[name] = result
                 else:  # the new default's further seeds of a task
                     further.setdefault(name, []).extend(result.get("new_default", []))

@@ -43,6 +43,16 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
+def _since(started: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since `started` (a _now())."""
+    return tuple(now - then for now, then in zip(_now(), started))
+
+
+def _rate_of(n: int, wall: float, cpu: float) -> dict:
+    return {"seconds": wall, "cpu_seconds": cpu, "images_per_second": n / max(wall, 1e-9),
+            "images_per_cpu_second": n / max(cpu, 1e-9)}
+
+
 class EpochTimer(pl.Callback):
     """Wall-clock and CPU time of each epoch, validation and checkpointing included."""
 
@@ -100,8 +110,7 @@ def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.
         with torch.no_grad():
             for start in range(0, len(val_images), batch):
                 losses(val_images[start:start + batch])
-        ended = _now()
-        seconds.append((ended[0] - started[0], ended[1] - started[1]))
+        seconds.append(_since(started))
     return _counted(seconds, n)
 
 
@@ -141,23 +150,25 @@ def head_ready_batch(cfg: DictConfig, detector: AnomalyDetector, train_images: t
     reconstruction = _now()
     head = AnomalyHead(train_images.shape[1], h.widths, bool(h.get("channels_last", False)))
     optimizer = torch.optim.Adam(head.parameters(), lr=float(h.lr))
-    for i, (altered, masks, x_hat) in enumerate([ready[0]] * 3 + ready):  # 3 warm-up steps
-        if i == 3:
-            started_steps = _now()
+
+    def step(altered: torch.Tensor, masks: torch.Tensor, x_hat: torch.Tensor) -> None:
         loss = focal_loss(head(altered, x_hat), masks, float(h.focal_gamma))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    ended = _now()
-    return {"ready_step_seconds": (ended[0] - started_steps[0]) / steps,
+
+    for _ in range(3):  # warm-up: allocator, thread pools, the layout's kernels
+        step(*ready[0])
+    started_steps = _now()
+    for batch_ready in ready:
+        step(*batch_ready)
+    return {"ready_step_seconds": _since(started_steps)[0] / steps,
             "synthesis_seconds": (synthesis[0] - started[0]) / steps,
             "reconstruction_seconds": (reconstruction[0] - synthesis[0]) / steps}
 
 
 def _rate(n: int, started: tuple[float, float]) -> dict:
-    wall, cpu = (now - then for now, then in zip(_now(), started))
-    return {"seconds": wall, "cpu_seconds": cpu, "images_per_second": n / max(wall, 1e-9),
-            "images_per_cpu_second": n / max(cpu, 1e-9)}
+    return _rate_of(n, *_since(started))
 
 
 def network_calls(detector: AnomalyDetector, images: torch.Tensor, batch: int) -> dict[str, float]:
@@ -192,15 +203,7 @@ def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) ->
 
 def _median_rate(n: int, runs: list[tuple[float, float]]) -> dict:
     """The run of median wall time among `runs` [(wall, cpu) seconds], as _rate reports it, with every run's wall time."""
-    wall, cpu = sorted(runs)[len(runs) // 2]
-    return {"seconds": wall, "cpu_seconds": cpu, "images_per_second": n / max(wall, 1e-9),
-            "images_per_cpu_second": n / max(cpu, 1e-9), "runs_seconds": [round(r[0], 3) for r in runs]}
-
-
-def _timed(run) -> tuple[float, float]:
-    started = _now()
-    run()
-    return tuple(now - then for now, then in zip(_now(), started))
+    return {**_rate_of(n, *sorted(runs)[len(runs) // 2]), "runs_seconds": [round(r[0], 3) for r in runs]}
 
 
 def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: Path, batch: int,
@@ -221,13 +224,17 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
 
     runs: dict[str, list[tuple[float, float]]] = {"end_to_end": [], "same_work": [], "bare": []}
     for repeat in range(max(1, repeats)):
-        runs["end_to_end"].append(_timed(lambda: score_files(detector, samples, work / f"end_to_end-{repeat}", batch,
-                                                             num_workers)))
-        # stage 2, forward: the detector's batch computation on in-memory tensors
-        runs["same_work"].append(_timed(lambda: detector.score(images, batch_size=batch)))
-        runs["bare"].append(_timed(lambda: bare_forward(detector, images, batch)))
+        started = _now()
+        score_files(detector, samples, work / f"end_to_end-{repeat}", batch, num_workers)
+        runs["end_to_end"].append(_since(started))
+        started = _now()  # stage 2, forward: the detector's batch computation on in-memory tensors
+        maps = detector.score(images, batch_size=batch)["map"]
+        runs["same_work"].append(_since(started))
+        started = _now()
+        bare_forward(detector, images, batch)
+        runs["bare"].append(_since(started))
     end_to_end, forward, bare = (_median_rate(len(samples), runs[k]) for k in ("end_to_end", "same_work", "bare"))
-    maps = torch.from_numpy(detector.score(images, batch_size=batch)["map"])
+    maps = torch.from_numpy(maps)
 
     started = _now()  # stage 3, maps: resize to the original resolution and find defect regions, per image
     full = [resize_map(m, hw).numpy() for m, hw in zip(maps, sizes)]
