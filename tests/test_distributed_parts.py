@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import compose
 from pipeline.data.datamodule import drop_last
 from pipeline.data.layout import Sample
-from pipeline.detector.distributed import fingerprint, merge_rank_rows, wants_distributed
+from pipeline.detector.distributed import fingerprint, merge_rank_rows
+from pipeline.training.world import wants_distributed
 from pipeline.training.distributed import build_strategy, global_rank_from_env, resolve_precision
 from pipeline.training.fit import build_trainer
 

@@ -112,6 +112,21 @@ def test_metrics():
     assert false_alarm_rate(np.array([0, 0, 0, 1]), np.array([1, 0, 0, 1])) == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_pixel_auroc_is_sklearns_number_with_and_without_ties(decimals):
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(3)
+    maps = [rng.normal(size=(16, 16)).astype(np.float32) for _ in range(6)]
+    masks = [rng.random((16, 16)) < share for share in (0, 0, 0.05, 0.2, 0.5, 0.9)]
+    for m, a in zip(masks, maps):
+        a[m] += 0.8  # a defect raises the map: the ranking is informative, not 0.5
+        if decimals is not None:
+            a[...] = np.round(a, decimals)  # many ties: each must count half
+    expected = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]))
+    assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert 0.6 < expected < 1.0
+
+
 def test_a_tampered_weights_file_is_refused(tmp_path):
     folder = small_detector().save(tmp_path / "det")
     good_sha = file_sha256(folder / "weights.pt")

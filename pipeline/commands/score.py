@@ -18,15 +18,13 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.commands.common import load_detector
-from pipeline.data.builtin import ensure_dataset
-from pipeline.data.conditional import category_roots
+from pipeline.data.builtin import category_roots, ensure_dataset
 from pipeline.data.images import ImageReadError
 from pipeline.data.layout import GOOD, Sample, scan_test
 from pipeline.detector import calibration as C
 from pipeline.data.fs import atomic_write_text
 from pipeline.detector.checks import DriftSettings, check_drift, check_promise
 from pipeline.detector.files import decide_frame, score_files
-from pipeline.detector.distributed import score_distributed, wants_distributed
 from pipeline.report import figures
 from pipeline.report.evaluation import evaluation_figures
 from pipeline.report.review_page import write_review_page
@@ -34,6 +32,7 @@ from pipeline.report.review_set import audit_indices, build_review, write_record
 from pipeline.scoring import scores as S
 from pipeline.scoring.evaluate import evaluate, evaluate_output_folder
 from pipeline.tracking.detection_run import detection_urls, log_detection_run, log_evaluation
+from pipeline.training.world import wants_distributed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,8 @@ def run_score(cfg: DictConfig) -> dict:
     extra = tuple(cfg.score.extra) + ((detector.spec.score,) if detector.spec.score not in (*S.BASE_SCORES, S.FUSED) else ())
     started = time.perf_counter()
     if wants_distributed(cfg.trainer):  # several processes: each scores a shard, rank 0 merges
+        from pipeline.detector.distributed import score_distributed  # Lightning: imported only when used
+
         scored = score_distributed(cfg, detector, samples, out_dir, extra, labels, audit)
         if scored is None:  # a rank > 0: rank 0 writes the results and the one MLflow run
             return {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import project_root
 from pipeline.data.digits import TASKS as DIGIT_TASKS
@@ -60,3 +60,15 @@ def ensure_dataset(data_cfg: DictConfig, seed: int) -> Path:
         if root.is_dir():
             return root
     raise DatasetLayoutError(f"data root {root} does not exist (data.root={data_cfg.root})")
+
+
+def category_roots(data_cfg: DictConfig, seed: int) -> list[tuple[str, Path]]:
+    """[(category name, root)] from data.categories / data.roots; built-in roots are generated when missing."""
+    names, roots = list(data_cfg.categories), list(data_cfg.get("roots") or [])
+    if len(names) != len(roots) or not names:
+        raise DatasetLayoutError(f"data.categories ({len(names)}) and data.roots ({len(roots)}) must list the same, "
+                                 "non-zero number of entries")
+    if len(set(names)) != len(names):
+        raise DatasetLayoutError(f"data.categories has duplicates: {names}")
+    return [(name, ensure_dataset(OmegaConf.merge(data_cfg, {"root": str(root)}), seed))
+            for name, root in zip(names, roots)]

@@ -12,28 +12,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.builtin import ensure_dataset
+from pipeline.data.builtin import category_roots
 from pipeline.data.datamodule import InspectionDataModule, SplitSettings, drop_last
 from pipeline.data.images import ReadOptions
-from pipeline.data.layout import DatasetLayoutError
 from pipeline.data.splits import SplitSizes
 
 PARTS = ("train", "selection", "calibration")
-
-
-def category_roots(data_cfg: DictConfig, seed: int) -> list[tuple[str, Path]]:
-    """[(category name, root)] from data.categories / data.roots; built-in roots are generated when missing."""
-    names, roots = list(data_cfg.categories), list(data_cfg.get("roots") or [])
-    if len(names) != len(roots) or not names:
-        raise DatasetLayoutError(f"data.categories ({len(names)}) and data.roots ({len(roots)}) must list the same, "
-                                 "non-zero number of entries")
-    if len(set(names)) != len(names):
-        raise DatasetLayoutError(f"data.categories has duplicates: {names}")
-    return [(name, ensure_dataset(OmegaConf.merge(data_cfg, {"root": str(root)}), seed))
-            for name, root in zip(names, roots)]
 
 
 class ConditionalDataModule(pl.LightningDataModule):

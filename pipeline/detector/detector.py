@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.images import ReadOptions
 from pipeline.detector import calibration as C
-from pipeline.detector import fitting
 from pipeline.detector.compute import HEAD_MAP, MAP_KINDS, BatchComputer
 from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE, DetectorSpec
 from pipeline.models.cvae import conditioned
@@ -90,6 +89,8 @@ class AnomalyDetector:
         """Train the networks on the training images, standardize and validate on the selection images,
         calibrate on the calibration images (detector/fitting.py). Under DDP every rank trains; only rank 0
         goes on (`fit_result_.is_global_zero`). The fit's reports are kept as `fit_result_`."""
+        from pipeline.detector import fitting  # here: training needs Lightning, scoring need not import it (seconds)
+
         torch.manual_seed(int(cfg.seed))
         self.fit_result_ = fitting.fit_networks(self, datamodule, cfg.model, cfg.head, cfg.trainer, checkpoint_dir,
                                                 int(cfg.seed), logger, callbacks, resume)

@@ -28,15 +28,9 @@ from pipeline.detector.files import Kept, ScoredFiles, _TopK, map_file, save_map
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import FEATURES, image_statistics
 from pipeline.scoring.maps import defect_regions, resize_map
-from pipeline.training.distributed import build_strategy, requested_world_size
+from pipeline.training.distributed import build_strategy
 
 RANKS_DIR = ".ranks"
-
-
-def wants_distributed(trainer_cfg: DictConfig) -> bool:
-    """True when the trainer config asks for more than one process in total."""
-    size = requested_world_size(trainer_cfg)
-    return size is None or size > 1  # 'auto' or a device list: let Lightning decide how many
 
 
 def fingerprint(weights_sha256: str, samples: list[Sample]) -> str:

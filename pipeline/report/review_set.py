@@ -112,7 +112,9 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
                                                        tile_size)),
                              (thumbnail_file, render_thumbnail(image, material.map, vmax, pixel_threshold, text,
                                                                thumbnail_width))):
-            atomic_write(out_dir / rel, lambda handle, picture=picture: picture.save(handle, format="PNG"))
+            # zlib's fastest level: half the encoding time of the default for 10 % larger files
+            atomic_write(out_dir / rel, lambda handle, picture=picture: picture.save(handle, format="PNG",
+                                                                                     compress_level=1))
         records.append(ReviewRecord(
             rank_of[index], ids[index], key, str(row["image_path"]), status, index in audit, text.score, text.threshold,
             text.p_value, None if pd.isna(row.get("q_value", np.nan)) else float(row["q_value"]), text.defect_area,

@@ -21,7 +21,19 @@ def pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray]) -> float | None
     truth = np.concatenate([m.ravel() for m in masks])
     if truth.all() or not truth.any():
         return None
-    return float(roc_auc_score(truth, np.concatenate([a.ravel().astype(np.float32) for a in maps])))
+    return separation_auroc(np.concatenate([a.ravel().astype(np.float32) for a in maps]), truth)
+
+
+def separation_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic: the chance that a positive scores above a negative, ties counted
+    half; the same number as sklearn's roc_auc_score. Only the negatives are sorted and the positives looked up,
+    which keeps millions of pixels (nearly all negative) at one sort instead of sklearn's full ROC curve (10x
+    faster on a test split's maps; PERFORMANCE.md)."""
+    negatives = np.sort(scores[~positive])
+    hits = scores[positive]
+    below = np.searchsorted(negatives, hits, side="left").astype(np.float64)
+    tied = np.searchsorted(negatives, hits, side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (hits.size * negatives.size))
 
 
 def false_alarm_rate(labels: np.ndarray, flagged: np.ndarray) -> float | None:

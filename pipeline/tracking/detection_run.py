@@ -36,9 +36,9 @@ from pipeline.report.review_page import status_of, write_review_page
 from pipeline.scoring.evaluate import detection_metric_names
 from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, PANEL_DIR, RECORDS, ReviewRecord
 from pipeline.tracking.descriptions import detection_description, save_review_view
-from pipeline.tracking.gallery import log_gallery_image, mark_run_has_images
+from pipeline.tracking.gallery import IMAGES_DIR, mark_run_has_images, write_gallery_card
 from pipeline.tracking.links import experiment_route, run_route, url
-from pipeline.tracking.runs import start_run
+from pipeline.tracking.runs import log_metrics, start_run
 from pipeline.tracking.store import experiment_id, open_store, redact_uri, tracking_uri
 
 SUMMARY = "summary.json"
@@ -90,11 +90,7 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
         client.set_tag(run_id, "mlflow.note.content", detection_description(client, summary, kind, run_list))
         if summary.get("model_id"):
             client.log_inputs(run_id, models=[LoggedModelInput(summary["model_id"])])
-        for key, value in {**detection_metric_names(summary.get("detection_at_alpha")), **_numeric(summary)}.items():
-            client.log_metric(run_id, key, value)
-        for defect_type, entry in (summary.get("per_defect_type") or {}).items():
-            for key, value in _numeric(entry).items():
-                client.log_metric(run_id, f"{defect_type}.{key}", value)
+        log_metrics(client, run_id, _flat_metrics(summary))
         for name in ("scores.csv", "errors.csv", "metrics.json", SUMMARY):
             if (folder / name).is_file():
                 client.log_artifact(run_id, str(folder / name))
@@ -107,6 +103,15 @@ def log_detection_run(cfg: DictConfig, kind: str, folder: Path, summary: dict, r
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _flat_metrics(metrics: dict) -> dict[str, float]:
+    """An evaluation's numbers under their MLflow names: the detection rates, the numeric fields, and each defect
+    type's as '<type>.<name>'."""
+    values = {**detection_metric_names(metrics.get("detection_at_alpha")), **_numeric(metrics)}
+    for defect_type, entry in (metrics.get("per_defect_type") or {}).items():
+        values.update({f"{defect_type}.{k}": v for k, v in _numeric(entry).items()})
+    return values
 
 
 def _experiment(cfg: DictConfig, kind: str) -> str:
@@ -135,9 +140,13 @@ def _log_review(client, run_id: str, folder: Path, summary: dict, kind: str, rec
     with tempfile.TemporaryDirectory() as tmp:
         page = write_review_page(folder, records, summary, kind, run_id, path=Path(tmp) / "index.html")
         client.log_artifact(run_id, str(page), artifact_path="review")
+        cards = Path(tmp) / IMAGES_DIR
+        cards.mkdir()
         for record in records:
-            log_gallery_image(client, run_id, f"{GALLERY_SECTION.get(record.status, 'not_flagged')}/{record.key}",
-                              record.sample_id, folder / record.panel_file, folder / record.thumbnail_file, Path(tmp))
+            write_gallery_card(f"{GALLERY_SECTION.get(record.status, 'not_flagged')}/{record.key}", record.sample_id,
+                               folder / record.panel_file, folder / record.thumbnail_file, cards)
+        if records:
+            client.log_artifacts(run_id, str(cards), artifact_path=IMAGES_DIR)
     if records:
         mark_run_has_images(client, run_id)
 
@@ -162,10 +171,6 @@ def find_run(client, cfg: DictConfig, batch_id: str) -> str | None:
 def log_evaluation(cfg: DictConfig, run_id: str, folder: Path, metrics: dict) -> None:
     """Add a re-evaluation's metrics and figures to an existing scoring run."""
     client = open_store(cfg)
-    values = {**detection_metric_names(metrics.get("detection_at_alpha")), **_numeric(metrics)}
-    for defect_type, entry in (metrics.get("per_defect_type") or {}).items():
-        values.update({f"{defect_type}.{k}": v for k, v in _numeric(entry).items()})
-    for key, value in values.items():
-        client.log_metric(run_id, key, value)
+    log_metrics(client, run_id, _flat_metrics(metrics))
     if (folder / "figures").is_dir():
         client.log_artifacts(run_id, str(folder / "figures"), artifact_path="figures")

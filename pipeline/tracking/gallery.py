@@ -31,7 +31,6 @@ import shutil
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from PIL import Image
 
@@ -47,17 +46,16 @@ def gallery_file_names(key: str, file_key: str, timestamp_ms: int) -> tuple[str,
     return f"{stem}.png", f"{stem}+compressed.webp"
 
 
-def log_gallery_image(client: MlflowClient, run_id: str, key: str, file_key: str, panel: Path, thumbnail: Path,
-                      scratch: Path) -> None:
-    """One gallery card: `thumbnail` on the card, `panel` (a PNG) one click away. `scratch`: an empty folder."""
+def write_gallery_card(key: str, file_key: str, panel: Path, thumbnail: Path, folder: Path) -> None:
+    """The two files of one gallery card into `folder`, which is then logged as the run's images/ in one call
+    (one artifact upload per card made scoring 150 flagged images take seconds): `thumbnail` on the card,
+    `panel` (a PNG) one click away."""
     full_name, card_name = gallery_file_names(key, file_key, int(time.time() * 1000))
-    shutil.copyfile(panel, scratch / full_name)
+    shutil.copyfile(panel, folder / full_name)
     with Image.open(thumbnail) as card:
-        card.convert("RGB").save(scratch / card_name, format="WEBP", lossless=True)  # WebP, as log_image writes it
-    for name in (full_name, card_name):
-        client.log_artifact(run_id, str(scratch / name), artifact_path=IMAGES_DIR)
-        (scratch / name).unlink()
+        # WebP, as log_image writes it; the fastest lossless effort: 1.6 instead of 43 ms a card, 25 % larger
+        card.convert("RGB").save(folder / card_name, format="WEBP", lossless=True, method=0)
 
 
-def mark_run_has_images(client: MlflowClient, run_id: str) -> None:
+def mark_run_has_images(client, run_id: str) -> None:
     client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "true")

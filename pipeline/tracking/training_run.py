@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.tracking.descriptions import version_description
 from pipeline.tracking.registry import RUN_ID
-from pipeline.tracking.runs import log_detector_model
+from pipeline.tracking.runs import log_detector_model, log_metrics
 from pipeline.tracking.store import experiment_id, open_store, redact_text, redact_uri, tracking_uri
 
 UNABLE_TO_FLAG = "unable_to_flag"
@@ -59,9 +59,7 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
     metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **summary["sizes"],
                "train_seconds": summary["train_seconds"],
                **{f"validation.{k}": v for k, v in summary["validation"].items() if isinstance(v, (int, float))}}
-    for name, value in metrics.items():
-        if value is not None:
-            client.log_metric(run_id, name, float(value))
+    log_metrics(client, run_id, metrics)
     guarantee = summary["guarantee"]
     tags = {"threshold.method": guarantee["method"], "threshold.alpha": str(guarantee["alpha"]),
             "threshold.score": summary["score"], "threshold.value": repr(threshold),

@@ -38,14 +38,6 @@ def build_strategy(trainer_cfg: DictConfig) -> str | Strategy:
     return str(trainer_cfg.strategy)
 
 
-def requested_world_size(trainer_cfg: DictConfig) -> int | None:
-    """devices x num_nodes when devices is a count; None when Lightning must resolve it ('auto', a list)."""
-    devices = trainer_cfg.devices
-    if isinstance(devices, int) and devices > 0:
-        return devices * int(trainer_cfg.num_nodes)
-    return None
-
-
 def global_rank_from_env(env: Mapping[str, str], devices_per_node: int | None) -> int:
     """This process's global rank as set by the launcher, before any Trainer or process group exists.
 
