@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from pipeline.config import compose
 from pipeline.data.synthesis import AnomalySynthesizer
 from pipeline.models.factory import build_network
-from pipeline.models.head import AnomalyHead, focal_loss, head_loss, image_max_loss
+from pipeline.models.head import AnomalyHead, focal_loss
 from pipeline.training.fit import fit_head, head_synthesizers
 from pipeline.training.head_module import reconstruct
 from tests.conftest import _part
@@ -99,22 +99,3 @@ def test_the_head_finds_a_kind_of_anomaly_it_was_never_trained_on():
         probabilities = torch.sigmoid(head.eval()(images, reconstruct(vae, images)))
     pixel_auroc = roc_auc_score(masks.flatten().numpy() > 0.5, probabilities.flatten().numpy())
     assert pixel_auroc >= 0.8, f"pixel AUROC {pixel_auroc:.3f} on the held-out kind"
-
-
-def test_image_loss_trains_each_images_largest_logit_against_whether_it_has_an_anomaly():
-    logits = torch.full((2, 1, 4, 4), -3.0)
-    logits[0, 0, 1, 2] = 2.0   # a normal image with one false peak
-    logits[1, 0, 3, 3] = -1.0  # an anomalous image whose strongest pixel is still low
-    masks = torch.zeros(2, 1, 4, 4)
-    masks[1, 0, 0, 0] = 1.0
-    logits.requires_grad_(True)
-    loss = image_max_loss(logits, masks)
-    expected = F.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0]), torch.tensor([0.0, 1.0]))
-    assert torch.isclose(loss, expected)
-    loss.backward()
-    moved = logits.grad.flatten(1) != 0
-    assert moved.sum(dim=1).tolist() == [1, 1]  # only each image's maximum is pushed: down the peak, up the defect
-    assert logits.grad[0, 0, 1, 2] > 0 and logits.grad[1, 0, 3, 3] < 0
-    # weight 0 is the focal loss alone; a weight adds the image term on top
-    assert torch.equal(head_loss(logits, masks, 2.0, 0.0), focal_loss(logits, masks, 2.0))
-    assert torch.isclose(head_loss(logits, masks, 2.0, 0.5), focal_loss(logits, masks, 2.0) + 0.5 * expected)

@@ -29,7 +29,7 @@ from pipeline.data.layout import Sample
 from pipeline.detector import AnomalyDetector
 from pipeline.detector.files import map_file, save_map, score_files
 from pipeline.models.factory import build_network
-from pipeline.models.head import AnomalyHead, head_loss
+from pipeline.models.head import AnomalyHead, focal_loss
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.two_level import restore
 from pipeline.scoring.maps import defect_regions, resize_map
@@ -152,7 +152,7 @@ def head_ready_batch(cfg: DictConfig, detector: AnomalyDetector, train_images: t
     optimizer = torch.optim.Adam(head.parameters(), lr=float(h.lr))
 
     def step(altered: torch.Tensor, masks: torch.Tensor, x_hat: torch.Tensor) -> None:
-        loss = head_loss(head(altered, x_hat), masks, float(h.focal_gamma), float(h.get("image_loss_weight", 0.0)))
+        loss = focal_loss(head(altered, x_hat), masks, float(h.focal_gamma))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -65,16 +65,3 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     p_true = p * target + (1 - p) * (1 - target)
     return ((1 - p_true) ** gamma * bce).mean()
 
-
-def image_max_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of each image's largest logit against whether its mask marks anything: the map's
-    maximum is the image score the decision thresholds, and a per-pixel loss barely sees a few normal pixels at
-    0.5 (the focal loss forgives them) that set the maximum of a good part and so the threshold."""
-    return F.binary_cross_entropy_with_logits(logits.flatten(1).amax(dim=1), target.flatten(1).amax(dim=1))
-
-
-def head_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, image_weight: float = 0.0) -> torch.Tensor:
-    """What the learned map trains on: the per-pixel focal loss, plus `image_weight` times the image-level loss
-    of its maximum (image_max_loss)."""
-    loss = focal_loss(logits, target, gamma)
-    return loss + image_weight * image_max_loss(logits, target) if image_weight else loss

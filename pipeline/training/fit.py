@@ -179,7 +179,7 @@ def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: Dict
     train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
     validation = validation_set(validation_synth, datamodule.selection_images, train_images, seed + 1)
     module = HeadLightningModule(head, vae, train_synth, train_images, validation, head_cfg.lr, head_cfg.focal_gamma,
-                                 head_cfg.steps, seed, nuisance, float(head_cfg.get("image_loss_weight", 0.0)))
+                                 head_cfg.steps, seed, nuisance)
     per_epoch = int(head_cfg.validate_every)  # steps between validations: one "epoch" of the sampler
     loader = DataLoader(_with_labels((train_images,), train_labels), batch_size=head_cfg.batch_size, drop_last=True,
                         sampler=RandomSampler(range(len(train_images)), replacement=True,

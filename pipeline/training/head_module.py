@@ -16,7 +16,7 @@ from torchmetrics.classification import BinaryAUROC
 from pipeline.data.synthesis import AnomalySynthesizer
 from pipeline.data.synthesis.nuisance import NuisanceTransform
 from pipeline.models.cvae import conditioned
-from pipeline.models.head import AnomalyHead, focal_loss, head_loss
+from pipeline.models.head import AnomalyHead, focal_loss
 from pipeline.models.two_level import restore
 from pipeline.models.vae import ConvAutoencoder
 
@@ -33,8 +33,7 @@ def reconstruct(vae: ConvAutoencoder, x: torch.Tensor, labels: torch.Tensor | No
 class HeadLightningModule(pl.LightningModule):
     def __init__(self, head: AnomalyHead, vae: ConvAutoencoder, synthesizer: AnomalySynthesizer, pool: torch.Tensor,
                  validation: tuple[torch.Tensor, ...], lr: float = 1e-3, focal_gamma: float = 2.0,
-                 total_steps: int = 1000, seed: int = 0, nuisance: NuisanceTransform | None = None,
-                 image_loss_weight: float = 0.0):
+                 total_steps: int = 1000, seed: int = 0, nuisance: NuisanceTransform | None = None):
         super().__init__()
         self.head = head
         # Frozen and kept out of the module tree (a tuple is not registered): Lightning neither trains it nor
@@ -59,7 +58,7 @@ class HeadLightningModule(pl.LightningModule):
         altered, masks, _ = self.synthesizer(x, self.pool, self.generator)
         altered, masks = altered.to(self.device), masks.to(self.device)
         logits = self.head(altered, reconstruct(self.vae, altered, labels))  # (B, 1, S, S)
-        loss = head_loss(logits, masks, self.hparams.focal_gamma, self.hparams.image_loss_weight)
+        loss = focal_loss(logits, masks, self.hparams.focal_gamma)
         self.log_dict({"head/train_loss": loss, "head/anomalous_pixels": masks.mean()}, on_step=False, on_epoch=True,
                       batch_size=x.shape[0], sync_dist=True)
         return loss
