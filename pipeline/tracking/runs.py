@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
@@ -23,7 +23,7 @@ from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE
 from pipeline.tracking import registry
 from pipeline.tracking.store import experiment_id, open_store, tracking_uri
 
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch request
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100  # MLflow's limits on one log_batch request
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,16 @@ def start_run(cfg: DictConfig, experiment: str, run_name: str, tags: dict[str, s
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
-    """Many metrics of one run at step 0 in as few requests as MLflow allows (1000 per batch): one request per
-    metric made a scoring run's dozens of per-defect-type numbers a noticeable share of `score`."""
+    """Many metrics of one run at step 0 in as few requests as MLflow allows: one request per metric made a
+    scoring run's dozens of per-defect-type numbers a noticeable share of `score`."""
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, 0) for key, value in values.items() if value is not None]
     for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+
+def log_params(client: MlflowClient, run_id: str, values: dict[str, str]) -> None:
+    """Many parameters of one run in as few requests as MLflow allows."""
+    params = [Param(key, value) for key, value in values.items()]
+    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])

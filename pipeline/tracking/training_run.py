@@ -9,17 +9,15 @@ import json
 import math
 from pathlib import Path
 
-from mlflow.entities import Param
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.tracking.descriptions import version_description
 from pipeline.tracking.registry import RUN_ID
-from pipeline.tracking.runs import log_detector_model, log_metrics
+from pipeline.tracking.runs import log_detector_model, log_metrics, log_params
 from pipeline.tracking.store import experiment_id, open_store, redact_text, redact_uri, tracking_uri
 
 UNABLE_TO_FLAG = "unable_to_flag"
-MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on parameters in one log_batch request
 
 
 def make_logger(cfg: DictConfig, data_root: Path, run_id: str | None = None) -> MLFlowLogger:
@@ -52,14 +50,13 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
     """Log config, threshold, validation, figures and the model into the training run; returns registry info."""
     client = open_store(cfg)
     logged = client.get_run(run_id).data.params  # a resumed run has them already; MLflow refuses changes
-    new = []
+    new = {}
     for key, value in _params(flat_config).items():
         if key not in logged:
-            new.append(Param(key, value[:6000]))
+            new[key] = value[:6000]
         elif logged[key] != value[:6000]:
             client.set_tag(run_id, f"resumed_with.{key}", value[:5000])
-    for start in range(0, len(new), MAX_PARAMS_PER_BATCH):  # a request per hundred, not per parameter
-        client.log_batch(run_id, params=new[start:start + MAX_PARAMS_PER_BATCH])
+    log_params(client, run_id, new)
     threshold = summary["threshold"]
     metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **summary["sizes"],
                "train_seconds": summary["train_seconds"],
