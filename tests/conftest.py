@@ -19,8 +19,9 @@ from pipeline.config import compose
 
 TINY = [
     "data.image_size=32", "data.batch_size=8", "data.generate.image_size=48",
-    # 24 normal images: 13 training, 4 selection, 7 calibration (alpha=0.2 needs at least 4)
-    "data.split.min_train=8", "data.split.min_selection=4",
+    # 24 normal images: 13 training, 4 selection, 7 calibration (alpha=0.2 needs at least 4); one detector (the
+    # cross scheme's K members have their own tests: tests/test_cross_conformal.py)
+    "data.split.min_train=8", "data.split.min_selection=4", "data.split.scheme=split",
     "model.hidden_channels=[8,16]", "model.latent_dim=4", "model.kl_warmup_epochs=1",
     "model.local.hidden_channels=[4]", "model.local.latent_dim=2",
     "head.widths=[4,8]", "head.steps=4", "head.validate_every=2", "head.batch_size=4",

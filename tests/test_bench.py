@@ -43,6 +43,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                  "bench.iforest_trees=20", "bench.alpha_sizes=0.2", "bench.alphas=[0.2]",
                  "bench.drift.n_reference=7", "bench.drift.batch_size=4", "bench.drift.n_batches=5",
                  "bench.drift.sets.set_size=6", "bench.drift.sets.n_sets=5", "bench.drift.sets.pool=4",
+                 "bench.sizes.quick.small_sets=true", "bench.small_sets.categories=[]",
+                 "bench.small_sets.digits_one_vs_rest=[]", f"+bench.small_sets.roots.tiny={tiny_dataset}",
+                 "bench.small_sets.members=3", "bench.small_sets.alpha=0.2",
                  f"bench.markdown={md}", f"bench.json={js}", f"bench.work_dir={tmp_path / 'work'}"]
     assert main(["bench", *overrides]) == 0
     data = json.loads(js.read_text())
@@ -77,6 +80,11 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                     "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images", "on a ready batch"):
         assert heading in text
     assert "Quick run" in text
+    small = data["small_sets"]["tasks"]["tiny"]  # the same 24 images: one detector, then three cross-conformal ones
+    assert (small["split"]["n_members"], small["cross"]["n_members"]) == (1, 3)
+    assert (small["split"]["n_calibration"], small["cross"]["n_calibration"]) == (7, 24)
+    assert data["small_sets"]["pooled"]["cross"]["pooled"]["0.2"]["n"] == 6
+    assert "## Small normal sets" in text and "| tiny | cross | 12 x 3 / 24 |" in text
 
     # Re-measure one section alone: the others are kept from the file, with where they came from.
     before = json.loads(js.read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bench import small_sets
 from pipeline.bench.report_quality import quality_section
 from pipeline.config import project_root
 
@@ -164,6 +165,7 @@ def markdown(results: dict, context: dict) -> str:
     lines += _speed(results["speed"]) if "speed" not in skipped else []
     if "quality" not in skipped:  # thresholds and drift are shown where measured (each section on its own)
         lines += quality_section(results["quality"], results["thresholds"], results["drift"])
+    lines += small_sets.markdown(results.get("small_sets") or {"skipped": "not in this report"})
     return "\n".join(lines)
 
 

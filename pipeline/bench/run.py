@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.bench import drift, memory, promise, quality, report, speed, thresholds
+from pipeline.bench import drift, memory, promise, quality, report, small_sets, speed, thresholds
 from pipeline.config import compose, configure_logging, project_root
 from pipeline.data.layout import scan_test
 from pipeline.data.splits import TooFewNormalImages
@@ -30,8 +30,8 @@ from pipeline.detector import AnomalyDetector
 from pipeline.detector.checks import DriftSettings
 
 log = logging.getLogger(__name__)
-SECTIONS = ("wall_time", "speed", "quality", "thresholds", "drift")  # the report's order
-RUN_ORDER = ("quality", "thresholds", "drift", "speed", "wall_time")  # the most important and the longest first
+SECTIONS = ("wall_time", "speed", "quality", "thresholds", "small_sets", "drift")  # the report's order
+RUN_ORDER = ("quality", "thresholds", "small_sets", "drift", "speed", "wall_time")  # the most important and the longest first
 
 
 def _isolated(work: Path, tag: str) -> list[str]:
@@ -275,6 +275,8 @@ def run_bench(cfg: DictConfig) -> dict:
                 "quality": lambda: measure_quality(bench, sizes, work, quality_progress, bench.quality_minutes,
                                                    context.setdefault("quality_left_out", [])),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
+                "small_sets": lambda: (small_sets.measure_small_sets(bench, work, list(sizes.quality_overrides))
+                                       if sizes.small_sets else {"skipped": "bench.sizes.<size>.small_sets is false"}),
                 "drift": lambda: measure_drift(bench, work, results.get("quality"))}
     try:
         for section in RUN_ORDER:

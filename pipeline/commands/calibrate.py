@@ -57,6 +57,10 @@ def run_calibrate(cfg: DictConfig) -> dict:
     detector, provenance = load_detector(cfg, "latest", str(cfg.data.root), judges=False)
     if detector.spec.categories:
         raise ValueError("calibrate does not support conditional detectors yet: their calibration is per category")
+    if detector.spec.scheme == "cross":
+        raise ValueError("calibrate does not support cross-conformal detectors (small normal sets, data.split.scheme="
+                         "cross): each of their calibration images belongs to the member that did not train on it; "
+                         "add the reviewed normal images to train/good and train again")
     model_name = provenance.get("model_name") or cfg.tracking.registered_model
     found, ignored = audited_normal_images(client, review_experiments(client, cfg), model_name)
     already = set(detector.spec.extra.get(ADDED_KEY, []))

@@ -53,7 +53,8 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
               if cfg.tracking.enabled and rank == 0 else None)
     run_id = logger.run_id if logger is not None else resumed_run or time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(cfg.output_root) / "train" / cfg.data.name / str(run_id)
-    detector = AnomalyDetector.from_config(cfg, datamodule.read_options, getattr(datamodule, "categories", None))
+    detector = AnomalyDetector.from_config(cfg, datamodule.read_options, getattr(datamodule, "categories", None),
+                                           n_members=datamodule.sizes.n_members)
     callbacks = [DistributedRunInfo(cfg, logger.run_id if logger else None), *(extra_callbacks or [])]
     detector.fit(datamodule, cfg, out_dir / "checkpoints", logger, callbacks, resume)
     fitted = detector.fit_result_
@@ -69,7 +70,8 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     summary = {"run_id": run_id, "data_root": str(root), "detector_dir": str(detector_dir),
                "threshold": detector.threshold_, "score": detector.spec.score, "guarantee": guarantee,
                "shortfall": shortfall, "validation": detector.spec.validation,
-               "sizes": {k: detector.spec.extra[k] for k in ("n_train", "n_selection", "n_calibration")},
+               "sizes": {**{k: detector.spec.extra[k] for k in ("n_train", "n_selection", "n_calibration")},
+                         "scheme": detector.spec.scheme, "n_members": max(1, len(detector.members))},
                "train_seconds": fitted.vae.seconds + local_seconds + (fitted.head.seconds if fitted.head else 0.0),
                "vae_seconds": fitted.vae.seconds, "local_seconds": local_seconds,
                "head_seconds": fitted.head.seconds if fitted.head else 0.0, "reconstruction": detector.spec.reconstruction,
@@ -91,6 +93,9 @@ def resumed_run_id(checkpoint: Path) -> str:
     """The run a checkpoint belongs to: our checkpoints live in <output_root>/train/<dataset>/<run id>/checkpoints/."""
     if not checkpoint.is_file():
         raise FileNotFoundError(f"train.resume={checkpoint}: no such checkpoint file")
+    if checkpoint.parent.name.startswith("member") and checkpoint.parent.parent.name == "checkpoints":
+        raise ValueError(f"train.resume={checkpoint} is a member's checkpoint: train.resume cannot continue a "
+                         "cross-conformal training (data.split.scheme=cross); train again")
     if checkpoint.parent.name != "checkpoints":
         raise ValueError(f"train.resume={checkpoint} is not in a run's checkpoints/ folder; cannot tell which run it continues")
     return checkpoint.parent.parent.name

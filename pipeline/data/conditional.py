@@ -8,6 +8,8 @@ Batches are (images (B, C, S, S), sample indices (B,), labels (B,)).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -77,5 +79,9 @@ def build_datamodule(cfg: DictConfig, root: Path) -> pl.LightningDataModule:
     common = dict(image_size=cfg.data.image_size, read_options=options, split=split, batch_size=cfg.data.batch_size,
                   num_workers=cfg.data.num_workers, seed=cfg.seed, strict_size=cfg.data.strict_size)
     if cfg.data.get("categories"):
+        if split.scheme == "cross":
+            raise ValueError("data.split.scheme=cross is for one category; a conditional detector (data.categories) "
+                             "calibrates each category on its own split: use data.split.scheme=auto or split")
+        common["split"] = replace(split, scheme="split")  # auto: a conditional model's categories share one network
         return ConditionalDataModule(category_roots(cfg.data, cfg.seed), **common)
     return InspectionDataModule(root, **common)

@@ -3,6 +3,7 @@ selection and calibration images (splits.py), and the streaming test split."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from pipeline.data.datasets import ImageDataset, load_images, reference_size
 from pipeline.data.images import ImageReadError, ReadOptions
 from pipeline.data.layout import Sample, scan_test, scan_train
-from pipeline.data.splits import SplitSizes, split_indices, split_sizes
+from pipeline.data.splits import (SplitSizes, TooFewNormalImages, choose_scheme, cross_fold_indices, cross_sizes,
+                                  split_indices, split_sizes)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,18 @@ class SplitSettings:
     min_selection: int = 16
     min_train: int = 32
     max_calibration_share: float = 0.5
+    scheme: str = "split"        # auto | split | cross (splits.choose_scheme)
+    cross_below: int = 250       # auto: the cross scheme below this many normal images
+    members: int = 5             # cross: detectors trained, one calibration fold each
 
     def sizes(self, n: int) -> SplitSizes:
+        if choose_scheme(n, self.scheme, self.cross_below) == "cross":
+            try:
+                return cross_sizes(n, self.alpha, self.members, self.selection_fraction, self.min_selection,
+                                   self.min_train)
+            except TooFewNormalImages:
+                if self.scheme != "auto":
+                    raise  # auto: too few for K members' folds, perhaps enough for one detector's shares
         return split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
                            self.min_train, self.max_calibration_share)
 
@@ -72,10 +84,25 @@ class InspectionDataModule(pl.LightningDataModule):
         if self.skipped:
             log.warning("%d of %d training images were skipped (see the messages above)", len(self.skipped), len(samples))
         self.sizes = self.split.sizes(len(kept))
-        parts = split_indices(len(kept), self.sizes, self.seed)
-        self.train_images, self.selection_images, self.calibration_images = (images[p] for p in parts)
+        self.images, self.samples = images, kept
+        if self.sizes.scheme == "cross":
+            self.member_parts = cross_fold_indices(len(kept), self.sizes, self.seed)
+            self._use_parts(self.member_parts[0])
+        else:
+            self.member_parts = []
+            self._use_parts(split_indices(len(kept), self.sizes, self.seed))
+
+    def _use_parts(self, parts) -> None:
+        self.train_images, self.selection_images, self.calibration_images = (self.images[p] for p in parts)
         self.train_samples, self.selection_samples, self.calibration_samples = (
-            [kept[i] for i in p.tolist()] for p in parts)
+            [self.samples[i] for i in p.tolist()] for p in parts)
+
+    def member(self, k: int) -> "InspectionDataModule":
+        """The cross scheme's member k: the same data module, with member k's training, selection and calibration
+        images (splits.cross_fold_indices)."""
+        view = copy.copy(self)
+        view._use_parts(self.member_parts[k])
+        return view
 
     @staticmethod
     def _indexed(images: torch.Tensor) -> TensorDataset:

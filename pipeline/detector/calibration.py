@@ -1,6 +1,7 @@
 """The decision from stored calibration scores: thresholds, conformal p-values and flags, one group of
 calibration images per category for a conditional detector (a pooled threshold over categories would
-hold alpha only on average over them, not for each), a single group otherwise."""
+hold alpha only on average over them, not for each), a single group otherwise. A cross-conformal detector
+(spec.scheme == "cross") stores rank scores and takes its threshold and p-values from scoring/cross_conformal.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import numpy as np
 
 from pipeline.detector.spec import DetectorSpec
+from pipeline.scoring import cross_conformal as X
 from pipeline.scoring import threshold as T
 
 THRESHOLD_METHODS = ("conformal", "manual")
@@ -43,6 +45,8 @@ def thresholds(spec: DetectorSpec) -> dict[int | None, float]:
         return {k: float(spec.manual_threshold) for k in _group_keys(spec)}
     if spec.threshold_method != "conformal":
         raise ValueError(f"score.threshold_method must be one of {THRESHOLD_METHODS}, got {spec.threshold_method!r}")
+    if spec.scheme == "cross":
+        return {None: X.threshold(len(calibration_scores(spec)), spec.alpha)}
     return {k: T.conformal_threshold(calibration_scores(spec, category=k), spec.alpha) for k in _group_keys(spec)}
 
 
@@ -53,6 +57,9 @@ def _group_keys(spec: DetectorSpec) -> list[int | None]:
 def guarantees(spec: DetectorSpec) -> dict[int | None, dict]:
     """What each group's threshold promises (scoring/threshold.guarantee), with its threshold."""
     limits = thresholds(spec)
+    if spec.scheme == "cross":
+        return {None: {**X.guarantee(len(calibration_scores(spec)), len(spec.members), spec.alpha),
+                       "threshold": limits[None]}}
     return {k: {**T.guarantee(len(calibration_scores(spec, category=k)), spec.alpha), "threshold": limits[k],
                 **({"category": spec.categories[k]} if k is not None else {})} for k in limits}
 
@@ -65,6 +72,8 @@ def can_flag(spec: DetectorSpec) -> bool:
 def p_values(spec: DetectorSpec, scores: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     """Conformal p-values (N,) of the decision score against each image's own group's calibration scores."""
     scores = np.asarray(scores, dtype=np.float64)
+    if spec.scheme == "cross":
+        return X.p_values(scores, len(calibration_scores(spec)))
     result = np.ones(len(scores))
     for k, selector in groups(spec, labels, len(scores)).items():
         result[selector] = T.conformal_p_values(calibration_scores(spec, category=k), scores[selector])

@@ -7,6 +7,10 @@ the fitted state (names ending in '_'); `score` gives every requested per-image 
 
     detector.json   the DetectorSpec: preprocessing, settings fixed at training, fitted state, the decision
     weights.pt      both networks' state_dicts ('vae.*', 'head.*'), loaded with torch.load(weights_only=True)
+
+For small normal sets (data.split.scheme=cross) the detector holds K member detectors, one per calibration fold
+(`members`; detector/ensemble.py): every score is their cross-conformal rank score; one detector.json keeps the
+members' specs and one weights.pt their networks ('member<k>.vae.*', ...).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.images import ReadOptions
 from pipeline.detector import calibration as C
+from pipeline.detector import ensemble as E
 from pipeline.detector.compute import HEAD_MAP, MAP_KINDS, BatchComputer
 from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE, DetectorSpec
 from pipeline.models.cvae import conditioned
@@ -56,6 +61,13 @@ class AnomalyDetector:
     def __init__(self, spec: DetectorSpec, vae: torch.nn.Module | None = None, head: AnomalyHead | None = None):
         m = spec.model
         self.spec = spec
+        self.members: list[AnomalyDetector] = []
+        self._fold_tables = None
+        if spec.scheme == "cross":
+            self.members = [AnomalyDetector(DetectorSpec(**member)) for member in spec.members]
+            # what shows one network (review panels' latent maps, export, reports) shows member 1's
+            self.vae, self.head = self.members[0].vae, self.members[0].head
+            return
         self.vae = vae if vae is not None else build_network(
             m["kind"], spec.in_channels, spec.image_size, m["latent_dim"], m["hidden_channels"], m["latent_layout"],
             n_classes=len(spec.categories or []), local=m.get("local"), codebook_size=m.get("codebook_size", 128),
@@ -67,9 +79,10 @@ class AnomalyDetector:
         self.eval()
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, read_options: ReadOptions, categories: list[str] | None = None
-                    ) -> "AnomalyDetector":
-        """An unfitted detector with the networks and settings the config names (model, head, detect, score)."""
+    def from_config(cls, cfg: DictConfig, read_options: ReadOptions, categories: list[str] | None = None,
+                    n_members: int = 1) -> "AnomalyDetector":
+        """An unfitted detector with the networks and settings the config names (model, head, detect, score);
+        `n_members` > 1: a cross-conformal detector of that many members (data.split.scheme)."""
         def plain(node) -> dict:
             return OmegaConf.to_container(node, resolve=True)
 
@@ -82,6 +95,10 @@ class AnomalyDetector:
             alpha=cfg.score.alpha, threshold_method=cfg.score.threshold_method,
             manual_threshold=cfg.score.manual_threshold, extra={"seed": int(cfg.seed)})
         check_settings(spec)  # before hours of training, not after
+        if n_members > 1:
+            if categories:
+                raise ValueError("a conditional detector cannot be cross-conformal (data.split.scheme=cross)")
+            spec.members, spec.scheme = E.member_specs(spec, n_members), "cross"
         return cls(spec)
 
     def fit(self, datamodule, cfg: DictConfig, checkpoint_dir: Path, logger=None, callbacks=(),
@@ -91,6 +108,9 @@ class AnomalyDetector:
         goes on (`fit_result_.is_global_zero`). The fit's reports are kept as `fit_result_`."""
         from pipeline.detector import fitting  # here: training needs Lightning, scoring need not import it (seconds)
 
+        if self.members:
+            fitting.fit_members(self, datamodule, cfg, checkpoint_dir, logger, callbacks, resume)
+            return self
         torch.manual_seed(int(cfg.seed))
         self.fit_result_ = fitting.fit_networks(self, datamodule, cfg.model, cfg.head, cfg.trainer, checkpoint_dir,
                                                 int(cfg.seed), logger, callbacks, resume)
@@ -100,24 +120,29 @@ class AnomalyDetector:
         return self
 
     # ---- networks ------------------------------------------------------------------------------------------
+    def networks(self) -> list[torch.nn.Module]:
+        if self.members:
+            return [net for member in self.members for net in member.networks()]
+        return [net for net in (self.vae, self.head) if net is not None]
+
     def eval(self) -> "AnomalyDetector":
-        for net in (self.vae, self.head):
-            if net is not None:
-                net.eval()
+        for net in self.networks():
+            net.eval()
         return self
 
     def to(self, device: torch.device | str) -> "AnomalyDetector":
-        for net in (self.vae, self.head):
-            if net is not None:
-                net.to(device)
+        for net in self.networks():
+            net.to(device)
         return self
 
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def computer(self) -> BatchComputer:
-        """The batch computation for the current weights and fitted statistics."""
+    def computer(self) -> BatchComputer | list[BatchComputer]:
+        """The batch computation for the current weights and fitted statistics (one per member, cross)."""
+        if self.members:
+            return [member.computer() for member in self.members]
         eps = torch.randn(self.spec.detect["mc_samples"], self.vae.latent_size,
                           generator=torch.Generator().manual_seed(int(self.spec.extra.get("seed", 0))))
         return BatchComputer(self.vae, self.head, self.spec.detect, self.spec.model["recon_loss"],
@@ -128,6 +153,10 @@ class AnomalyDetector:
                     computer: BatchComputer | None = None) -> dict[str, torch.Tensor]:
         """One batch x (B, C, S, S) in [0, 1]: reconstruction, mu, map (B, S, S), every base score (B,), the
         fused score when the detector is fitted, and the requested extras. `labels`: categories (conditional)."""
+        if self.members:
+            computers = computer or self.computer()
+            outputs = [m.score_batch(x, labels, extra, c) for m, c in zip(self.members, computers)]
+            return E.combine_outputs(outputs, self.fold_tables())
         x = x.to(self.device, non_blocking=True)
         with conditioned(self.vae, labels):
             out = (computer or self.computer())(x, extra)
@@ -135,6 +164,12 @@ class AnomalyDetector:
             components = {name: out[name].cpu().numpy() for name in self.spec.standardization}
             out[S.FUSED] = torch.from_numpy(fuse(components, self.spec.standardization)).to(x.device)
         return out
+
+    def fold_tables(self) -> dict:
+        """Cross: each member's calibration scores per score name (detector/ensemble.py), built once."""
+        if self._fold_tables is None:
+            self._fold_tables = E.fold_tables([member.spec for member in self.members])
+        return self._fold_tables
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 64,
               extra: tuple[str, ...] = (), keep: tuple[str, ...] = ("map",)) -> dict[str, np.ndarray]:
@@ -201,6 +236,9 @@ class AnomalyDetector:
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.members:
+            return {f"member{k}.{key}": value for k, member in enumerate(self.members)
+                    for key, value in member.state_dict().items()}
         state = {f"vae.{k}": v.detach().cpu() for k, v in self.vae.state_dict().items()}
         if self.head is not None:
             state.update({f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()})
@@ -212,6 +250,8 @@ class AnomalyDetector:
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        if self.members:
+            self.spec.members = [E.stored_member_spec(member.spec) for member in self.members]
         try:
             torch.save(self.state_dict(), tmp / WEIGHTS_FILE)
             self.spec.weights_sha256 = file_sha256(tmp / WEIGHTS_FILE)
@@ -245,11 +285,18 @@ class AnomalyDetector:
         spec = DetectorSpec.from_json(spec_file.read_text(), str(spec_file))
         verify_weights(folder, spec.weights_sha256, expected_sha256)
         detector = cls(spec)
-        state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-        detector.vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
-        if detector.head is not None:
-            detector.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        detector.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True))
         return detector.eval()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.members:
+            for k, member in enumerate(self.members):
+                prefix = f"member{k}."
+                member.load_state_dict({key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)})
+            return
+        self.vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
+        if self.head is not None:
+            self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
 
 
 def verify_weights(folder: Path | str, recorded_sha256: str | None, expected_sha256: str | None = None) -> None:

@@ -9,19 +9,23 @@
                         (leave-one-kind-out): the numbers go to the run, nothing is tuned on the calibration images
   3. calibration images score them once, with every setting fixed: the calibration scores of every score,
                         the pixel threshold, the drift reference
+
+A cross-conformal detector (small normal sets) runs these steps once per member, on the member's folds
+(`fit_members`), then combines the members (detector/ensemble.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.synthesis.nuisance import NuisanceTransform
+from pipeline.detector import ensemble as E
 from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
@@ -55,6 +59,34 @@ def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConf
                                nuisance=normal_variation(detector, head_cfg, datamodule.train_images))
     detector.eval()
     return FitResult(vae_report, head_report, vae_report.is_global_zero, local_report)
+
+
+def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, logger=None, callbacks=(),
+                resume: Path | None = None) -> None:
+    """Fit each member of a cross-conformal detector on its own folds (`datamodule.member(k)`), with its own seed,
+    then combine them on rank 0. `fit_result_` is member 1's reports, with every member's training seconds."""
+    if resume is not None:
+        raise ValueError("train.resume cannot continue a cross-conformal training (data.split.scheme=cross): its "
+                         "members are not checkpointed apart; train again (the members of a small set train in minutes)")
+    seconds = {"vae": 0.0, "local": 0.0, "head": 0.0}
+    for k, member in enumerate(detector.members):
+        log.info("cross-conformal member %d of %d", k + 1, len(detector.members))
+        member_cfg = OmegaConf.merge(cfg, {"seed": int(member.spec.extra["seed"])})
+        member.fit(datamodule.member(k), member_cfg, checkpoint_dir / f"member{k + 1}", logger, callbacks)
+        for part in seconds:
+            report = getattr(member.fit_result_, part)
+            seconds[part] += report.seconds if report is not None else 0.0
+    first = detector.members[0].fit_result_
+    detector.fit_result_ = FitResult(
+        replace(first.vae, seconds=seconds["vae"]), first.head and replace(first.head, seconds=seconds["head"]),
+        first.is_global_zero, first.local and replace(first.local, seconds=seconds["local"]))
+    if first.is_global_zero:
+        E.combine_fitted(detector.spec, [member.spec for member in detector.members])
+        sizes = datamodule.sizes
+        detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,
+                                    "n_calibration": sizes.n_calibration, "n_members": sizes.n_members,
+                                    "seed": int(cfg.seed)})
+        detector._fold_tables = None
 
 
 def choose_reconstruction(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,

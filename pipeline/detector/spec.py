@@ -53,6 +53,9 @@ class DetectorSpec:
     threshold_method: str = "conformal"          # conformal | manual
     manual_threshold: float | None = None
     extra: dict = field(default_factory=dict)    # provenance: data root, run id, split sizes, ...
+    # ---- small normal sets (data.split.scheme=cross): one member detector per calibration fold ----------
+    scheme: str = "split"                        # split | cross (calibration_scores are then rank scores)
+    members: list[dict] = field(default_factory=list)  # each member's DetectorSpec (without weights), cross only
     weights_sha256: str | None = None
     version: int = SPEC_VERSION
 

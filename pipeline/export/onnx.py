@@ -71,6 +71,10 @@ def export_onnx(detector: AnomalyDetector, folder: Path, opset: int) -> list[Pat
     spec = detector.spec
     if spec.categories:
         raise ValueError("ONNX export of a conditional detector is not supported (its networks take the category)")
+    if spec.scheme == "cross":
+        raise ValueError(f"ONNX export of a cross-conformal detector (small normal sets: {len(spec.members)} member "
+                         "detectors, data.split.scheme=cross) is not supported; serve it through MLflow, or train with "
+                         "data.split.scheme=split to export one detector")
     if spec.detect["map"] in GRADIENT_MAP_KINDS:
         raise ValueError(f"detect.map={spec.detect['map']} needs autograd through the VAE: it cannot be exported")
     folder.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,7 @@ def judge_batch(files: list[InboxFile], model: InspectionModel, cfg: DictConfig,
         "fdr_q": icfg.fdr_q if icfg.control == "bh" else None, "threshold": detector.threshold_,
         "false_alarm_control": (f"benjamini-hochberg q={icfg.fdr_q}" if icfg.control == "bh"
                                 else f"per-image p <= alpha={detector.spec.alpha}"),
-        "guarantee": guarantees[0]["method"], "n_calibration": min(g["n_calibration"] for g in guarantees),
+        "guarantee": guarantees[0]["method"], "promise": guarantees[0]["promise"], "n_calibration": min(g["n_calibration"] for g in guarantees),
         "can_flag": all(g["can_flag"] for g in guarantees),
         "n_seen": len(files), "n_scored": len(table), "n_images": len(table), "n_flagged": int(table["is_anomaly"].sum()),
         "n_errors": len(errors), "scoring_images_per_second": len(table) / forward_seconds if len(table) else None,

@@ -72,6 +72,8 @@ def guarantee(n_calibration: int, alpha: float) -> dict:
     k = conformal_rank(n_calibration, alpha)
     able = k <= n_calibration
     return {"method": "split conformal: the ceil((n+1)(1-alpha))-th smallest of n held-out normal scores",
+            "promise": (f"at most alpha = {alpha:g} of new normal images flagged" if able
+                        else f"nothing can be flagged at alpha = {alpha:g}"),
             "alpha": alpha, "n_calibration": n_calibration, "can_flag": able,
             "false_alarm_bound": alpha if able else 0.0,
             "false_alarm_expected": (n_calibration + 1 - k) / (n_calibration + 1) if able else 0.0,

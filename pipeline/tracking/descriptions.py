@@ -80,13 +80,13 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
     training = summary.get("model_run_id")
     trained = run_link(experiment_of(client, training), training, f"training run {training}") if training else "unknown"
     n_cal = summary.get("n_calibration")
+    promise = summary.get("promise") or f"at most alpha = {summary.get('alpha')} of new normal images flagged"
     lines += [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in detection_lines(summary)]
     lines += [f"- **model**: {model}, alias when used: **{alias_when_used(summary)}**; trained by {trained}"
               + (f"; logged model `{summary['model_id']}`" if summary.get("model_id") else ""),
               f"- **threshold**: {_number(summary.get('threshold', float('nan')))} on score `{summary.get('score')}`, "
               f"{summary.get('false_alarm_control')}",
-              f"- **guarantee**: at most alpha = {summary.get('alpha')} of new normal images flagged "
-              f"({summary.get('guarantee')}; {n_cal} calibration images)",
+              f"- **guarantee**: {promise} ({summary.get('guarantee')}; {n_cal} calibration images)",
               f"- **counts**: {n_images} images judged, {summary.get('n_flagged', 0)} flagged, "
               f"{summary.get('n_errors', 0)} unreadable" + (f", {summary['n_seen']} seen" if "n_seen" in summary else "")]
     for line in check_lines(summary):
@@ -99,6 +99,13 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
     return "\n".join(lines)
 
 
+def _shares(sizes: dict, n_calibration: int) -> str:
+    if sizes.get("n_members", 1) > 1:
+        return (f"{sizes['n_members']} cross-conformal detectors, each {sizes['n_train']} training and "
+                f"{sizes['n_selection']} selection images; all {n_calibration} normal images calibrate")
+    return f"{sizes['n_train']} training, {sizes['n_selection']} selection, {n_calibration} calibration images"
+
+
 def version_description(summary: dict, run_id: str, train_experiment: str,
                         judged_in: dict[str, str], name: str | None, version: str | None) -> str:
     """A model version's Description: how its threshold was calibrated, its training run, and links to the
@@ -106,10 +113,9 @@ def version_description(summary: dict, run_id: str, train_experiment: str,
     g = summary["guarantee"]
     status = "" if g["can_flag"] else f"\n\n**Cannot flag at alpha = {g['alpha']:g}**: {summary['shortfall']}"
     text = (f"Trained by {run_link(train_experiment, run_id, f'run {run_id}')} on `{summary['data_root']}`: "
-            f"{summary['sizes']['n_train']} training, {summary['sizes']['n_selection']} selection, "
-            f"{g['n_calibration']} calibration images.\n\n"
+            f"{_shares(summary['sizes'], g['n_calibration'])}.\n\n"
             f"**Threshold**: {summary['threshold']:.6g} on decision score `{summary['score']}`, calibrated by "
-            f"{g['method']} at alpha = {g['alpha']:g}: at most {g['alpha']:.1%} of new normal images are flagged "
+            f"{g['method']} at alpha = {g['alpha']:g}: {g.get('promise', 'at most alpha of new normal images flagged')} "
             f"(images exchangeable with the {g['n_calibration']} held-out normal calibration images).{status}")
     if name and version:
         query = f"tags.model_name = '{name}' and tags.model_version = '{version}'"

@@ -58,7 +58,8 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
             client.set_tag(run_id, f"resumed_with.{key}", value[:5000])
     log_params(client, run_id, new)
     threshold = summary["threshold"]
-    metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **summary["sizes"],
+    sizes = {k: v for k, v in summary["sizes"].items() if isinstance(v, (int, float))}
+    metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **sizes,
                "train_seconds": summary["train_seconds"],
                **{f"validation.{k}": v for k, v in summary["validation"].items() if isinstance(v, (int, float))}}
     log_metrics(client, run_id, metrics)
@@ -66,6 +67,7 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
     tags = {"threshold.method": guarantee["method"], "threshold.alpha": str(guarantee["alpha"]),
             "threshold.score": summary["score"], "threshold.value": repr(threshold),
             "threshold.n_calibration": str(guarantee["n_calibration"]),
+            "threshold.scheme": str(summary["sizes"].get("scheme", "split")),
             "threshold.status": "ok" if guarantee["can_flag"] else UNABLE_TO_FLAG}
     if not guarantee["can_flag"]:
         tags["threshold.problem"] = summary["shortfall"][:5000]

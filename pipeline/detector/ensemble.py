@@ -1,0 +1,79 @@
+"""A cross-conformal detector's members combined (data.split.scheme=cross, scoring/cross_conformal.py).
+
+K member detectors, each fitted on its own folds (data/splits.py: cross_fold_indices): the combined detector's every
+score is the rank score of the members' scores against their own calibration folds, its map and reconstruction
+the members' mean. Pure functions over member specs and member outputs: the detector (detector.py) calls them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from pipeline.detector.spec import DetectorSpec
+from pipeline.scoring import cross_conformal as X
+
+MEAN_KEYS = ("map", "reconstruction")  # averaged over members; other tensors (mu, ...) are member 1's
+
+
+def member_seed(seed: int, k: int) -> int:
+    """Member k's seed (weights, synthetic anomalies): members differ in more than their folds."""
+    return int(seed) + 1000 * k
+
+
+def member_specs(spec: DetectorSpec, n_members: int) -> list[dict]:
+    """The unfitted members' specs: the combined spec's settings, each with its own seed."""
+    base = dataclasses.replace(spec, scheme="split", members=[])
+    return [dataclasses.asdict(dataclasses.replace(base, extra={**base.extra, "seed": member_seed(base.extra.get("seed", 0), k)}))
+            for k in range(n_members)]
+
+
+def stored_member_spec(spec: DetectorSpec) -> dict:
+    """A fitted member's spec as the combined detector.json keeps it (its weights are in the combined file)."""
+    return dataclasses.asdict(dataclasses.replace(spec, weights_sha256=None))
+
+
+def fold_tables(members: list[DetectorSpec]) -> dict[str, list[X.FoldTable]]:
+    """Per score name every member calibrated: each member's calibration scores as a fold table."""
+    names = set.intersection(*(set(m.calibration_scores) for m in members)) if members else set()
+    return {name: [X.FoldTable(np.asarray(m.calibration_scores[name])) for m in members] for name in sorted(names)}
+
+
+def combine_outputs(outputs: list[dict[str, torch.Tensor]], tables: dict[str, list[X.FoldTable]]
+                    ) -> dict[str, torch.Tensor]:
+    """The members' outputs of one batch as one: a calibrated score as its rank score, maps and reconstructions
+    averaged, any other score averaged (no calibration to rank it against), other tensors from member 1."""
+    first, combined = outputs[0], {}
+    for key, value in first.items():
+        parts = [out[key] for out in outputs]
+        if key in tables:
+            rank = X.rank_scores([p.detach().double().cpu().numpy() for p in parts], tables[key])
+            combined[key] = torch.from_numpy(rank).to(value.device)
+        elif key in MEAN_KEYS or key.startswith("map.") or value.dim() == 1:
+            combined[key] = torch.stack([p.float() for p in parts]).mean(dim=0)
+        else:
+            combined[key] = value
+    return combined
+
+
+def combine_fitted(spec: DetectorSpec, members: list[DetectorSpec]) -> None:
+    """The combined spec's fitted state from its fitted members: calibration scores on the rank scale (each image
+    within its own fold: what the histogram shows), the members' mean pixel threshold, every member's calibration
+    images as the drift reference, the validation numbers averaged over members."""
+    tables = fold_tables(members)
+    spec.calibration_scores = {
+        name: [float(v) for v in X.own_fold_rank_scores(folds, [np.asarray(m.calibration_scores[name]) for m in members])]
+        for name, folds in tables.items()}
+    spec.calibration_labels = None
+    spec.pixel_threshold = float(np.mean([m.pixel_threshold for m in members]))
+    spec.drift_reference = [row for m in members for row in m.drift_reference]
+    spec.standardization, spec.map_statistics = members[0].standardization, {}
+    kinds = {m.reconstruction for m in members}
+    spec.reconstruction = kinds.pop() if len(kinds) == 1 else "mixed"
+    numeric = set.intersection(*({k for k, v in m.validation.items() if isinstance(v, (int, float))} for m in members))
+    spec.validation = {**{k: v for k, v in members[0].validation.items() if k not in numeric},
+                       **{k: round(float(np.mean([m.validation[k] for m in members])), 4) for k in sorted(numeric)},
+                       "cross_members": len(members)}
+    spec.members = [stored_member_spec(m) for m in members]
