@@ -100,13 +100,15 @@ def test_folds_every_image_calibrates_one_member_and_trains_most_others():
         cross_sizes(40, 0.05, 5, 0.1, 16, 8)
 
 
-def test_scheme_auto_switches_below_the_limit_and_names_a_mistyped_scheme():
-    assert choose_scheme(125, "auto", 250) == "cross" and choose_scheme(250, "auto", 250) == "split"
-    assert choose_scheme(125, "split", 250) == "split" and choose_scheme(1000, "cross", 250) == "cross"
+def test_scheme_auto_chooses_cross_only_where_the_split_cannot_flag_and_names_a_mistyped_scheme():
+    assert choose_scheme("auto", False) == "cross" and choose_scheme("auto", True) == "split"
+    assert choose_scheme("split", False) == "split" and choose_scheme("cross", True) == "cross"
     with pytest.raises(ValueError, match="data.split.scheme"):
-        choose_scheme(100, "crossed", 250)
-    auto = SplitSettings(alpha=0.05, scheme="auto")
-    assert [auto.sizes(n).scheme for n in (70, 80, 125, 249, 250)] == ["split", "cross", "cross", "cross", "split"]
+        choose_scheme("crossed", True)
+    at_01 = SplitSettings(alpha=0.01, scheme="auto")  # the split needs 99 calibration images, at most half of them
+    assert [at_01.sizes(n).scheme for n in (70, 80, 125, 197, 198, 1000)] == [
+        "split", "cross", "cross", "cross", "split", "split"]
+    assert SplitSettings(alpha=0.05, scheme="auto").sizes(125).scheme == "split"
     with pytest.raises(TooFewNormalImages):  # asked for by name: never silently one detector instead
         SplitSettings(alpha=0.05, scheme="cross").sizes(70)
 

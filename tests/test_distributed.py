@@ -158,3 +158,23 @@ def test_distributed_scoring_scores_every_image_once_like_one_process(ddp_job, c
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     scoring = client.search_runs([client.get_experiment_by_name("vae-scoring").experiment_id])
     assert sorted(r.info.run_id for r in scoring) == sorted([single_metrics["run_id"], ddp_metrics["run_id"]])
+
+
+def test_ddp_trains_a_cross_conformal_detector_whose_members_each_calibrate_their_own_fold(ddp_job, capsys):
+    tmp, overrides, _ = ddp_job
+    cross = [*overrides, "data.split.scheme=cross", "data.split.members=3", "tracking.enabled=false",
+             f"output_root={tmp / 'cross'}"]
+    summary = run_cli("train", *cross, *DDP)
+    assert summary["guarantee"]["n_members"] == 3 and summary["guarantee"]["n_calibration"] == 23
+    detector = AnomalyDetector.load(summary["detector_dir"])
+    assert sorted(len(m.spec.calibration_scores["fused"]) for m in detector.members) == [7, 8, 8]
+    single_dir, ddp_dir = tmp / "cross-scored-1", tmp / "cross-scored-2"
+    scoring = [*cross, f"detector={summary['detector_dir']}", "data.batch_size=1"]
+    with one_thread():
+        assert main(["score", *scoring, f"score.output_dir={single_dir}"]) == 0
+    capsys.readouterr()
+    run_cli("score", *scoring, f"score.output_dir={ddp_dir}", *DDP)
+    single, ddp = pd.read_csv(single_dir / "scores.csv"), pd.read_csv(ddp_dir / "scores.csv")
+    assert list(ddp["image_path"]) == list(single["image_path"]) and len(ddp) == 12
+    np.testing.assert_allclose(ddp["score"], single["score"], rtol=1e-5, atol=1e-7)
+    assert (ddp["is_anomaly"] == single["is_anomaly"]).all() and (ddp["p_value"] == single["p_value"]).all()

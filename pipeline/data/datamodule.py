@@ -32,19 +32,24 @@ class SplitSettings:
     min_train: int = 32
     max_calibration_share: float = 0.5
     scheme: str = "split"        # auto | split | cross (splits.choose_scheme)
-    cross_below: int = 250       # auto: the cross scheme below this many normal images
     members: int = 5             # cross: detectors trained, one calibration fold each
 
     def sizes(self, n: int) -> SplitSizes:
-        if choose_scheme(n, self.scheme, self.cross_below) == "cross":
-            try:
-                return cross_sizes(n, self.alpha, self.members, self.selection_fraction, self.min_selection,
-                                   self.min_train)
-            except TooFewNormalImages:
-                if self.scheme != "auto":
-                    raise  # auto: too few for K members' folds, perhaps enough for one detector's shares
-        return split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
-                           self.min_train, self.max_calibration_share)
+        """One detector's shares, or K members' folds: asked for by name, or (`auto`) where only the folds let the
+        threshold flag at alpha (splits.choose_scheme)."""
+        if choose_scheme(self.scheme, True) == "cross":  # also: a clear error for a mistyped scheme
+            return self.cross_sizes(n)
+        split = split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
+                            self.min_train, self.max_calibration_share)
+        if choose_scheme(self.scheme, split.supports_alpha) == "split":
+            return split
+        try:
+            return self.cross_sizes(n)  # where neither can flag, its shortfall names the fewer images missing
+        except TooFewNormalImages:
+            return split  # too few for K members' folds: one detector, and train says which alpha it supports
+
+    def cross_sizes(self, n: int) -> SplitSizes:
+        return cross_sizes(n, self.alpha, self.members, self.selection_fraction, self.min_selection, self.min_train)
 
 
 def drop_last(n_images: int, batch_size: int, trainer: pl.Trainer | None) -> bool:

@@ -6,8 +6,8 @@
     calibration   touched once, after every choice is made, to set the threshold: so the calibration
                   images stay exchangeable with new normal images and the conformal promise holds
 
-With few normal images (`data.split.scheme`: `cross` below `cross_below` images, automatically) the images are
-cut into K folds instead and K detectors are trained (scoring/cross_conformal.py): member k calibrates on fold k,
+With too few normal images for the split to flag at alpha (`data.split.scheme`: `cross`; `auto` chooses it
+then, when the K folds can), the images are cut into K folds instead and K detectors are trained (scoring/cross_conformal.py): member k calibrates on fold k,
 selects on part of the next fold and trains on the rest, so every image calibrates one member and trains most of
 the others (`cross_fold_indices`).
 
@@ -112,12 +112,15 @@ def split_indices(n: int, sizes: SplitSizes, seed: int) -> tuple[torch.Tensor, t
 SCHEMES = ("auto", "split", "cross")
 
 
-def choose_scheme(n: int, scheme: str, cross_below: int) -> str:
-    """split or cross for n normal images: `auto` = cross below `cross_below` images (data.split.cross_below)."""
+def choose_scheme(scheme: str, split_supports_alpha: bool) -> str:
+    """split or cross: `auto` = cross only where one detector's split cannot flag at alpha (the cross scheme needs
+    n + 1 >= 1 / alpha normal images in all, the split about twice that). Where the split can, the split: on the
+    bench's small sets the cross-conformal decision is conservative (its members disagree on good parts) and
+    catches fewer defects at alpha (docs/defaults.md)."""
     if scheme not in SCHEMES:
         raise ValueError(f"data.split.scheme must be one of {SCHEMES}, got {scheme!r}")
     if scheme == "auto":
-        return "cross" if n < cross_below else "split"
+        return "split" if split_supports_alpha else "cross"
     return scheme
 
 
