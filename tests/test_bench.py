@@ -119,3 +119,17 @@ def test_further_seeds_join_their_task_whichever_finished_first():
     out = merged(first, {"fabric": [{"seed": 2}, {"seed": 1}], "digit_1": [{"seed": 1}]})
     assert [r["seed"] for r in out["fabric"]["new_default"]] == [0, 1, 2]
     assert out["digit_1"] == first["digit_1"] and [r["seed"] for r in first["fabric"]["new_default"]] == [0]
+
+
+def test_small_sets_measure_the_cross_members_the_quality_section_trained_instead_of_training_them_again(tmp_path):
+    from pipeline.bench.small_sets import quality_cross_detector
+
+    output = tmp_path / "quality-digit_3-new_default-0"
+    spec = output / "train" / "digit_3" / "run1" / "detector" / "detector.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"scheme": "cross", "members": [{}, {}, {}]}))
+    assert quality_cross_detector(tmp_path, "digit_3", 0, 3) == output
+    assert quality_cross_detector(tmp_path, "digit_3", 0, 5) is None  # other members: trained again
+    assert quality_cross_detector(tmp_path, "digit_3", 1, 3) is None and quality_cross_detector(tmp_path, "digit_4", 0, 3) is None
+    spec.write_text(json.dumps({"scheme": "split", "members": []}))
+    assert quality_cross_detector(tmp_path, "digit_3", 0, 3) is None
