@@ -113,7 +113,9 @@ def test_ddp_training_makes_one_run_one_version_and_the_single_process_threshold
     # the DDP job stored them, so the threshold is the one a single process computes (no sampler padding).
     datamodule = build_datamodule(cfg, Path(cfg.data.root))
     datamodule.setup("fit")
-    assert summary["sizes"] == {"n_train": 12, "n_selection": 4, "n_calibration": 7} == {
+    assert summary["sizes"] == {"n_train": 12, "n_selection": 4, "n_calibration": 7, "scheme": "split",
+                                "n_members": 1}
+    assert {k: summary["sizes"][k] for k in ("n_train", "n_selection", "n_calibration")} == {
         "n_train": len(datamodule.train_images), "n_selection": len(datamodule.selection_images),
         "n_calibration": len(datamodule.calibration_images)}
     with one_thread():

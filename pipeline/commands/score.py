@@ -135,7 +135,8 @@ def decision_metrics(detector, frame: pd.DataFrame, errors: list, fdr_q: float |
             "false_alarm_control": f"benjamini-hochberg q={fdr_q}" if fdr_q is not None
             else f"per-image p <= alpha={detector.spec.alpha}",
             "n_calibration": min(g["n_calibration"] for g in guarantees),
-            "can_flag": all(g["can_flag"] for g in guarantees), "guarantee": guarantees[0]["method"], "promise": guarantees[0]["promise"],
+            "can_flag": all(g["can_flag"] for g in guarantees), "guarantee": guarantees[0]["method"],
+            "guarantee_statement": guarantees[0]["promise"],
             "pixel_threshold": detector.spec.pixel_threshold, "n_images": int(len(frame)),
             "n_flagged": int(frame["is_anomaly"].sum()), "n_errors": len(errors),
             "images_per_second": len(frame) / max(seconds, 1e-9)}

@@ -158,7 +158,7 @@ def summary_lines(summary: dict, kind: str) -> tuple[str, list[str]]:
                    f"{summary.get('model_run_id')}",
                    f"decision: score {summary.get('score')}, threshold {_fmt(summary.get('threshold', float('nan')))}, "
                    f"{summary.get('false_alarm_control')}",
-                   f"guarantee: {summary.get('promise') or 'at most alpha of new normal images flagged'}: "
+                   f"guarantee: {summary.get('guarantee_statement') or 'at most alpha of new normal images flagged'}: "
                    f"{summary.get('guarantee')}; {n_cal} calibration images, alpha = {summary.get('alpha')}{floor}",
                    *check_lines(summary),
                    f"unreadable files: {summary.get('n_errors', 0)}"]
