@@ -9,7 +9,6 @@ Batches are (images (B, C, S, S), sample indices (B,), labels (B,)).
 from __future__ import annotations
 
 from dataclasses import replace
-
 from pathlib import Path
 
 import pytorch_lightning as pl
