@@ -6,10 +6,10 @@
     calibration   touched once, after every choice is made, to set the threshold: so the calibration
                   images stay exchangeable with new normal images and the conformal promise holds
 
-With too few normal images for the split to flag at alpha (`data.split.scheme`: `cross`; `auto` chooses it
-then, when the K folds can), the images are cut into K folds instead and K detectors are trained (scoring/cross_conformal.py): member k calibrates on fold k,
-selects on part of the next fold and trains on the rest, so every image calibrates one member and trains most of
-the others (`cross_fold_indices`).
+With too few normal images for the split to flag at alpha (`data.split.scheme`: `cross`, which `auto` chooses
+then), the images are cut into K folds instead and K detectors are trained (scoring/cross_conformal.py): member k
+calibrates on fold k, selects on part of the next fold and trains on the rest, so every image calibrates one member
+and trains most of the others (`cross_fold_indices`).
 
 The calibration share is sized to the requested false-alarm rate alpha: a conformal threshold needs at
 least ceil(1/alpha) - 1 calibration images to be finite. When the normal images cannot give that, the

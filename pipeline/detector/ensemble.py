@@ -26,7 +26,8 @@ def member_seed(seed: int, k: int) -> int:
 def member_specs(spec: DetectorSpec, n_members: int) -> list[dict]:
     """The unfitted members' specs: the combined spec's settings, each with its own seed."""
     base = dataclasses.replace(spec, scheme="split", members=[])
-    return [dataclasses.asdict(dataclasses.replace(base, extra={**base.extra, "seed": member_seed(base.extra.get("seed", 0), k)}))
+    seed = base.extra.get("seed", 0)
+    return [dataclasses.asdict(dataclasses.replace(base, extra={**base.extra, "seed": member_seed(seed, k)}))
             for k in range(n_members)]
 
 
