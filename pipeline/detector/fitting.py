@@ -86,7 +86,6 @@ def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, log
         detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,
                                     "n_calibration": sizes.n_calibration, "n_members": sizes.n_members,
                                     "seed": int(cfg.seed)})
-        detector._fold_tables = None
 
 
 def choose_reconstruction(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,

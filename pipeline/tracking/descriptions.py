@@ -80,7 +80,8 @@ def detection_description(client: MlflowClient, summary: dict, kind: str, run_li
     training = summary.get("model_run_id")
     trained = run_link(experiment_of(client, training), training, f"training run {training}") if training else "unknown"
     n_cal = summary.get("n_calibration")
-    statement = summary.get("guarantee_statement") or f"at most alpha = {summary.get('alpha')} of new normal images flagged"
+    statement = (summary.get("guarantee_statement")
+                 or f"at most alpha = {summary.get('alpha')} of new normal images flagged")
     lines += [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in detection_lines(summary)]
     lines += [f"- **model**: {model}, alias when used: **{alias_when_used(summary)}**; trained by {trained}"
               + (f"; logged model `{summary['model_id']}`" if summary.get("model_id") else ""),
