@@ -116,6 +116,7 @@ def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_ma
            "scores": {n: MET.image_auroc(split.labels, out[n]) for n in S.SCORE_NAMES if n in out},
            "validation": detector.spec.validation, "false_alarm": false_alarms(detector, score, split.labels, alphas, split.kinds),
            "n_calibration": detector.spec.extra["n_calibration"], "n_train": detector.spec.extra["n_train"],
+           "n_members": int(detector.spec.extra.get("n_members", 1)),
            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
            "seconds": time.perf_counter() - started, "detector_dir": summary["detector_dir"]}
     for name in extra_maps:

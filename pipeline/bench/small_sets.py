@@ -21,7 +21,6 @@ from pipeline.config import compose, configure_logging
 from pipeline.data.generators import generate_category
 from pipeline.data.images import ReadOptions
 from pipeline.data.splits import TooFewNormalImages
-from pipeline.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
 SCHEMES = ("split", "cross")
@@ -63,9 +62,7 @@ def _job(job: tuple) -> tuple[str, str, dict]:
     try:
         split = quality.load_test_split(Path(cfg.data.root), cfg.data.image_size,
                                         ReadOptions.from_config(cfg.data))
-        row = quality.product_row(cfg, split, alphas, reuse=reuse)
-        row["n_members"] = int(AnomalyDetector.load(row["detector_dir"]).spec.extra.get("n_members", 1))
-        return name, scheme, row
+        return name, scheme, quality.product_row(cfg, split, alphas, reuse=reuse)
     except TooFewNormalImages as err:
         return name, scheme, {"refused": str(err)}
 

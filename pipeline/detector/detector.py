@@ -250,8 +250,6 @@ class AnomalyDetector:
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        if self.members:
-            self.spec.members = [E.stored_member_spec(member.spec) for member in self.members]
         try:
             torch.save(self.state_dict(), tmp / WEIGHTS_FILE)
             self.spec.weights_sha256 = file_sha256(tmp / WEIGHTS_FILE)
