@@ -16,7 +16,6 @@ from pipeline.detector import fitting
 from pipeline.detector.spec import DetectorSpec
 from pipeline.models.head import AnomalyHead
 from pipeline.models.vae import ConvVAE
-from pipeline.scoring.fusion import fit_standardization
 from tests.conftest import TINY, _part
 
 SMALL_MODEL = {"kind": "vae", "latent_dim": 3, "hidden_channels": [4, 8], "latent_layout": "dense", "recon_loss": "bce"}
@@ -47,10 +46,7 @@ def parts(n: int, size: int = 48, seed: int = 123, image_size: int = 32) -> torc
 def fit_by_hand(detector: AnomalyDetector, selection: torch.Tensor, calibration: torch.Tensor) -> AnomalyDetector:
     """The fit's decision steps without training: standardize the fused components on `selection`,
     calibrate every score, the pixel threshold and the drift reference on `calibration`."""
-    out = detector.score(selection, keep=())
-    detect = detector.spec.detect
-    detector.spec.standardization = fit_standardization(out, fitting.component_transforms(list(detect["components"]),
-                                                                                          detect["map"]))
+    fitting.fit_components(detector, detector.score(selection, keep=()), draw=None)
     fitting.calibrate(detector, calibration, None, batch_size=16)
     return detector
 

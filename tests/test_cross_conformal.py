@@ -15,6 +15,7 @@ from pipeline.data.datamodule import SplitSettings
 from pipeline.data.splits import TooFewNormalImages, choose_scheme, cross_fold_indices, cross_sizes
 from pipeline.detector import AnomalyDetector
 from pipeline.detector import calibration as C
+from pipeline.detector import ensemble as E
 from pipeline.scoring import cross_conformal as X
 from tests.conftest import cli, make_tiny_dataset, tiny_overrides
 
@@ -74,6 +75,18 @@ def test_false_alarm_rate_on_exchangeable_normal_scores_is_about_alpha():
         total += 100
     assert 0.6 * 0.05 <= flagged[0.05] / total <= 1.2 * 0.05
     assert flagged[0.01] / total <= 1.2 * 0.01
+
+
+def test_members_outputs_combine_without_a_score_only_some_members_compute():
+    """Members whose fits decided differently (one kept the linear level): the combined output ranks what every
+    member calibrated, averages the maps, and leaves out linear_max rather than failing."""
+    rng = np.random.default_rng(0)
+    outputs = [{"fused": torch.tensor(rng.normal(0, 1, 4)), "map": torch.rand(4, 8, 8)} for _ in range(3)]
+    outputs[1]["linear_max"] = torch.rand(4)
+    tables = {"fused": [X.FoldTable(rng.normal(0, 1, 10)) for _ in range(3)]}
+    combined = E.combine_outputs(outputs, tables)
+    assert set(combined) == {"fused", "map"}
+    torch.testing.assert_close(combined["map"], torch.stack([o["map"] for o in outputs]).mean(dim=0))
 
 
 def test_too_few_images_for_alpha_cannot_flag():

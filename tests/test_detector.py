@@ -12,6 +12,7 @@ import torch
 from pipeline.config import ConfigError, compose
 from pipeline.detector import AnomalyDetector
 from pipeline.detector import detector as detector_module
+from pipeline.detector import fitting
 from pipeline.detector.decision import UnableToFlag, check_and_decide
 from pipeline.scoring import scores as S
 from pipeline.scoring.threshold import conformal_p_values, conformal_threshold
@@ -39,6 +40,50 @@ def test_save_and_load_give_the_same_scores_maps_and_decision(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), fitted.predict(x))
 
 
+def test_the_linear_level_is_saved_loaded_and_exported_with_the_detector(tmp_path):
+    """A detector whose fused score keeps linear_max: the level's projection is in weights.pt ('linear.*'), a loaded
+    copy and the ONNX export (linear.onnx) score exactly alike."""
+    from pipeline.export.onnx import OnnxDetector, export_onnx
+
+    detector = small_detector(head=True, map="head", components=["linear_max"])
+    fitting.fit_linear_level(detector, parts(40, image_size=16, seed=4), seed=0)
+    fit_by_hand(detector, parts(8, image_size=16, seed=1), parts(30, image_size=16, seed=2))
+    assert detector.spec.validation["fused_components"] == ["linear_max"] and detector.spec.linear["n_components"] >= 1
+    folder = detector.save(tmp_path / "det")
+    assert any(key.startswith("linear.") for key in torch.load(folder / "weights.pt", weights_only=True))
+    x = parts(6, image_size=16, seed=3)
+    loaded = AnomalyDetector.load(folder)
+    expected, got = detector.score(x, keep=()), loaded.score(x, keep=())
+    np.testing.assert_array_equal(got["linear_max"], expected["linear_max"])
+    np.testing.assert_array_equal(got["fused"], expected["fused"])
+    export_onnx(loaded, tmp_path / "onnx", opset=17)
+    assert (tmp_path / "onnx" / "linear.onnx").is_file()
+    onnx = OnnxDetector(tmp_path / "onnx").score(x.numpy())
+    np.testing.assert_allclose(onnx["linear_max"], expected["linear_max"], rtol=1e-4, atol=1e-6)
+
+
+def test_the_fit_leaves_out_a_linear_level_that_lowers_the_validation():
+    """fit_components with a validation draw on which linear_max only adds noise: the level is neither kept nor
+    saved, its gain is recorded."""
+    detector = small_detector(components=["map_max", "linear_max"])  # the residual map: its maximum varies
+    fitting.fit_linear_level(detector, parts(40, image_size=16, seed=4), seed=0)
+    selection = detector.score(parts(8, image_size=16, seed=1), keep=())
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(40, int), np.ones(40, int)]
+
+    def like_selection(name: str, z: np.ndarray) -> np.ndarray:  # z-scores on the selection images' own scale
+        logs = np.log(selection[name])
+        return np.exp(logs.mean() + logs.std() * z)
+
+    draw = {"truth": truth, "out": {"map_max": like_selection("map_max", rng.normal(0, 1, 80) + 3 * truth),
+                                    "linear_max": like_selection("linear_max", rng.normal(0, 3, 80))}}
+    fitting.fit_components(detector, selection, draw)
+    assert detector.linear is None and detector.spec.linear is None
+    assert detector.spec.validation["fused_components"] == ["map_max"]
+    assert detector.spec.validation["gain.linear_max"] < 0
+    assert "linear_max" not in detector.score(parts(2, image_size=16, seed=3), keep=())
+
+
 def test_a_failed_save_leaves_no_partial_folder_and_the_previous_detector_intact(fitted, tmp_path, monkeypatch):
     folder = fitted.save(tmp_path / "det")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -61,7 +106,8 @@ def test_a_failed_save_leaves_no_partial_folder_and_the_previous_detector_intact
 def test_set_decision_recalibrates_from_the_stored_calibration_scores(fitted):
     detector = AnomalyDetector(fitted.spec.__class__(**json.loads(fitted.spec.to_json())), fitted.vae, fitted.head)
     stored = {name: np.asarray(v) for name, v in detector.spec.calibration_scores.items()}
-    assert set(S.SCORE_NAMES) <= set(stored) and all(len(v) == 30 for v in stored.values())
+    assert set(S.SCORE_NAMES) - set(S.LINEAR_SCORES) <= set(stored) and all(len(v) == 30 for v in stored.values())
+    assert "linear_max" not in stored  # fitted by hand: no linear level, no score of it
     for score, alpha in (("fused", 0.2), ("neg_iwae", 0.1), ("map_topk", 0.05)):
         detector.set_decision(score=score, alpha=alpha)
         assert detector.threshold_ == conformal_threshold(stored[score], alpha)

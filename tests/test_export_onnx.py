@@ -10,7 +10,7 @@ from pipeline.data.datasets import load_images
 from pipeline.data.layout import scan_test
 from pipeline.detector import AnomalyDetector
 from pipeline.export.onnx import OnnxDetector
-from pipeline.scoring.scores import BASE_SCORES, FUSED
+from pipeline.scoring.scores import BASE_SCORES, FUSED, LINEAR_SCORES
 
 
 def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, capsys):
@@ -21,8 +21,9 @@ def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, c
     assert summary["max_abs_score_diff"] < 1e-2 and summary["max_abs_map_diff"] < 1e-4  # its own check on random images
     torch_detector = AnomalyDetector.load(trained.detector_dir)
     restorer = ["restorer.onnx"] if torch_detector.spec.reconstruction == "local" else []  # the two-level VAE's
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["decoder.onnx", "detector.json", "encoder.onnx",
-                                                                    "head.onnx", *restorer]
+    linear = ["linear.onnx"] if torch_detector.spec.linear else []  # where the fit kept the linear level
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == sorted(
+        ["decoder.onnx", "detector.json", "encoder.onnx", "head.onnx", *restorer, *linear])
 
     exported = OnnxDetector(tmp_path / "onnx")
     assert exported.spec.calibration_scores == torch_detector.spec.calibration_scores
@@ -30,8 +31,10 @@ def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, c
     expected = torch_detector.score(images, keep=("map", "reconstruction"))
     got = exported.score(images.numpy())
     np.testing.assert_allclose(got["reconstruction"], expected["reconstruction"], rtol=1e-4, atol=1e-5)
-    for name in BASE_SCORES:
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name in (*BASE_SCORES, *LINEAR_SCORES):
+        assert (name in got) == (name in expected), name
+        if name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
     # The fused score standardizes logit(map_max) by its spread on 4 selection images: float rounding of a
     # probability near 0 is magnified there, so it agrees to a few thousandths (of a range of about 30).
     np.testing.assert_allclose(got[FUSED], expected[FUSED], rtol=1e-4, atol=5e-3)

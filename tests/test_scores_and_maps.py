@@ -13,7 +13,8 @@ from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.aupro import aupro
 from pipeline.scoring.evaluate import detection_at_alphas, detection_metric_names
-from pipeline.scoring.fusion import fit_standardization, keep_components
+from pipeline.models.linear import LinearLevel
+from pipeline.scoring.fusion import fit_standardization, keep_components, keep_if_it_helps
 from pipeline.detector import fitting
 from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, conformal_threshold,
@@ -255,6 +256,43 @@ def test_the_elbo_is_kept_only_where_the_global_level_draws_the_part():
     assert keep_components(both, 0.87, 0.5) == ["map_max"]    # a flat blur: the ELBO measures brightness
     assert keep_components(both, 0.87, None) == both          # the rule switched off
     assert keep_components(["neg_elbo_mean"], 0.9, 0.5) == ["neg_elbo_mean"]  # never the last component
+
+
+def test_a_candidate_component_joins_the_fused_score_only_where_the_validation_shows_it_helps():
+    """keep_if_it_helps: the map sees half of the validation anomalies; a candidate that sees the other half raises
+    the fused AUROC and is kept, one that is noise lowers it and is left out; with no base it is kept as it is."""
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(100, int), np.ones(100, int)]
+    seen_by_map = np.r_[np.zeros(100, bool), np.ones(50, bool), np.zeros(50, bool)]
+    scores = {"map_max": rng.normal(0, 1, 200) + 4 * seen_by_map,
+              "linear_max": rng.normal(0, 1, 200) + 4 * (truth.astype(bool) & ~seen_by_map),
+              "noise": rng.normal(0, 1, 200)}
+    params = {name: {"transform": "log", "center": 0.0, "scale": 1.0} for name in scores}
+    positive = {name: np.exp(values) for name, values in scores.items()}  # the log transform gives them back
+    kept, gains = keep_if_it_helps(["map_max"], ["linear_max"], params, positive, truth, 0.01)
+    assert kept == ["map_max", "linear_max"] and gains["linear_max"] > 0.1
+    kept, gains = keep_if_it_helps(["map_max"], ["noise"], params, positive, truth, 0.01)
+    assert kept == ["map_max"] and gains["noise"] < 0.01
+    assert keep_if_it_helps([], ["noise"], params, positive, truth, 0.01)[0] == ["noise"]
+    one_class = {name: values[:100] for name, values in positive.items()}  # no anomaly drawn: nothing to measure
+    assert keep_if_it_helps(["map_max"], ["linear_max"], params, one_class, truth[:100], 0.0) == (["map_max"], {})
+
+
+def test_the_linear_level_keeps_the_normal_subspace_and_leaves_a_defect_in_the_residual():
+    """Normal images that are mixtures of three patterns: the level keeps about three components, projects each normal
+    image back onto itself, and leaves a bright spot (not in their span) in the residual; its maximum is linear_max."""
+    rng = np.random.default_rng(0)
+    patterns = torch.from_numpy(rng.uniform(0, 1, (3, 1, 16, 16)).astype(np.float32))
+    weights = torch.from_numpy(rng.dirichlet(np.ones(3), 60).astype(np.float32))
+    normal = torch.einsum("nk,kchw->nchw", weights, patterns)
+    level = LinearLevel.fit(normal, 0.99)
+    assert level.n_components <= 3 and level.explained_variance_ >= 0.99
+    assert float((level(normal) - normal).abs().max()) < 1e-4
+    defect = normal[:1].clone()
+    defect[0, 0, 5:8, 5:8] = 1.0
+    assert float(M.residual_map(defect, level(defect)).amax()) > 100 * float(M.residual_map(normal, level(normal)).amax())
+    with pytest.raises(ValueError, match="at least 2 normal images that differ"):
+        LinearLevel.fit(normal[:1].expand(5, -1, -1, -1), 0.95)
 
 
 def test_the_image_score_takes_the_learned_maps_maximum_at_its_own_scale(net):

@@ -179,6 +179,8 @@ def network_calls(detector: AnomalyDetector, images: torch.Tensor, batch: int) -
         modules["local level"] = detector.vae.local.encoder
     if detector.head is not None:
         modules["learned map"] = detector.head
+    if detector.linear is not None:
+        modules["linear level"] = detector.linear
     for name, module in modules.items():
         hooks.append(module.register_forward_hook(
             lambda mod, args, out, name=name: counts.update({name: int(args[0].shape[0])})))
@@ -199,6 +201,8 @@ def bare_forward(detector: AnomalyDetector, images: torch.Tensor, batch: int) ->
             x_hat = restore(detector.vae, x, mu, detector.vae.decode(mu))  # the local level's, where there is one
             if detector.head is not None:
                 detector.head(x, x_hat)
+            if detector.linear is not None:
+                detector.linear(x)
 
 
 def _median_rate(n: int, runs: list[tuple[float, float]]) -> dict:

@@ -2,8 +2,9 @@
 
 Always: encode, decode the posterior mean (the reconstruction), the configured anomaly map (the learned
 map: one call of the head; or a reconstruction map), and the scores that follow from these for free
-(BASE_SCORES). Only when asked for: the K Monte Carlo decodes of neg_elbo / neg_iwae, the MSGMS
-structure score, and other map kinds ('map.<kind>', for comparisons).
+(BASE_SCORES); where the detector kept a linear level, its projection's residual maximum (LINEAR_SCORES).
+Only when asked for: the K Monte Carlo decodes of neg_elbo / neg_iwae, the MSGMS structure score, and other
+map kinds ('map.<kind>', for comparisons).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from pipeline.data.filters import gaussian_blur
 from pipeline.models.head import AnomalyHead
+from pipeline.models.linear import LinearLevel
 from pipeline.models.two_level import restore
 from pipeline.models.vae import ConvAutoencoder
 from pipeline.scoring import maps as M
@@ -26,13 +28,15 @@ class BatchComputer:
     """Computes a batch's reconstruction, map and scores for fixed networks and settings (`detect`)."""
 
     def __init__(self, vae: ConvAutoencoder, head: AnomalyHead | None, detect: dict, recon_loss: str,
-                 map_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], eps: torch.Tensor):
+                 map_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], eps: torch.Tensor,
+                 linear: LinearLevel | None = None):
         if detect["map"] not in MAP_KINDS:
             raise ValueError(f"detect.map must be one of {MAP_KINDS}, got {detect['map']!r}")
         if detect["map"] == HEAD_MAP and head is None:
             raise ValueError("detect.map=head needs the learned anomaly map (head.enabled=true)")
         self.vae, self.head, self.detect, self.recon_loss = vae, head, detect, recon_loss
         self.map_statistics, self.eps = map_statistics, eps  # eps: (K, L) shared Monte Carlo draws
+        self.linear = linear
 
     def head_map(self, x: torch.Tensor, x_hat: torch.Tensor, computed: dict[str, torch.Tensor]) -> torch.Tensor:
         """Smoothed probability that each pixel is anomalous, (B, S, S); the unsmoothed one is kept in `computed`."""
@@ -65,7 +69,8 @@ class BatchComputer:
     @torch.no_grad()  # not inference_mode: the gradient maps re-enable autograd locally
     def __call__(self, x: torch.Tensor, extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """x (B, C, S, S) in [0, 1] -> 'reconstruction' (B, C, S, S), 'mu' (B, L), 'map' (B, S, S), every
-        BASE_SCORES score (B,), and each requested extra: a score name or 'map.<kind>'."""
+        BASE_SCORES score (B,), 'linear_max' (B,) with a linear level, and each requested extra: a score name or
+        'map.<kind>'."""
         logits, mu, log_var = S.posterior_mean(self.vae, x)
         x_hat = restore(self.vae, x, mu, logits)  # the two-level VAE's restoration, else sigmoid(logits)
         computed: dict[str, torch.Tensor] = {}
@@ -76,6 +81,9 @@ class BatchComputer:
         scored = self.score_map(out["map"], computed)
         out["map_max"] = S.map_max(scored)
         out["map_topk"] = S.map_topk(scored, self.detect["topk_fraction"])
+        if self.linear is not None:
+            residual = M.residual_map(x, self.linear(x))
+            out["linear_max"] = S.map_max(gaussian_blur(residual, self.detect["map_sigma"]))
         if any(name in S.MONTE_CARLO_SCORES for name in extra):
             out.update({k: v for k, v in S.likelihood_scores(self.vae, x, mu, log_var, self.eps.to(x.device),
                                                              self.recon_loss).items() if k != "kl"})

@@ -6,7 +6,8 @@ the fitted state (names ending in '_'); `score` gives every requested per-image 
 (PyOD's convention). A detector is saved and loaded whole, as one folder, atomically:
 
     detector.json   the DetectorSpec: preprocessing, settings fixed at training, fitted state, the decision
-    weights.pt      both networks' state_dicts ('vae.*', 'head.*'), loaded with torch.load(weights_only=True)
+    weights.pt      the networks' state_dicts ('vae.*', 'head.*', and 'linear.*' where the fit kept the linear
+                    level), loaded with torch.load(weights_only=True)
 
 For small normal sets (data.split.scheme=cross) the detector holds K member detectors, one per calibration fold
 (`members`; detector/ensemble.py): every score is their cross-conformal rank score; one detector.json keeps the
@@ -34,6 +35,7 @@ from pipeline.detector.spec import DETECTOR_FILE, WEIGHTS_FILE, DetectorSpec
 from pipeline.models.cvae import conditioned
 from pipeline.models.factory import build_network
 from pipeline.models.head import AnomalyHead
+from pipeline.models.linear import LinearLevel
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
@@ -46,9 +48,9 @@ def check_settings(spec: DetectorSpec) -> None:
         raise ValueError(f"detect.map must be one of {MAP_KINDS}, got {detect['map']!r}")
     if detect["map"] == HEAD_MAP and not spec.head:
         raise ValueError("detect.map=head needs the learned anomaly map: set head.enabled=true or another detect.map")
-    unknown = [c for c in detect["components"] if c not in S.BASE_SCORES]
+    unknown = [c for c in detect["components"] if c not in S.COMPONENTS]
     if unknown or not detect["components"]:
-        raise ValueError(f"detect.components must be a non-empty list of {S.BASE_SCORES}, got {list(detect['components'])}")
+        raise ValueError(f"detect.components must be a non-empty list of {S.COMPONENTS}, got {list(detect['components'])}")
     if spec.score not in S.SCORE_NAMES:
         raise ValueError(f"score.score must be one of {S.SCORE_NAMES}, got {spec.score!r}")
 
@@ -66,7 +68,7 @@ class AnomalyDetector:
         if spec.scheme == "cross":
             self.members = [AnomalyDetector(DetectorSpec(**member)) for member in spec.members]
             # what shows one network (review panels' latent maps, export, reports) shows member 1's
-            self.vae, self.head = self.members[0].vae, self.members[0].head
+            self.vae, self.head, self.linear = self.members[0].vae, self.members[0].head, None
             return
         self.vae = vae if vae is not None else build_network(
             m["kind"], spec.in_channels, spec.image_size, m["latent_dim"], m["hidden_channels"], m["latent_layout"],
@@ -76,6 +78,7 @@ class AnomalyDetector:
             spec.in_channels, spec.head["widths"], bool(spec.head.get("channels_last", False)))
         if spec.reconstruction == "global" and getattr(self.vae, "local", None) is not None:
             self.vae.local = None  # the fit chose the global level's reconstruction: the local level was not trained
+        self.linear = LinearLevel(spec.linear["n_features"], spec.linear["n_components"]) if spec.linear else None
         self.eval()
 
     @classmethod
@@ -123,7 +126,7 @@ class AnomalyDetector:
     def networks(self) -> list[torch.nn.Module]:
         if self.members:
             return [net for member in self.members for net in member.networks()]
-        return [net for net in (self.vae, self.head) if net is not None]
+        return [net for net in (self.vae, self.head, self.linear) if net is not None]
 
     def eval(self) -> "AnomalyDetector":
         for net in self.networks():
@@ -146,7 +149,7 @@ class AnomalyDetector:
         eps = torch.randn(self.spec.detect["mc_samples"], self.vae.latent_size,
                           generator=torch.Generator().manual_seed(int(self.spec.extra.get("seed", 0))))
         return BatchComputer(self.vae, self.head, self.spec.detect, self.spec.model["recon_loss"],
-                             M.statistics_tensors(self.spec.map_statistics), eps)
+                             M.statistics_tensors(self.spec.map_statistics), eps, self.linear)
 
     # ---- scoring ---------------------------------------------------------------------------------------------
     def score_batch(self, x: torch.Tensor, labels: torch.Tensor | None = None, extra: tuple[str, ...] = (),
@@ -240,8 +243,9 @@ class AnomalyDetector:
             return {f"member{k}.{key}": value for k, member in enumerate(self.members)
                     for key, value in member.state_dict().items()}
         state = {f"vae.{k}": v.detach().cpu() for k, v in self.vae.state_dict().items()}
-        if self.head is not None:
-            state.update({f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()})
+        for name, net in (("head", self.head), ("linear", self.linear)):
+            if net is not None:
+                state.update({f"{name}.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
         return state
 
     def save(self, folder: Path | str) -> Path:
@@ -293,8 +297,9 @@ class AnomalyDetector:
                 member.load_state_dict({key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)})
             return
         self.vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
-        if self.head is not None:
-            self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        for name, net in (("head", self.head), ("linear", self.linear)):
+            if net is not None:
+                net.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")})
 
 
 def verify_weights(folder: Path | str, recorded_sha256: str | None, expected_sha256: str | None = None) -> None:

@@ -45,9 +45,12 @@ def fold_tables(members: list[DetectorSpec]) -> dict[str, list[X.FoldTable]]:
 def combine_outputs(outputs: list[dict[str, torch.Tensor]], tables: dict[str, list[X.FoldTable]]
                     ) -> dict[str, torch.Tensor]:
     """The members' outputs of one batch as one: a calibrated score as its rank score, maps and reconstructions
-    averaged, any other score averaged (no calibration to rank it against), other tensors from member 1."""
+    averaged, any other score averaged (no calibration to rank it against), other tensors from member 1. A score only
+    some members compute (linear_max, where only their fits kept the linear level) is left out."""
     first, combined = outputs[0], {}
     for key, value in first.items():
+        if any(key not in out for out in outputs[1:]):
+            continue
         parts = [out[key] for out in outputs]
         if key in tables:
             rank = X.rank_scores([p.detach().double().cpu().numpy() for p in parts], tables[key])

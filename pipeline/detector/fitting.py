@@ -3,10 +3,11 @@
   1. training images    train the VAE's global level (early stopping on the selection images); where it draws a
                         blur of the selection images, train its local level to restore (choose_reconstruction);
                         then the learned map on synthetic anomalies; fit the per-pixel statistics of the
-                        reconstruction maps
-  2. selection images   choose the reconstruction and the fused components (the global level's detail, label-free),
-                        standardize the components; validate on anomalies of a kind neither network trained on
-                        (leave-one-kind-out): the numbers go to the run, nothing is tuned on the calibration images
+                        reconstruction maps; fit the linear level (the training images' principal subspace)
+  2. selection images   choose the reconstruction and the fused components (the global level's detail; whether the
+                        linear level helps on anomalies of a kind neither network trained on: label-free),
+                        standardize the components; validate on those anomalies (leave-one-kind-out): the numbers
+                        go to the run, nothing is tuned on the calibration images
   3. calibration images score them once, with every setting fixed: the calibration scores of every score,
                         the pixel threshold, the drift reference
 
@@ -25,12 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.synthesis.nuisance import NuisanceTransform
+from pipeline.models.linear import LinearLevel
 from pipeline.detector import ensemble as E
 from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import image_statistics
-from pipeline.scoring.fusion import fit_standardization, keep_components
+from pipeline.scoring.fusion import fit_standardization, fuse, keep_components, keep_if_it_helps
 from pipeline.scoring.threshold import pixel_threshold
 from pipeline.training.fit import (FitReport, fit_head, fit_local, fit_vae, global_detail_ratio, head_synthesizers,
                                    nuisance_transform, validation_set)
@@ -149,30 +151,68 @@ def component_transforms(components: list[str], map_kind: str) -> dict[str, str]
     return {c: "logit" if probability and c in ("map_max", "map_topk") else "log" for c in components}
 
 
-def fit_components(detector, selection: dict) -> None:
+def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
+    """Step 1's last fit: the linear level (models/linear.py) on the training images, where `detect.components`
+    names its score; fit_components then keeps it only where the validation shows it helps."""
+    spec = detector.spec
+    if not set(S.LINEAR_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False):
+        return
+    try:
+        level = LinearLevel.fit(train_images, float(spec.detect["linear_variance"]), seed)
+    except ValueError as error:
+        log.warning("no linear level: %s", error)
+        return
+    detector.linear = level
+    spec.linear = {"n_features": int(level.mean.numel()), "n_components": level.n_components,
+                   "explained_variance": round(level.explained_variance_, 4)}
+
+
+def fit_components(detector, selection: dict, draw: dict | None) -> None:
     """Standardize the fused components on the selection images, keeping the ELBO only where the global level draws
-    the part (scoring/fusion.py: keep_components); what was kept goes to `spec.validation`."""
+    the part (scoring/fusion.py: keep_components) and the linear level's score only where the label-free validation
+    `draw` shows it helps (keep_if_it_helps; without a validation draw, not at all). What was kept and each
+    candidate's gain go to `spec.validation`; a linear level left out is neither kept nor saved."""
     spec = detector.spec
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
                            spec.model.get("global_detail_limit"))
-    spec.standardization = fit_standardization(selection, component_transforms(kept, spec.detect["map"]))
+    base = [c for c in kept if c not in S.LINEAR_SCORES]
+    candidates = [c for c in kept if c in S.LINEAR_SCORES and c in selection]
+    transforms = component_transforms([*base, *candidates], spec.detect["map"])
+    standardization = fit_standardization(selection, transforms)
+    if draw is not None:
+        kept, gains = keep_if_it_helps(base, candidates, standardization, draw["out"], draw["truth"],
+                                       float(spec.detect["component_min_gain"]))
+        spec.validation.update({f"gain.{name}": round(gain, 4) for name, gain in gains.items()})
+    else:
+        kept = base or candidates
+    if not set(kept) & set(S.LINEAR_SCORES) and detector.linear is not None:
+        log.info("the linear level does not help the fused score on the validation images: left out")
+        detector.linear, spec.linear = None, None
+    spec.standardization = {name: standardization[name] for name in kept}
     spec.validation["fused_components"] = kept
 
 
-def validate(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
-    """Image AUROC of every component and of the fused score, and pixel AUROC of the map, on the selection
-    images with anomalies of the held-out kind (the same draw as the learned map's validation)."""
-    train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
+def validation_draw(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
+    """The selection images with anomalies of the held-out kind (the same draw as the learned map's validation),
+    scored by every component: what chooses the fused components and what `validate` reports."""
+    _, validation_synth = head_synthesizers(head_cfg.synthesis)
     images, masks = validation_set(validation_synth, datamodule.selection_images, datamodule.train_images, seed + 1)
-    labels = getattr(datamodule, "selection_labels", None)
-    out = detector.score(images, labels, batch_size, keep=("map", "reconstruction"))
-    truth = masks.flatten(1).amax(dim=1).numpy().astype(int)
-    names = [*detector.spec.standardization, S.FUSED]
-    result = {"kind": str(head_cfg.synthesis.validation_kind), "n_images": int(len(truth)),
-              "n_anomalous": int(truth.sum()),
+    out = detector.score(images, getattr(datamodule, "selection_labels", None), batch_size,
+                         keep=("map", "reconstruction"))
+    return {"kind": str(head_cfg.synthesis.validation_kind), "images": images, "masks": masks, "out": out,
+            "truth": masks.flatten(1).amax(dim=1).numpy().astype(int)}
+
+
+def validate(detector, datamodule, draw: dict) -> dict:
+    """Image AUROC of every kept component and of the fused score, and pixel AUROC of the map, on the validation
+    draw; the restoration check."""
+    out, truth, masks = draw["out"], draw["truth"], draw["masks"]
+    standardization = detector.spec.standardization
+    scores = {**{name: out[name] for name in standardization}, S.FUSED: fuse(out, standardization)}
+    result = {"kind": draw["kind"], "n_images": int(len(truth)), "n_anomalous": int(truth.sum()),
               "pixel_auroc": MET.pixel_auroc(list(masks[:, 0].numpy() > 0.5), list(out["map"])),
-              **{f"image_auroc.{name}": MET.image_auroc(truth, out[name]) for name in names},
-              **restoration_check(datamodule.selection_images.numpy(), images.numpy(), masks.numpy() > 0.5,
+              **{f"image_auroc.{name}": MET.image_auroc(truth, values) for name, values in scores.items()},
+              **restoration_check(datamodule.selection_images.numpy(), draw["images"].numpy(), masks.numpy() > 0.5,
                                   out["reconstruction"])}
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
 
@@ -209,11 +249,13 @@ def calibrate(detector, images: torch.Tensor, labels: torch.Tensor | None, batch
 def fit_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> None:
     """Steps 1 (statistics), 2 and 3 on rank 0, after the networks are trained."""
     fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
+    fit_linear_level(detector, datamodule.train_images, seed)
     selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
                                keep=())
-    fit_components(detector, selection)
-    if detector.head is not None:
-        detector.spec.validation.update(validate(detector, datamodule, head_cfg, batch_size, seed))
+    draw = validation_draw(detector, datamodule, head_cfg, batch_size, seed) if detector.head is not None else None
+    fit_components(detector, selection, draw)
+    if draw is not None:
+        detector.spec.validation.update(validate(detector, datamodule, draw))
     calibrate(detector, datamodule.calibration_images, getattr(datamodule, "calibration_labels", None), batch_size)
     sizes = datamodule.sizes
     detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,

@@ -35,6 +35,8 @@ class DetectorSpec:
     model: dict = field(default_factory=dict)    # conf/model at training: kind, latent_dim, layout, beta, ...
     head: dict | None = None                     # conf/head at training (widths, ...); None = no learned map
     categories: list[str] | None = None          # conditional models: category names in label order
+    linear: dict | None = None                   # the linear level kept by the fit (models/linear.py): n_features,
+                                                 # n_components, explained_variance; None = none
     # ---- what a batch computes (conf/detect at training) -------------------------------------------
     detect: dict = field(default_factory=dict)
     # ---- fitted state ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """ONNX export of a detector's decision path, and an ONNX Runtime detector that scores exactly like it.
 
 Graphs with a dynamic batch dimension: encoder.onnx (image -> mu, log_var), decoder.onnx (code -> logits),
-restorer.onnx (image, mu -> the two-level VAE's restoration, when the network has a local level) and head.onnx
-(image, reconstruction -> per-pixel logits, when the detector has the learned map). `OnnxDetector`
+restorer.onnx (image, mu -> the two-level VAE's restoration, when the network has a local level), head.onnx
+(image, reconstruction -> per-pixel logits, when the detector has the learned map) and linear.onnx (image -> its
+projection onto the normal images' subspace, when the fit kept the linear level). `OnnxDetector`
 plugs them into the detector's own BatchComputer and decision (detector/compute.py, calibration.py), so maps,
 scores, p-values and flags come from the same code as in PyTorch. The Monte Carlo scores (neg_elbo, neg_iwae)
 need the decoder K times and are left out; the gradient maps (elbo_grad, projection) need autograd: not exported.
@@ -26,7 +27,7 @@ from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
 from pipeline.scoring.maps import statistics_tensors
 
-GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx", "restorer.onnx")
+GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx", "restorer.onnx", "linear.onnx")
 
 
 class _Encoder(nn.Module):
@@ -90,6 +91,9 @@ def export_onnx(detector: AnomalyDetector, folder: Path, opset: int) -> list[Pat
     if detector.head is not None:
         _export(detector.head, (x, x), folder / GRAPHS[2], ["image", "reconstruction"], ["logits"], opset)
         written.append(folder / GRAPHS[2])
+    if detector.linear is not None:
+        _export(detector.linear, (x,), folder / GRAPHS[4], ["image"], ["projection"], opset)
+        written.append(folder / GRAPHS[4])
     (folder / DETECTOR_FILE).write_text(spec.to_json())
     detector.eval()  # export leaves the modules in the mode it found them, the wrappers' (training) mode included
     return written
@@ -139,8 +143,10 @@ class OnnxDetector:
         self.spec = DetectorSpec.from_json((folder / DETECTOR_FILE).read_text(), str(folder / DETECTOR_FILE))
         vae = OnnxVAE(folder, self.spec.model["kind"] not in ("ae", "vqvae"))  # no Gaussian posterior
         head = OnnxHead(folder) if self.spec.head else None
+        linear = _Session(folder / GRAPHS[4]) if self.spec.linear else None
         self.computer = BatchComputer(vae, head, self.spec.detect, self.spec.model["recon_loss"],
-                                      statistics_tensors(self.spec.map_statistics), torch.zeros(0, 1))
+                                      statistics_tensors(self.spec.map_statistics), torch.zeros(0, 1),
+                                      linear and (lambda x: linear(image=x)[0]))
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images (N, C, S, S) in [0, 1] -> every base score, 'fused', 'map' (N, S, S), 'is_anomaly', 'p_value'."""

@@ -13,6 +13,8 @@ import logging
 
 import numpy as np
 
+from pipeline.scoring.metrics import image_auroc
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-6
@@ -50,6 +52,31 @@ def keep_components(components: list[str], global_detail_ratio: float | None, ma
                  "brightness and contrast, not the part, and is left out of the fused score", 100 * global_detail_ratio,
                  100 * max_ratio)
     return kept
+
+
+def keep_if_it_helps(base: list[str], candidates: list[str], standardization: dict[str, dict],
+                     validation_scores: dict[str, np.ndarray], truth: np.ndarray, min_gain: float
+                     ) -> tuple[list[str], dict[str, float]]:
+    """Which candidate components join the fused score, by the label-free validation (normal selection images and
+    synthetic anomalies of a kind no network trained on, `truth` 1 = anomalous): one by one, a candidate is kept
+    when the fused score with it ranks the validation images better by at least `min_gain` image AUROC than
+    without it. A component that adds nothing only adds its own noise to the maximum. With no base component a
+    candidate is kept as it is; with a validation of one class it is left out. Returns (the kept components, each
+    measured candidate's gain)."""
+    kept, gains = list(base), {}
+    for candidate in candidates:
+        if not kept:
+            kept.append(candidate)
+            continue
+        without = image_auroc(truth, fuse(validation_scores, {c: standardization[c] for c in kept}))
+        with_it = image_auroc(truth, fuse(validation_scores, {c: standardization[c] for c in [*kept, candidate]}))
+        if without is None or with_it is None:  # a validation of one class shows nothing: keep what the base has
+            log.warning("the validation images are all normal or all anomalous: '%s' is left out", candidate)
+            continue
+        gains[candidate] = float(with_it - without)
+        if gains[candidate] >= min_gain:
+            kept.append(candidate)
+    return kept, gains
 
 
 def fit_standardization(selection_scores: dict[str, np.ndarray], transforms: dict[str, str]) -> dict[str, dict]:
