@@ -250,12 +250,14 @@ def test_a_fused_component_that_does_not_vary_is_warned_about(caplog):
     assert len(caplog.records) == 1 and "'map_max' barely varies" in caplog.records[0].getMessage()
 
 
-def test_the_elbo_is_kept_only_where_the_global_level_draws_the_part():
+def test_the_elbo_and_the_linear_level_are_kept_only_where_the_global_level_draws_the_part():
     both = ["map_max", "neg_elbo_mean"]
     assert keep_components(both, 0.15, 0.5) == both           # the part is drawn: the ELBO describes it
     assert keep_components(both, 0.87, 0.5) == ["map_max"]    # a flat blur: the ELBO measures brightness
     assert keep_components(both, 0.87, None) == both          # the rule switched off
     assert keep_components(["neg_elbo_mean"], 0.9, 0.5) == ["neg_elbo_mean"]  # never the last component
+    three = [*both, "linear_max"]  # the linear level models the whole part too: a texture leaves it out as well
+    assert keep_components(three, 0.15, 0.5) == three and keep_components(three, 0.87, 0.5) == ["map_max"]
 
 
 def test_a_candidate_component_joins_the_fused_score_only_where_the_validation_shows_it_helps():

@@ -26,8 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.synthesis.nuisance import NuisanceTransform
-from pipeline.models.linear import LinearLevel
 from pipeline.detector import ensemble as E
+from pipeline.models.linear import LinearLevel
 from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
@@ -153,9 +153,12 @@ def component_transforms(components: list[str], map_kind: str) -> dict[str, str]
 
 def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
     """Step 1's last fit: the linear level (models/linear.py) on the training images, where `detect.components`
-    names its score; fit_components then keeps it only where the validation shows it helps."""
+    names its score and the global level draws the part (keep_components); fit_components then keeps it only where
+    the validation does not get worse with it."""
     spec = detector.spec
-    if not set(S.LINEAR_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False):
+    candidates = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
+                                 spec.model.get("global_detail_limit"))
+    if not set(S.LINEAR_SCORES) & set(candidates) or getattr(detector.vae, "conditional", False):
         return
     try:
         level = LinearLevel.fit(train_images, float(spec.detect["linear_variance"]), seed)
@@ -168,9 +171,9 @@ def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
 
 
 def fit_components(detector, selection: dict, draw: dict | None) -> None:
-    """Standardize the fused components on the selection images, keeping the ELBO only where the global level draws
-    the part (scoring/fusion.py: keep_components) and the linear level's score only where the label-free validation
-    `draw` shows it helps (keep_if_it_helps; without a validation draw, not at all). What was kept and each
+    """Standardize the fused components on the selection images, keeping the ELBO and the linear level only where the
+    global level draws the part (scoring/fusion.py: keep_components), the linear level's score only where the
+    label-free validation `draw` does not get worse with it (keep_if_it_helps; without a validation draw, only as the sole component). What was kept and each
     candidate's gain go to `spec.validation`; a linear level left out is neither kept nor saved."""
     spec = detector.spec
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
@@ -186,7 +189,7 @@ def fit_components(detector, selection: dict, draw: dict | None) -> None:
     else:
         kept = base or candidates
     if not set(kept) & set(S.LINEAR_SCORES) and detector.linear is not None:
-        log.info("the linear level does not help the fused score on the validation images: left out")
+        log.info("the linear level lowers the fused score's validation AUROC: left out")
         detector.linear, spec.linear = None, None
     spec.standardization = {name: standardization[name] for name in kept}
     spec.validation["fused_components"] = kept
