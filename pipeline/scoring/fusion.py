@@ -50,8 +50,8 @@ def keep_components(components: list[str], global_detail_ratio: float | None, ma
         return list(components)
     kept = [c for c in components if c not in WHOLE_PART_COMPONENTS] or list(components)
     if len(kept) < len(components):
-        log.info("the global level misses %.0f %% of the normal images' detail (over %.0f %%): a texture, so %s "
-                 "describe(s) no part and is left out of the fused score", 100 * global_detail_ratio, 100 * max_ratio,
+        log.info("the global level misses %.0f %% of the normal images' detail (over %.0f %%): a texture, with no "
+                 "whole part to model; left out of the fused score: %s", 100 * global_detail_ratio, 100 * max_ratio,
                  ", ".join(c for c in components if c not in kept))
     return kept
 
