@@ -32,7 +32,7 @@ from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import image_statistics
-from pipeline.scoring.fusion import fit_standardization, fuse, keep_components, keep_if_it_helps
+from pipeline.scoring.fusion import draws_the_part, fit_standardization, fuse, keep_components, keep_if_it_helps
 from pipeline.scoring.threshold import pixel_threshold
 from pipeline.training.fit import (FitReport, fit_head, fit_local, fit_vae, global_detail_ratio, head_synthesizers,
                                    nuisance_transform, validation_set)
@@ -153,12 +153,12 @@ def component_transforms(components: list[str], map_kind: str) -> dict[str, str]
 
 def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
     """Step 1's last fit: the linear level (models/linear.py) on the training images, where `detect.components`
-    names its score and the global level draws the part (keep_components); fit_components then keeps it only where
+    names its score and the global level draws the part (draws_the_part); fit_components then keeps it only where
     the validation does not get worse with it."""
     spec = detector.spec
-    candidates = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
-                                 spec.model.get("global_detail_limit"))
-    if not set(S.LINEAR_SCORES) & set(candidates) or getattr(detector.vae, "conditional", False):
+    if (not set(S.LINEAR_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False)
+            or not draws_the_part(spec.validation.get("global_detail_error_ratio"),
+                                  spec.model.get("global_detail_limit"))):
         return
     try:
         level = LinearLevel.fit(train_images, float(spec.detect["linear_variance"]), seed)

@@ -39,14 +39,20 @@ ELBO_COMPONENT = "neg_elbo_mean"
 WHOLE_PART_COMPONENTS = (ELBO_COMPONENT, "linear_max")  # models of the whole part, left out where it is a texture
 
 
+def draws_the_part(global_detail_ratio: float | None, max_ratio: float | None) -> bool:
+    """Whether the global level draws the part: its reconstruction of normal images misses at most `max_ratio` of
+    their own detail (mean |x_hat - x| / mean |x - mean x|; a flat blur gives about 1). None: not measured, or the
+    rule switched off, counts as drawn."""
+    return max_ratio is None or global_detail_ratio is None or global_detail_ratio <= max_ratio
+
+
 def keep_components(components: list[str], global_detail_ratio: float | None, max_ratio: float | None) -> list[str]:
     """The fused components worth keeping. The ELBO and the linear level describe the whole part, and the part only
-    as well as the global level draws it: where its reconstruction of normal images misses more than `max_ratio` of
-    their own detail (mean |x_hat - x| / mean |x - mean x|; a flat blur gives about 1), the image is a texture: the
-    ELBO measures its brightness and contrast, and the linear level's residual grows with any shift, rescaling or
+    as well as the global level draws it (draws_the_part): where it does not, the image is a texture: the ELBO
+    measures its brightness and contrast, and the linear level's residual grows with any shift, rescaling or
     relighting of the whole image, which the local level and the map are taught to take as normal. Both are then
-    dropped. A component is never dropped when it is the only one; a None keeps every component."""
-    if max_ratio is None or global_detail_ratio is None or global_detail_ratio <= max_ratio:
+    dropped. A component is never dropped when it is the only one."""
+    if draws_the_part(global_detail_ratio, max_ratio):
         return list(components)
     kept = [c for c in components if c not in WHOLE_PART_COMPONENTS] or list(components)
     if len(kept) < len(components):
@@ -62,9 +68,9 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
     """Which candidate components join the fused score, by the label-free validation (normal selection images and
     synthetic anomalies of a kind no network trained on, `truth` 1 = anomalous): one by one, a candidate is kept
     when the fused score with it ranks the validation images at least `min_gain` image AUROC better than without
-    it (min_gain 0: unless it ranks them worse). A component that adds nothing only adds its own noise to the maximum. With no base component a
-    candidate is kept as it is; with a validation of one class it is left out. Returns (the kept components, each
-    measured candidate's gain)."""
+    it (min_gain 0: unless it ranks them worse). A component that adds nothing only adds its own noise to the
+    maximum. With no base component a candidate is kept as it is; with a validation of one class it is left out.
+    Returns (the kept components, each measured candidate's gain)."""
     kept, gains = list(base), {}
     for candidate in candidates:
         if not kept:

@@ -19,39 +19,38 @@ import torch
 
 from pipeline.config import compose
 from pipeline.data.conditional import build_datamodule
-from pipeline.data.filters import gaussian_blur
 from pipeline.detector import AnomalyDetector
+from pipeline.detector import fitting
 from pipeline.models.linear import LinearLevel
-from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
-from pipeline.scoring.fusion import standardize, transform
+from pipeline.scoring.fusion import fit_standardization, fuse
 from pipeline.scoring.threshold import conformal_threshold
 from pipeline.training.fit import head_synthesizers, validation_set
 
 sys.path.insert(0, str(Path(__file__).parent))
 from detection import load_split  # noqa: E402
 
-COMBINATIONS = {"map+elbo": ["map", "elbo"], "map+linear": ["map", "linear"], "map+elbo+linear": ["map", "elbo", "linear"],
-                "map+elbo+residual": ["map", "elbo", "residual"], "map+elbo+residual_z": ["map", "elbo", "residual_z"]}
+COMBINATIONS = {"map+elbo": ["map_max", "neg_elbo_mean"], "map+linear": ["map_max", "linear_max"],
+                "map+elbo+linear": ["map_max", "neg_elbo_mean", "linear_max"],
+                "map+elbo+residual": ["map_max", "neg_elbo_mean", "residual"],
+                "map+elbo+residual_z": ["map_max", "neg_elbo_mean", "residual_z"]}
+MAPS = ("residual", "residual_z", "msgms")  # the reconstruction maps, as the product smooths and standardizes them
 
 
 @torch.no_grad()
-def components(detector: AnomalyDetector, linear: LinearLevel, images: torch.Tensor, sigma: float = 2.0,
-               batch: int = 64) -> dict[str, np.ndarray]:
+def components(detector: AnomalyDetector, linear: LinearLevel, images: torch.Tensor, batch: int = 64
+               ) -> dict[str, np.ndarray]:
+    """The detector's own batch computation with `linear` as its linear level: map_max (the raw learned map's
+    maximum at score_sigma 0), neg_elbo_mean, linear_max, and the maximum of each reconstruction map."""
     computer = detector.computer()
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("map", "elbo", "residual", "residual_z", "msgms", "linear")}
+    computer.linear = linear
+    out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch):
-        x = images[start:start + batch]
-        scored = computer(x)
-        x_hat = scored["reconstruction"]
-        out["map"].append(torch.sigmoid(detector.head(x, x_hat))[:, 0].flatten(1).amax(1))
-        out["elbo"].append(scored["neg_elbo_mean"])
-        residual = gaussian_blur(M.residual_map(x, x_hat), sigma)
-        out["residual"].append(residual.flatten(1).amax(1))
-        mean, std = computer.map_statistics["residual"]
-        out["residual_z"].append(M.standardize_map(residual, mean, std, 0.1).flatten(1).amax(1))
-        out["msgms"].append(gaussian_blur(M.msgms_map(x, x_hat), sigma).flatten(1).amax(1))
-        out["linear"].append(gaussian_blur(M.residual_map(x, linear(x)), sigma).flatten(1).amax(1))
+        scored = computer(images[start:start + batch], extra=tuple(f"map.{kind}" for kind in MAPS))
+        for name in ("map_max", "neg_elbo_mean", "linear_max"):
+            out.setdefault(name, []).append(scored[name])
+        for kind in MAPS:
+            out.setdefault(kind, []).append(scored[f"map.{kind}"].flatten(1).amax(1))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
@@ -76,14 +75,12 @@ def main(argv: list[str]) -> int:
     images, masks = validation_set(validation_synth, dm.selection_images, dm.train_images, seed + 1)
     validation, truth = components(detector, linear, images), masks.flatten(1).amax(1).numpy().astype(int)
 
-    def z(name: str, values: np.ndarray) -> np.ndarray:
-        kind = "logit" if name == "map" else "log"
-        ref = transform(parts["sel"][name], kind)
-        return standardize(values, {"transform": kind, "center": float(ref.mean()), "scale": float(ref.std()) + 1e-9})
-
+    transforms = fitting.component_transforms(list(parts["sel"]), detector.spec.detect["map"])
+    params = fit_standardization(parts["sel"], transforms)
     kinds, good = split["kinds"], split["kinds"] == "good"
     for combo, members in {**{n: [n] for n in parts["sel"]}, **COMBINATIONS}.items():
-        fused = {k: np.max([z(m, v[m]) for m in members], axis=0) for k, v in (*parts.items(), ("val", validation))}
+        chosen = {m: params[m] for m in members}
+        fused = {k: fuse(v, chosen) for k, v in (*parts.items(), ("val", validation))}
         row = f"{combo:20s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
         for alpha in (0.01, 0.05):
             flagged = fused["test"] > conformal_threshold(fused["cal"], alpha)
