@@ -1,0 +1,92 @@
+"""How much of the normal images' variance the linear level keeps, on DEV data, for a detector already trained.
+
+The linear level's residual is the image minus its projection onto the principal subspace of the training images.
+Few components leave the part's pose and shape variation in the residual of every good image; more components
+take that variation up, and what is left of a good image shrinks faster than what is left of a thin scratch
+(no training image holds one). Each `--variance` is fitted, its score (the largest sigma-2 smoothed squared
+residual, as the product computes it) fused with the learned map's maximum and the ELBO as the product fuses
+(standardized on the selection images, largest taken), and reported with its label-free validation AUROC
+(selection images with anomalies of the held-out kind), test image AUROC, and detection at alpha 0.01 / 0.05 with
+the conformal threshold of the calibration images, per defect kind. Nothing is retrained.
+
+    python scripts/studies/linear_maps.py --detector <detector dir> --root /tmp/dev/builtin/bracket
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import compose
+from pipeline.data.conditional import build_datamodule
+from pipeline.detector import AnomalyDetector
+from pipeline.models.linear import LinearLevel
+from pipeline.scoring import metrics as MET
+from pipeline.scoring.fusion import fit_standardization, fuse
+from pipeline.scoring.threshold import conformal_threshold
+from pipeline.training.fit import head_synthesizers, validation_set
+
+sys.path.insert(0, str(Path(__file__).parent))
+from detection import load_split  # noqa: E402
+
+
+@torch.no_grad()
+def scores(detector: AnomalyDetector, levels: dict[str, LinearLevel], images: torch.Tensor, batch: int = 64
+           ) -> dict[str, np.ndarray]:
+    """The detector's map_max and neg_elbo_mean, and linear_max with each of `levels` as its linear level."""
+    computer = detector.computer()
+    out: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch]
+        for name, level in levels.items():
+            computer.linear = level
+            scored = computer(x)
+            out.setdefault(name, []).append(scored["linear_max"])
+        out.setdefault("map_max", []).append(scored["map_max"])
+        out.setdefault("neg_elbo_mean", []).append(scored["neg_elbo_mean"])
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detector", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--group", default="builtin")
+    parser.add_argument("--variance", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99, 0.995])
+    args = parser.parse_args(argv)
+    detector = AnomalyDetector.load(args.detector)
+    seed = int(detector.spec.extra.get("seed", 0))
+    cfg = compose([f"data={args.group}", f"data.root={args.root}", f"seed={seed}"])
+    dm = build_datamodule(cfg, Path(args.root))
+    dm.setup("fit")
+    split = load_split(Path(args.root), cfg.data.image_size, dm.read_options)
+    levels = {f"linear@{v}": LinearLevel.fit(dm.train_images, v, 0) for v in args.variance}
+    print(f"{len(dm.train_images)} training images; components: "
+          + ", ".join(f"{k} {level.n_components}" for k, level in levels.items()))
+    _, validation_synth = head_synthesizers(cfg.head.synthesis)
+    images, masks = validation_set(validation_synth, dm.selection_images, dm.train_images, seed + 1)
+    truth = masks.flatten(1).amax(1).numpy().astype(int)
+    parts = {name: scores(detector, levels, x) for name, x in
+             (("sel", dm.selection_images), ("cal", dm.calibration_images), ("test", split["images"]), ("val", images))}
+    kinds, good = split["kinds"], split["kinds"] == "good"
+    rows = {"map+elbo": ["map_max", "neg_elbo_mean"], **{k: [k] for k in levels},
+            **{f"map+elbo+{k}": ["map_max", "neg_elbo_mean", k] for k in levels}}
+    for combo, members in rows.items():
+        params = fit_standardization(parts["sel"], {m: "logit" if m == "map_max" else "log" for m in members})
+        fused = {k: fuse(v, params) for k, v in parts.items()}
+        row = f"{combo:24s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
+        for alpha in (0.01, 0.05):
+            flagged = fused["test"] > conformal_threshold(fused["cal"], alpha)
+            row += f" | @{alpha} detection {flagged[~good].mean():.3f} false alarms {flagged[good].mean():.3f}"
+        flagged = fused["test"] > conformal_threshold(fused["cal"], 0.01)
+        row += " | " + " ".join(f"{k} {flagged[kinds == k].mean():.2f}" for k in sorted(set(kinds)) if k != "good")
+        print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
