@@ -43,6 +43,9 @@ def test_score_and_inspect_give_the_same_scores_maps_and_decisions(trained, tmp_
         np.testing.assert_allclose(by_inspect[column], by_score[column], rtol=1e-6, atol=1e-7, err_msg=column)
     assert (by_inspect["is_anomaly"] == by_score["is_anomaly"]).all() and by_score["is_anomaly"].any()
     batch = tmp_path / "inspection" / "batches" / inspected["batches"][0]["batch_id"]
+    assert set(by_score["decided_by"]) <= {"map_max", "neg_elbo_mean", "linear_max"}  # what set each fused score
+    reviewed = json.loads((batch / "review" / "records.json").read_text())
+    assert reviewed and all(r["decided_by"] == by_score.loc[r["image_path"], "decided_by"] for r in reviewed)
     for rel in by_score.index:
         np.testing.assert_allclose(np.load(batch / "maps" / f"{rel}.npy").astype(np.float32),
                                    np.load(tmp_path / "scored" / "maps" / f"{rel}.npy").astype(np.float32),

@@ -52,6 +52,8 @@ def test_panel_shows_three_tiles_and_the_outline_colour():
                             "score 0.5 > threshold 0.25   p = 0.01   defect area 5.2 %"]  # 25 of 480 pixels
     with pytest.raises(ValueError, match="same height"):
         render_panel(image, image[:10], anomaly_map, 1.0, 0.5, text)
+    by_map = PanelText(3, "scratch_001", FLAGGED, 0.5, 0.25, 0.01, None, decided_by="linear_max")
+    assert by_map.lines()[1].startswith("score 0.5 by the linear residual > threshold 0.25")
     cannot = PanelText(1, "a", NOT_FLAGGED, 0.5, float("inf"), 1.0, None)
     assert "<= threshold inf (cannot flag)" in cannot.lines()[1] and "no pixel threshold" in cannot.lines()[1]
     thumbnail = render_thumbnail(image, anomaly_map, 1.0, 0.5, text, width=240)

@@ -14,7 +14,7 @@ from pipeline.scoring import scores as S
 from pipeline.scoring.aupro import aupro
 from pipeline.scoring.evaluate import detection_at_alphas, detection_metric_names
 from pipeline.models.linear import LinearLevel
-from pipeline.scoring.fusion import fit_standardization, keep_components, keep_if_it_helps
+from pipeline.scoring.fusion import deciding_component, fit_standardization, fuse, keep_components, keep_if_it_helps
 from pipeline.detector import fitting
 from pipeline.detector.compute import MAP_KINDS
 from pipeline.scoring.threshold import (benjamini_hochberg, conformal_p_values, conformal_threshold,
@@ -248,6 +248,19 @@ def test_a_fused_component_that_does_not_vary_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.scoring.fusion"):
         fit_standardization(flat, transforms)
     assert len(caplog.records) == 1 and "'map_max' barely varies" in caplog.records[0].getMessage()
+
+
+def test_the_deciding_component_is_the_one_whose_standardized_score_is_the_fused_score():
+    rng = np.random.default_rng(1)
+    selection = {"map_max": rng.uniform(0.05, 0.3, 50), "neg_elbo_mean": rng.uniform(200, 300, 50)}
+    params = fit_standardization(selection, {"map_max": "logit", "neg_elbo_mean": "log"})
+    scored = {"map_max": np.array([0.95, 0.1, 0.2]), "neg_elbo_mean": np.array([250.0, 900.0, 240.0])}
+    decided = deciding_component(scored, params)
+    assert decided[:2].tolist() == ["map_max", "neg_elbo_mean"]  # a sure local defect; a wrong part as a whole
+    z_map = (np.log(0.2 / 0.8) - params["map_max"]["center"]) / params["map_max"]["scale"]
+    z_elbo = (np.log(240.0) - params["neg_elbo_mean"]["center"]) / params["neg_elbo_mean"]["scale"]
+    assert decided[2] == ("map_max" if z_map > z_elbo else "neg_elbo_mean")  # a normal image: the larger z
+    assert fuse(scored, params)[2] == pytest.approx(max(z_map, z_elbo))
 
 
 def test_the_elbo_and_the_linear_level_are_kept_only_where_the_global_level_draws_the_part():

@@ -88,8 +88,9 @@ def run_score(cfg: DictConfig) -> dict:
         frame.insert(0, "category", [detector.spec.categories[k] for k in frame_labels])
     scores_present = [n for n in S.SCORE_NAMES if n in frame]
     category = ["category"] if "category" in frame else []
-    atomic_write_text(out_dir / "scores.csv",
-                      frame[[*category, *COLUMNS, *scores_present, "label", "defect_type"]].to_csv(index=False))
+    decided_by = ["decided_by"] if "decided_by" in frame else []
+    atomic_write_text(out_dir / "scores.csv", frame[[*category, *COLUMNS, *scores_present, *decided_by, "label",
+                                                     "defect_type"]].to_csv(index=False))
     atomic_write_text(out_dir / "errors.csv", pd.DataFrame(scored.errors, columns=["image_path", "error"]).to_csv(index=False))
     labelled = frame["defect_type"].ne("good").any()
     metrics = evaluate(frame, samples, scored.maps, cfg.score.aupro_fpr_limit) if labelled else {"n_images": len(frame)}

@@ -26,6 +26,7 @@ from pipeline.detector import calibration as C
 from pipeline.progress import Progress
 from pipeline.scoring import scores as S
 from pipeline.scoring.drift import FEATURES, image_statistics
+from pipeline.scoring.fusion import deciding_component
 from pipeline.scoring.maps import defect_regions, resize_map
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,17 @@ def score_files(detector, samples: list[Sample], out_dir: Path, batch_size: int,
 
 def decide_frame(detector, frame: pd.DataFrame, fdr_q: float | None = None,
                  labels: np.ndarray | None = None) -> pd.DataFrame:
-    """Add the decision: score (the decision score), threshold, p_value, q_value (BH, else NaN), is_anomaly."""
-    frame = frame.copy()
-    scores = frame[detector.spec.score].to_numpy(dtype=np.float64)
+    """Add the decision: score (the decision score), threshold, p_value, q_value (BH, else NaN), is_anomaly, and
+    where the decision score is one detector's fused score, decided_by (the component that set it)."""
+    frame, spec = frame.copy(), detector.spec
+    scores = frame[spec.score].to_numpy(dtype=np.float64)
     frame["score"] = scores
-    frame["threshold"] = C.image_thresholds(detector.spec, labels, len(frame))
-    frame["p_value"] = C.p_values(detector.spec, scores, labels)
-    flags, q_values = C.decide(detector.spec, scores, labels, fdr_q)
+    if spec.score == S.FUSED and spec.standardization and not spec.members and len(frame):
+        frame["decided_by"] = deciding_component({n: frame[n].to_numpy() for n in spec.standardization},
+                                                 spec.standardization)
+    frame["threshold"] = C.image_thresholds(spec, labels, len(frame))
+    frame["p_value"] = C.p_values(spec, scores, labels)
+    flags, q_values = C.decide(spec, scores, labels, fdr_q)
     frame["q_value"] = np.nan if q_values is None else q_values
     frame["is_anomaly"] = flags
     return frame

@@ -4,7 +4,7 @@ inspection batches.
 A panel is three tiles side by side under a caption:
 
     #003 test_hole_004   FLAGGED
-    score 4.21 > threshold 2.87   p = 0.0033   defect area 3.1 %
+    score 4.21 by the learned map > threshold 2.87   p = 0.0033   defect area 3.1 %
     [ input | reconstruction | heat map + outline of the defect region ]
 
 The defect region is the set of pixels whose map value exceeds the detector's pixel threshold (a high
@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
 from pipeline.report.figures import heatmap_overlay
+from pipeline.scoring.fusion import COMPONENT_WORDS
 from pipeline.scoring.maps import defect_region
 
 OUTLINE_RGB = (255, 0, 255)  # magenta: visible on the 'jet' heat map's blues, greens and reds
@@ -43,6 +44,7 @@ class PanelText:
     p_value: float
     defect_area: float | None  # share of the image's pixels inside the defect region, None without a pixel threshold
     truth: str | None = None   # where the data has labels: 'good' or the defect type; None without labels
+    decided_by: str | None = None  # the fused component that set the score (scoring/fusion.py), None for another score
 
     @property
     def good_flagged(self) -> bool:
@@ -57,7 +59,8 @@ class PanelText:
     def relation(self) -> str:
         relation = ">" if self.score > self.threshold else "<="
         limit = "inf (cannot flag)" if not math.isfinite(self.threshold) else f"{self.threshold:.4g}"
-        return f"score {self.score:.4g} {relation} threshold {limit}"
+        by = f" by {COMPONENT_WORDS.get(self.decided_by, self.decided_by)}" if self.decided_by else ""
+        return f"score {self.score:.4g}{by} {relation} threshold {limit}"
 
     def lines(self) -> list[str]:
         area = "no pixel threshold" if self.defect_area is None else f"defect area {100 * self.defect_area:.1f} %"

@@ -47,6 +47,7 @@ class ReviewRecord:
     panel_file: str           # relative to the run's output folder
     thumbnail_file: str
     review_status: str = PENDING
+    decided_by: str | None = None  # the fused component that set the score (scores.csv 'decided_by')
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -105,7 +106,8 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
         labelled = "label" in row and not pd.isna(row["label"]) and row.get("defect_type") not in (None, "unknown")
         text = PanelText(rank_of[index], ids[index], status, float(row["score"]), float(row["threshold"]),
                          float(row["p_value"]), None if pd.isna(row["defect_area"]) else float(row["defect_area"]),
-                         str(row["defect_type"]) if labelled else None)
+                         str(row["defect_type"]) if labelled else None,
+                         str(row["decided_by"]) if isinstance(row.get("decided_by"), str) else None)
         image, recon = to_image(material.image), to_image(material.reconstruction)
         panel_file, thumbnail_file = f"{PANEL_DIR}/{key}.png", f"{THUMBNAIL_DIR}/{key}.png"
         for rel, picture in ((panel_file, render_panel(image, recon, material.map, vmax, pixel_threshold, text,
@@ -119,7 +121,7 @@ def build_review(frame: pd.DataFrame, kept: dict, audit: set[int], out_dir: Path
             rank_of[index], ids[index], key, str(row["image_path"]), status, index in audit, text.score, text.threshold,
             text.p_value, None if pd.isna(row.get("q_value", np.nan)) else float(row["q_value"]), text.defect_area,
             int(row["label"]) if labelled else None, str(row["defect_type"]) if labelled else None,
-            panel_file, thumbnail_file))
+            panel_file, thumbnail_file, decided_by=text.decided_by))
     return records
 
 

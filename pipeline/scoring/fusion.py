@@ -109,9 +109,25 @@ def standardize(scores: np.ndarray, params: dict) -> np.ndarray:
     return (transform(scores, params["transform"]) - params["center"]) / params["scale"]
 
 
-def fuse(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
-    """The largest standardized component per image, (N,)."""
+def _standardized(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
     if not standardization:
         raise ValueError("no fused components: the detector was fitted without a standardization")
-    z = [standardize(component_scores[name], params) for name, params in standardization.items()]
-    return np.max(np.stack(z), axis=0)
+    return np.stack([standardize(component_scores[name], params) for name, params in standardization.items()])
+
+
+def fuse(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
+    """The largest standardized component per image, (N,)."""
+    return np.max(_standardized(component_scores, standardization), axis=0)
+
+
+# What each component sees, in the words of the review panel ("score 4.2 > threshold 2.9, by the learned map")
+COMPONENT_WORDS = {"map_max": "the learned map", "map_topk": "the learned map", ELBO_COMPONENT: "the ELBO",
+                   "linear_max": "the linear residual"}
+
+
+def deciding_component(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
+    """Per image, the component whose standardized score is the fused score (the largest), (N,) of names: what a
+    reviewer needs to know why an image was flagged (a local defect, a wrong part as a whole, a residual the
+    linear level could not explain)."""
+    names = np.asarray(list(standardization), dtype=object)
+    return names[np.argmax(_standardized(component_scores, standardization), axis=0)]
