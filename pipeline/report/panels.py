@@ -4,7 +4,7 @@ inspection batches.
 A panel is three tiles side by side under a caption:
 
     #003 test_hole_004   FLAGGED
-    score 4.21 by the learned map > threshold 2.87   p = 0.0033   defect area 3.1 %
+    score 4.21 by the anomaly map > threshold 2.87   p = 0.0033   defect area 3.1 %
     [ input | reconstruction | heat map + outline of the defect region ]
 
 The defect region is the set of pixels whose map value exceeds the detector's pixel threshold (a high

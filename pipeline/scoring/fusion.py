@@ -120,8 +120,8 @@ def fuse(component_scores: dict[str, np.ndarray], standardization: dict[str, dic
     return np.max(_standardized(component_scores, standardization), axis=0)
 
 
-# What each component sees, in the words of the review panel ("score 4.2 > threshold 2.9, by the learned map")
-COMPONENT_WORDS = {"map_max": "the learned map", "map_topk": "the learned map", ELBO_COMPONENT: "the ELBO",
+# Each component in the words of the review panel ("score 4.2 by the anomaly map > threshold 2.9")
+COMPONENT_WORDS = {"map_max": "the anomaly map", "map_topk": "the anomaly map", ELBO_COMPONENT: "the ELBO",
                    "linear_max": "the linear residual"}
 
 
