@@ -54,40 +54,61 @@ def components(detector: AnomalyDetector, linear: LinearLevel, images: torch.Ten
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detector", required=True)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--group", default="builtin")
-    parser.add_argument("--variance", type=float, default=0.95)
-    args = parser.parse_args(argv)
-    detector = AnomalyDetector.load(args.detector)
+def dev_detector(detector_dir: str, root: str, group: str):
+    """A trained dev detector, its composed config, its datamodule (the split its training used), the test split
+    and its seed."""
+    detector = AnomalyDetector.load(detector_dir)
     seed = int(detector.spec.extra.get("seed", 0))
-    cfg = compose([f"data={args.group}", f"data.root={args.root}", f"seed={seed}"])
-    dm = build_datamodule(cfg, Path(args.root))
+    cfg = compose([f"data={group}", f"data.root={root}", f"seed={seed}"])
+    dm = build_datamodule(cfg, Path(root))
     dm.setup("fit")
-    split = load_split(Path(args.root), cfg.data.image_size, dm.read_options)
-    linear = LinearLevel.fit(dm.train_images, args.variance, 0)
-    print(f"linear level: {linear.n_components} components, {len(dm.train_images)} training images")
-    parts = {name: components(detector, linear, images) for name, images in
-             (("sel", dm.selection_images), ("cal", dm.calibration_images), ("test", split["images"]))}
+    return detector, cfg, dm, load_split(Path(root), cfg.data.image_size, dm.read_options), seed
+
+
+def validation_draw(cfg, dm, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The label-free validation as the product draws it: selection images, a share with anomalies of the
+    held-out kind, and which are anomalous."""
     _, validation_synth = head_synthesizers(cfg.head.synthesis)
     images, masks = validation_set(validation_synth, dm.selection_images, dm.train_images, seed + 1)
-    validation, truth = components(detector, linear, images), masks.flatten(1).amax(1).numpy().astype(int)
+    return images, masks.flatten(1).amax(1).numpy().astype(int)
 
-    transforms = fitting.component_transforms(list(parts["sel"]), detector.spec.detect["map"])
-    params = fit_standardization(parts["sel"], transforms)
+
+def print_fused_rows(parts: dict[str, dict[str, np.ndarray]], truth: np.ndarray, split: dict,
+                     rows: dict[str, list[str]], map_kind: str) -> None:
+    """One line per row (a set of components fused as the product fuses: standardized on parts['sel'], largest
+    taken): validation AUROC (parts['val'] against `truth`), test image AUROC, and detection / false alarms at the
+    conformal threshold of parts['cal'] for alpha 0.01 and 0.05, per defect kind at 0.01."""
+    params = fit_standardization(parts["sel"], fitting.component_transforms(list(parts["sel"]), map_kind))
     kinds, good = split["kinds"], split["kinds"] == "good"
-    for combo, members in {**{n: [n] for n in parts["sel"]}, **COMBINATIONS}.items():
+    for combo, members in rows.items():
         chosen = {m: params[m] for m in members}
-        fused = {k: fuse(v, chosen) for k, v in (*parts.items(), ("val", validation))}
-        row = f"{combo:20s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
+        fused = {k: fuse(v, chosen) for k, v in parts.items()}
+        row = f"{combo:24s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
         for alpha in (0.01, 0.05):
             flagged = fused["test"] > conformal_threshold(fused["cal"], alpha)
             row += f" | @{alpha} detection {flagged[~good].mean():.3f} false alarms {flagged[good].mean():.3f}"
         flagged = fused["test"] > conformal_threshold(fused["cal"], 0.01)
         row += " | " + " ".join(f"{k} {flagged[kinds == k].mean():.2f}" for k in sorted(set(kinds)) if k != "good")
         print(row, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detector", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--group", default="builtin")
+    parser.add_argument("--variance", type=float, default=None, help="default: detect.linear_variance")
+    args = parser.parse_args(argv)
+    detector, cfg, dm, split, seed = dev_detector(args.detector, args.root, args.group)
+    linear = LinearLevel.fit(dm.train_images, args.variance or float(cfg.detect.linear_variance), 0)
+    print(f"linear level: {linear.n_components} components, {len(dm.train_images)} training images")
+    parts = {name: components(detector, linear, images) for name, images in
+             (("sel", dm.selection_images), ("cal", dm.calibration_images), ("test", split["images"]))}
+    images, truth = validation_draw(cfg, dm, seed)
+    validation = components(detector, linear, images)
+
+    rows = {**{n: [n] for n in parts["sel"]}, **COMBINATIONS}
+    print_fused_rows({**parts, "val": validation}, truth, split, rows, detector.spec.detect["map"])
     return 0
 
 

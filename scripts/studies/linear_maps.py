@@ -21,17 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import compose
-from pipeline.data.conditional import build_datamodule
 from pipeline.detector import AnomalyDetector
 from pipeline.models.linear import LinearLevel
-from pipeline.scoring import metrics as MET
-from pipeline.scoring.fusion import fit_standardization, fuse
-from pipeline.scoring.threshold import conformal_threshold
-from pipeline.training.fit import head_synthesizers, validation_set
 
 sys.path.insert(0, str(Path(__file__).parent))
-from detection import load_split  # noqa: E402
+from components import dev_detector, print_fused_rows, validation_draw  # noqa: E402
 
 
 @torch.no_grad()
@@ -58,33 +52,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--group", default="builtin")
     parser.add_argument("--variance", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99, 0.995])
     args = parser.parse_args(argv)
-    detector = AnomalyDetector.load(args.detector)
-    seed = int(detector.spec.extra.get("seed", 0))
-    cfg = compose([f"data={args.group}", f"data.root={args.root}", f"seed={seed}"])
-    dm = build_datamodule(cfg, Path(args.root))
-    dm.setup("fit")
-    split = load_split(Path(args.root), cfg.data.image_size, dm.read_options)
+    detector, cfg, dm, split, seed = dev_detector(args.detector, args.root, args.group)
     levels = {f"linear@{v}": LinearLevel.fit(dm.train_images, v, 0) for v in args.variance}
     print(f"{len(dm.train_images)} training images; components: "
           + ", ".join(f"{k} {level.n_components}" for k, level in levels.items()))
-    _, validation_synth = head_synthesizers(cfg.head.synthesis)
-    images, masks = validation_set(validation_synth, dm.selection_images, dm.train_images, seed + 1)
-    truth = masks.flatten(1).amax(1).numpy().astype(int)
+    images, truth = validation_draw(cfg, dm, seed)
     parts = {name: scores(detector, levels, x) for name, x in
              (("sel", dm.selection_images), ("cal", dm.calibration_images), ("test", split["images"]), ("val", images))}
-    kinds, good = split["kinds"], split["kinds"] == "good"
     rows = {"map+elbo": ["map_max", "neg_elbo_mean"], **{k: [k] for k in levels},
             **{f"map+elbo+{k}": ["map_max", "neg_elbo_mean", k] for k in levels}}
-    for combo, members in rows.items():
-        params = fit_standardization(parts["sel"], {m: "logit" if m == "map_max" else "log" for m in members})
-        fused = {k: fuse(v, params) for k, v in parts.items()}
-        row = f"{combo:24s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
-        for alpha in (0.01, 0.05):
-            flagged = fused["test"] > conformal_threshold(fused["cal"], alpha)
-            row += f" | @{alpha} detection {flagged[~good].mean():.3f} false alarms {flagged[good].mean():.3f}"
-        flagged = fused["test"] > conformal_threshold(fused["cal"], 0.01)
-        row += " | " + " ".join(f"{k} {flagged[kinds == k].mean():.2f}" for k in sorted(set(kinds)) if k != "good")
-        print(row, flush=True)
+    print_fused_rows(parts, truth, split, rows, detector.spec.detect["map"])
     return 0
 
 
