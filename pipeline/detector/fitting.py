@@ -172,9 +172,10 @@ def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
 
 def fit_components(detector, selection: dict, draw: dict | None) -> None:
     """Standardize the fused components on the selection images, keeping the ELBO and the linear level only where the
-    global level draws the part (scoring/fusion.py: keep_components), the linear level's score only where the
-    label-free validation `draw` does not get worse with it (keep_if_it_helps; without a validation draw, only as the sole component). What was kept and each
-    candidate's gain go to `spec.validation`; a linear level left out is neither kept nor saved."""
+    global level draws the part (scoring/fusion.py: keep_components), the linear level's score only where it raises
+    the label-free validation `draw` by at least detect.component_min_gain (keep_if_it_helps; without a validation
+    draw, only as the sole component). What was kept and each candidate's gain go to `spec.validation`; a linear
+    level left out is neither kept nor saved."""
     spec = detector.spec
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
                            spec.model.get("global_detail_limit"))
@@ -189,7 +190,9 @@ def fit_components(detector, selection: dict, draw: dict | None) -> None:
     else:
         kept = base or candidates
     if not set(kept) & set(S.LINEAR_SCORES) and detector.linear is not None:
-        log.info("the linear level lowers the fused score's validation AUROC: left out")
+        gain = spec.validation.get("gain.linear_max")
+        log.info("the linear level does not raise the fused score's validation AUROC by %s (gain %s): left out",
+                 spec.detect["component_min_gain"], "not measured" if gain is None else f"{gain:+.4f}")
         detector.linear, spec.linear = None, None
     spec.standardization = {name: standardization[name] for name in kept}
     spec.validation["fused_components"] = kept
