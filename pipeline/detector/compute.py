@@ -24,6 +24,11 @@ GRADIENT_MAP_KINDS = ("elbo_grad", "projection")
 MAP_KINDS = (HEAD_MAP, *M.RECONSTRUCTION_MAP_KINDS, *GRADIENT_MAP_KINDS)
 
 
+def linear_max(x: torch.Tensor, level: LinearLevel, sigma: float) -> torch.Tensor:
+    """(B, C, S, S) -> (B,): the largest sigma-smoothed squared residual of each image's projection by `level`."""
+    return S.map_max(gaussian_blur(M.residual_map(x, level(x)), sigma))
+
+
 class BatchComputer:
     """Computes a batch's reconstruction, map and scores for fixed networks and settings (`detect`)."""
 
@@ -82,8 +87,7 @@ class BatchComputer:
         out["map_max"] = S.map_max(scored)
         out["map_topk"] = S.map_topk(scored, self.detect["topk_fraction"])
         if self.linear is not None:
-            residual = M.residual_map(x, self.linear(x))
-            out["linear_max"] = S.map_max(gaussian_blur(residual, self.detect["map_sigma"]))
+            out["linear_max"] = linear_max(x, self.linear, self.detect["map_sigma"])
         if any(name in S.MONTE_CARLO_SCORES for name in extra):
             out.update({k: v for k, v in S.likelihood_scores(self.vae, x, mu, log_var, self.eps.to(x.device),
                                                              self.recon_loss).items() if k != "kl"})

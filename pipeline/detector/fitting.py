@@ -154,7 +154,7 @@ def component_transforms(components: list[str], map_kind: str) -> dict[str, str]
 def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
     """Step 1's last fit: the linear level (models/linear.py) on the training images, where `detect.components`
     names its score and the global level draws the part (draws_the_part); fit_components then keeps it only where
-    the validation does not get worse with it."""
+    it raises the validation by detect.component_min_gain."""
     spec = detector.spec
     if (not set(S.LINEAR_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False)
             or not draws_the_part(spec.validation.get("global_detail_error_ratio"),

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
 from pipeline.report.figures import heatmap_overlay
-from pipeline.scoring.fusion import COMPONENT_WORDS
+from pipeline.scoring.fusion import in_words
 from pipeline.scoring.maps import defect_region
 
 OUTLINE_RGB = (255, 0, 255)  # magenta: visible on the 'jet' heat map's blues, greens and reds
@@ -59,7 +59,7 @@ class PanelText:
     def relation(self) -> str:
         relation = ">" if self.score > self.threshold else "<="
         limit = "inf (cannot flag)" if not math.isfinite(self.threshold) else f"{self.threshold:.4g}"
-        by = f" by {COMPONENT_WORDS.get(self.decided_by, self.decided_by)}" if self.decided_by else ""
+        by = f" by {in_words(self.decided_by)}" if self.decided_by else ""
         return f"score {self.score:.4g}{by} {relation} threshold {limit}"
 
     def lines(self) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.data.fs import atomic_write_text
 from pipeline.report.review_set import AUDIT, FLAGGED, NOT_FLAGGED, ReviewRecord
-from pipeline.scoring.fusion import COMPONENT_WORDS
+from pipeline.scoring.fusion import in_words
 
 PAGE = "review/index.html"
 VERDICT_VALUES = "true_defect | false_alarm | unsure"
@@ -79,8 +79,7 @@ def _card(record: ReviewRecord, out_dir: Path, run_id: str | None) -> str:
             ("BH q-value", _fmt(record.q_value, 3)),
             ("defect area", "—" if record.defect_area is None else f"{100 * record.defect_area:.1f} %")]
     if record.decided_by:
-        rows.insert(2, ("set by", html.escape(f"{COMPONENT_WORDS.get(record.decided_by, record.decided_by)} "
-                                              f"({record.decided_by})")))
+        rows.insert(2, ("set by", html.escape(f"{in_words(record.decided_by)} ({record.decided_by})")))
     if record.label is not None:
         rows.append(("label", html.escape("good" if record.label == 0 else f"defect ({record.defect_type})")))
     command = f"python -m pipeline review {run_id or '<run id>'} review.set=[{record.sample_id}:true_defect]"

@@ -125,6 +125,11 @@ COMPONENT_WORDS = {"map_max": "the anomaly map", "map_topk": "the anomaly map", 
                    "linear_max": "the linear residual"}
 
 
+def in_words(component: str) -> str:
+    """A fused component as the review names it (its own name where it has no words)."""
+    return COMPONENT_WORDS.get(component, component)
+
+
 def deciding_component(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
     """Per image, the component whose standardized score is the fused score (the largest), (N,) of names: what a
     reviewer needs to know why an image was flagged (a local defect, a wrong part as a whole, a residual the

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.detector import AnomalyDetector
+from pipeline.detector.compute import linear_max
 from pipeline.models.linear import LinearLevel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -32,16 +33,15 @@ from components import dev_detector, print_fused_rows, validation_draw  # noqa: 
 def scores(detector: AnomalyDetector, levels: dict[str, LinearLevel], images: torch.Tensor, batch: int = 64
            ) -> dict[str, np.ndarray]:
     """The detector's map_max and neg_elbo_mean, and linear_max with each of `levels` as its linear level."""
-    computer = detector.computer()
+    computer, sigma = detector.computer(), detector.spec.detect["map_sigma"]
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
+        scored = computer(x)  # the networks once per batch; each level only adds its projection
+        for name in ("map_max", "neg_elbo_mean"):
+            out.setdefault(name, []).append(scored[name])
         for name, level in levels.items():
-            computer.linear = level
-            scored = computer(x)
-            out.setdefault(name, []).append(scored["linear_max"])
-        out.setdefault("map_max", []).append(scored["map_max"])
-        out.setdefault("neg_elbo_mean", []).append(scored["neg_elbo_mean"])
+            out.setdefault(name, []).append(linear_max(x, level, sigma))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
