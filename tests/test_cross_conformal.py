@@ -89,6 +89,17 @@ def test_members_outputs_combine_without_a_score_only_some_members_compute():
     torch.testing.assert_close(combined["map"], torch.stack([o["map"] for o in outputs]).mean(dim=0))
 
 
+def test_members_decide_a_component_by_the_mean_gain_without_the_member_that_selected_on_their_fold():
+    """Member k's selection images lie in fold k + 1 (cross_fold_indices): member k + 1 leaves member k's gain out."""
+    gains = [{"linear_max": 0.0}, {"linear_max": 0.0}, {"linear_max": 0.08}, {"linear_max": 0.09}, {}]
+    shared = E.shared_gains(gains)
+    assert shared[0]["linear_max"] == pytest.approx(np.mean([0.0, 0.0, 0.08, 0.09]))  # without member 5: none measured
+    assert shared[3]["linear_max"] == pytest.approx(np.mean([0.0, 0.0, 0.09]))  # without member 3
+    assert shared[4]["linear_max"] == pytest.approx(np.mean([0.0, 0.0, 0.08]))  # without member 4
+    assert all(s["linear_max"] >= 0.01 for s in shared)  # all five keep what two measured and three could not tell
+    assert E.shared_gains([{}, {}]) == [{}, {}]
+
+
 def test_too_few_images_for_alpha_cannot_flag():
     assert X.can_flag(99, 0.01) and not X.can_flag(98, 0.01)
     assert math.isinf(X.threshold(98, 0.01))
@@ -151,6 +162,13 @@ def test_cross_detector_trains_members_saves_one_folder_and_scores_like_its_memb
     assert summary["guarantee"]["n_calibration"] == 24 and summary["guarantee"]["n_members"] == 3
     detector = AnomalyDetector.load(folder)
     assert len({m.spec.extra["seed"] for m in detector.members}) == 3  # members differ in more than their folds
+    gains = [{k[len("gain."):]: v for k, v in m.spec.validation.items() if k.startswith("gain.")}
+             for m in detector.members]
+    for member, shared in zip(detector.members, E.shared_gains(gains)):  # the members decide together
+        assert {k: v for k, v in member.spec.validation.items() if k.startswith("shared_gain.")} == pytest.approx(
+            {f"shared_gain.{k}": v for k, v in shared.items()}, abs=1e-3)
+        for name, gain in shared.items():
+            assert (name in member.spec.validation["fused_components"]) == (gain >= member.spec.detect["component_min_gain"])
     calibrated = np.concatenate([np.asarray(m.spec.calibration_scores["fused"]) for m in detector.members])
     assert len(calibrated) == 24 and len(detector.calibration_scores_) == 24
     images = torch.rand(6, 1, 32, 32)

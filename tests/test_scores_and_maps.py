@@ -291,6 +291,11 @@ def test_a_candidate_component_joins_the_fused_score_only_where_the_validation_s
     assert keep_if_it_helps([], ["noise"], params, positive, truth, 0.01)[0] == ["noise"]
     one_class = {name: values[:100] for name, values in positive.items()}  # no anomaly drawn: nothing to measure
     assert keep_if_it_helps(["map_max"], ["linear_max"], params, one_class, truth[:100], 0.0) == (["map_max"], {})
+    # gains measured elsewhere decide (a cross-conformal member's shared gain); its own gain is still reported
+    kept, gains = keep_if_it_helps(["map_max"], ["noise"], params, positive, truth, 0.01, decided={"noise": 0.05})
+    assert kept == ["map_max", "noise"] and gains["noise"] < 0.01
+    kept, _ = keep_if_it_helps(["map_max"], ["linear_max"], params, positive, truth, 0.01, decided={"linear_max": 0.0})
+    assert kept == ["map_max"]
 
 
 def test_the_linear_level_keeps_the_normal_subspace_and_leaves_a_defect_in_the_residual():

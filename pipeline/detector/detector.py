@@ -105,10 +105,11 @@ class AnomalyDetector:
         return cls(spec)
 
     def fit(self, datamodule, cfg: DictConfig, checkpoint_dir: Path, logger=None, callbacks=(),
-            resume: Path | None = None) -> "AnomalyDetector":
+            resume: Path | None = None, decide: bool = True) -> "AnomalyDetector":
         """Train the networks on the training images, standardize and validate on the selection images,
         calibrate on the calibration images (detector/fitting.py). Under DDP every rank trains; only rank 0
-        goes on (`fit_result_.is_global_zero`). The fit's reports are kept as `fit_result_`."""
+        goes on (`fit_result_.is_global_zero`). The fit's reports are kept as `fit_result_`. `decide=False` (a
+        cross-conformal member) stops before the choices, with what they need in `prepared_`."""
         from pipeline.detector import fitting  # here: training needs Lightning, scoring need not import it (seconds)
 
         if self.members:
@@ -119,7 +120,11 @@ class AnomalyDetector:
                                                 int(cfg.seed), logger, callbacks, resume)
         if self.fit_result_.is_global_zero:
             self.to("cpu")  # selection and calibration run in this one process, in float32
-            fitting.fit_decision(self, datamodule, cfg.head, int(cfg.data.batch_size), int(cfg.seed))
+            if decide:
+                fitting.fit_decision(self, datamodule, cfg.head, int(cfg.data.batch_size), int(cfg.seed))
+            else:
+                self.prepared_ = fitting.prepare_decision(self, datamodule, cfg.head, int(cfg.data.batch_size),
+                                                          int(cfg.seed))
         return self
 
     # ---- networks ------------------------------------------------------------------------------------------

@@ -42,6 +42,20 @@ def fold_tables(members: list[DetectorSpec]) -> dict[str, list[X.FoldTable]]:
     return {name: [X.FoldTable(np.asarray(m.calibration_scores[name])) for m in members] for name in sorted(names)}
 
 
+def shared_gains(member_gains: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per member k, the gain that decides whether a candidate component joins its fused score: the mean of the
+    members' measured gains, leaving out member k - 1, whose selection images lie in member k's calibration fold
+    (data/splits.py: cross_fold_indices). One member's validation holds a tenth of a small set (16 images, a
+    handful anomalous) and often cannot tell; the members then fuse different components, disagree on which parts
+    look odd, and their cross-conformal rank loses what each of them sees."""
+    n, decided = len(member_gains), []
+    for k in range(n):
+        others = [member_gains[j] for j in range(n) if j == k or j != (k - 1) % n]
+        names = {name for gains in others for name in gains}
+        decided.append({name: float(np.mean([g[name] for g in others if name in g])) for name in sorted(names)})
+    return decided
+
+
 def combine_outputs(outputs: list[dict[str, torch.Tensor]], tables: dict[str, list[X.FoldTable]]
                     ) -> dict[str, torch.Tensor]:
     """The members' outputs of one batch as one: a calibrated score as its rank score, maps and reconstructions

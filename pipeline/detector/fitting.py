@@ -18,6 +18,7 @@ A cross-conformal detector (small normal sets) runs these steps once per member,
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,8 +66,10 @@ def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConf
 
 def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, logger=None, callbacks=(),
                 resume: Path | None = None) -> None:
-    """Fit each member of a cross-conformal detector on its own folds (`datamodule.member(k)`), with its own seed,
-    then combine them on rank 0. `fit_result_` is member 1's reports, with every member's training seconds."""
+    """Fit each member of a cross-conformal detector on its own folds (`datamodule.member(k)`), with its own seed;
+    on rank 0, decide each member's fused components by the members' shared gains (ensemble.shared_gains),
+    calibrate each on its own fold and combine them. `fit_result_` is member 1's reports, with every member's
+    training seconds."""
     if resume is not None:
         raise ValueError("train.resume cannot continue a cross-conformal training (data.split.scheme=cross): its "
                          "members are not checkpointed apart; train again (the members of a small set train in minutes)")
@@ -74,7 +77,8 @@ def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, log
     for k, member in enumerate(detector.members):
         log.info("cross-conformal member %d of %d", k + 1, len(detector.members))
         member_cfg = OmegaConf.merge(cfg, {"seed": int(member.spec.extra["seed"])})
-        member.fit(datamodule.member(k), member_cfg, checkpoint_dir / f"member{k + 1}", logger, callbacks)
+        member.fit(datamodule.member(k), member_cfg, checkpoint_dir / f"member{k + 1}", logger, callbacks,
+                   decide=False)
         for part in seconds:
             report = getattr(member.fit_result_, part)
             seconds[part] += report.seconds if report is not None else 0.0
@@ -83,6 +87,17 @@ def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, log
         replace(first.vae, seconds=seconds["vae"]), first.head and replace(first.head, seconds=seconds["head"]),
         first.is_global_zero, first.local and replace(first.local, seconds=seconds["local"]))
     if first.is_global_zero:
+        members = detector.members
+        shared = E.shared_gains([member.prepared_["gains"] for member in members])
+        for name in sorted({n for member in members for n in member.prepared_["gains"]}):
+            log.info("'%s' adds to the members' validation AUROC %s; each decides by the mean without the member that "
+                     "selected on its calibration fold: %s", name,
+                     " ".join(f"{m.prepared_['gains'].get(name, float('nan')):+.3f}" for m in members),
+                     " ".join(f"{s.get(name, float('nan')):+.3f}" for s in shared))
+        for k, member in enumerate(members):
+            finish_decision(member, datamodule.member(k), member.prepared_, int(cfg.data.batch_size),
+                            int(member.spec.extra["seed"]), shared[k])
+            del member.prepared_
         E.combine_fitted(detector.spec, [member.spec for member in detector.members])
         sizes = datamodule.sizes
         detector.spec.extra.update({"n_train": sizes.n_train, "n_selection": sizes.n_selection,
@@ -170,27 +185,36 @@ def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
                    "explained_variance": round(level.explained_variance_, 4)}
 
 
-def fit_components(detector, selection: dict, draw: dict | None) -> None:
-    """Standardize the fused components on the selection images, keeping the ELBO and the linear level only where the
-    global level draws the part (scoring/fusion.py: keep_components), the linear level's score only where it raises
-    the label-free validation `draw` by at least detect.component_min_gain (keep_if_it_helps; without a validation
-    draw, only as the sole component). What was kept and each candidate's gain go to `spec.validation`; a linear
-    level left out is neither kept nor saved."""
-    spec = detector.spec
+def base_and_candidates(spec, selection: dict) -> tuple[list[str], list[str], dict[str, dict]]:
+    """The fused components that stay (keep_components), the candidates that must earn their place (the linear
+    level's score, where it was fitted), and every one's standardization on the selection images."""
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
                            spec.model.get("global_detail_limit"))
     base = [c for c in kept if c not in S.LINEAR_SCORES]
     candidates = [c for c in kept if c in S.LINEAR_SCORES and c in selection]
-    transforms = component_transforms([*base, *candidates], spec.detect["map"])
-    standardization = fit_standardization(selection, transforms)
+    return base, candidates, fit_standardization(selection, component_transforms([*base, *candidates],
+                                                                                   spec.detect["map"]))
+
+
+def fit_components(detector, selection: dict, draw: dict | None, decided: dict[str, float] | None = None) -> None:
+    """Standardize the fused components on the selection images, keeping the ELBO and the linear level only where the
+    global level draws the part (scoring/fusion.py: keep_components), the linear level's score only where it raises
+    the label-free validation `draw` by at least detect.component_min_gain (keep_if_it_helps; without a validation
+    draw, only as the sole component; `decided`: the gains that decide instead, a cross-conformal member's
+    ensemble.shared_gains). What was kept and each candidate's gain go to `spec.validation`; a linear level left out
+    is neither kept nor saved."""
+    spec = detector.spec
+    base, candidates, standardization = base_and_candidates(spec, selection)
     if draw is not None:
         kept, gains = keep_if_it_helps(base, candidates, standardization, draw["out"], draw["truth"],
-                                       float(spec.detect["component_min_gain"]))
+                                       float(spec.detect["component_min_gain"]), decided)
         spec.validation.update({f"gain.{name}": round(gain, 4) for name, gain in gains.items()})
+        spec.validation.update({f"shared_gain.{name}": round(gain, 4) for name, gain in (decided or {}).items()
+                                if name in gains})
     else:
         kept = base or candidates
     if not set(kept) & set(S.LINEAR_SCORES) and detector.linear is not None:
-        gain = spec.validation.get("gain.linear_max")
+        gain = spec.validation.get("shared_gain.linear_max", spec.validation.get("gain.linear_max"))
         log.info("the linear level does not raise the fused score's validation AUROC by %s (gain %s): left out",
                  spec.detect["component_min_gain"], "not measured" if gain is None else f"{gain:+.4f}")
         detector.linear, spec.linear = None, None
@@ -254,12 +278,34 @@ def calibrate(detector, images: torch.Tensor, labels: torch.Tensor | None, batch
 
 def fit_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> None:
     """Steps 1 (statistics), 2 and 3 on rank 0, after the networks are trained."""
+    finish_decision(detector, datamodule, prepare_decision(detector, datamodule, head_cfg, batch_size, seed),
+                    batch_size, seed)
+
+
+def prepare_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
+    """Step 1's statistics and linear level, and the selection images scored (plain and with the validation's
+    anomalies): what step 2 chooses from. `gains`: what each candidate component would add to the validation."""
     fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
     fit_linear_level(detector, datamodule.train_images, seed)
     selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
                                keep=())
     draw = validation_draw(detector, datamodule, head_cfg, batch_size, seed) if detector.head is not None else None
-    fit_components(detector, selection, draw)
+    return {"selection": selection, "draw": draw, "gains": candidate_gains(detector, selection, draw)}
+
+
+def candidate_gains(detector, selection: dict, draw: dict | None) -> dict[str, float]:
+    """What each candidate component (the linear level's score) adds to the fused score's validation AUROC."""
+    base, candidates, standardization = base_and_candidates(detector.spec, selection)
+    if draw is None or not base or not candidates:
+        return {}
+    return keep_if_it_helps(base, candidates, standardization, draw["out"], draw["truth"], math.inf)[1]
+
+
+def finish_decision(detector, datamodule, prepared: dict, batch_size: int, seed: int,
+                    decided: dict[str, float] | None = None) -> None:
+    """Step 2 (the fused components, by their own gains or by `decided`) and step 3 (calibration)."""
+    draw = prepared["draw"]
+    fit_components(detector, prepared["selection"], draw, decided)
     if draw is not None:
         detector.spec.validation.update(validate(detector, datamodule, draw))
     calibrate(detector, datamodule.calibration_images, getattr(datamodule, "calibration_labels", None), batch_size)

@@ -63,13 +63,15 @@ def keep_components(components: list[str], global_detail_ratio: float | None, ma
 
 
 def keep_if_it_helps(base: list[str], candidates: list[str], standardization: dict[str, dict],
-                     validation_scores: dict[str, np.ndarray], truth: np.ndarray, min_gain: float
-                     ) -> tuple[list[str], dict[str, float]]:
+                     validation_scores: dict[str, np.ndarray], truth: np.ndarray, min_gain: float,
+                     decided: dict[str, float] | None = None) -> tuple[list[str], dict[str, float]]:
     """Which candidate components join the fused score, by the label-free validation (normal selection images and
     synthetic anomalies of a kind no network trained on, `truth` 1 = anomalous): one by one, a candidate is kept
     when the fused score with it ranks the validation images at least `min_gain` image AUROC better than without
     it (min_gain 0: unless it ranks them worse). A component that adds nothing only adds its own noise to the
     maximum. With no base component a candidate is kept as it is; with a validation of one class it is left out.
+    `decided`: gains measured elsewhere that decide instead of these images' own (a cross-conformal member: the other
+    members' mean, detector/ensemble.py: shared_gains); a candidate it does not name is decided by its own gain.
     Returns (the kept components, each measured candidate's gain)."""
     kept, gains = list(base), {}
     for candidate in candidates:
@@ -82,7 +84,7 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
             log.warning("the validation images are all normal or all anomalous: '%s' is left out", candidate)
             continue
         gains[candidate] = float(with_it - without)
-        if gains[candidate] >= min_gain:
+        if (decided or {}).get(candidate, gains[candidate]) >= min_gain:
             kept.append(candidate)
     return kept, gains
 
