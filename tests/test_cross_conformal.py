@@ -98,6 +98,12 @@ def test_members_decide_a_component_by_the_mean_gain_without_the_member_that_sel
     assert shared[4]["linear_max"] == pytest.approx(np.mean([0.0, 0.0, 0.08]))  # without member 4
     assert all(s["linear_max"] >= 0.01 for s in shared)  # all five keep what two measured and three could not tell
     assert E.shared_gains([{}, {}]) == [{}, {}]
+    sizes = cross_sizes(125, 0.05, 5, 0.1, 16, 32)
+    folds = cross_fold_indices(125, sizes, seed=3)
+    for k, (_, _, calibration) in enumerate(folds):  # no member decides on its own calibration images
+        for j in E.deciding_members(k, 5):
+            assert not set(folds[j][1].tolist()) & set(calibration.tolist())
+        assert len(E.deciding_members(k, 5)) == 4
 
 
 def test_too_few_images_for_alpha_cannot_flag():

@@ -42,6 +42,12 @@ def fold_tables(members: list[DetectorSpec]) -> dict[str, list[X.FoldTable]]:
     return {name: [X.FoldTable(np.asarray(m.calibration_scores[name])) for m in members] for name in sorted(names)}
 
 
+def deciding_members(k: int, n_members: int) -> list[int]:
+    """The members whose validation decides member k's components: all but member k - 1, whose selection images
+    lie in member k's calibration fold (data/splits.py: cross_fold_indices selects on the next fold)."""
+    return [j for j in range(n_members) if j == k or j != (k - 1) % n_members]
+
+
 def shared_gains(member_gains: list[dict[str, float]]) -> list[dict[str, float]]:
     """Per member k, the gain that decides whether a candidate component joins its fused score: the mean of the
     members' measured gains, leaving out member k - 1, whose selection images lie in member k's calibration fold
@@ -50,7 +56,7 @@ def shared_gains(member_gains: list[dict[str, float]]) -> list[dict[str, float]]
     look odd, and their cross-conformal rank loses what each of them sees."""
     n, decided = len(member_gains), []
     for k in range(n):
-        others = [member_gains[j] for j in range(n) if j == k or j != (k - 1) % n]
+        others = [member_gains[j] for j in deciding_members(k, n)]
         names = {name for gains in others for name in gains}
         decided.append({name: float(np.mean([g[name] for g in others if name in g])) for name in sorted(names)})
     return decided
