@@ -45,7 +45,8 @@ def fold_tables(members: list[DetectorSpec]) -> dict[str, list[X.FoldTable]]:
 def deciding_members(k: int, n_members: int) -> list[int]:
     """The members whose validation decides member k's components: all but member k - 1, whose selection images
     lie in member k's calibration fold (data/splits.py: cross_fold_indices selects on the next fold)."""
-    return [j for j in range(n_members) if j == k or j != (k - 1) % n_members]
+    left_out = (k - 1) % n_members
+    return [j for j in range(n_members) if j != left_out or j == k]  # one member alone decides for itself
 
 
 def shared_gains(member_gains: list[dict[str, float]]) -> list[dict[str, float]]:

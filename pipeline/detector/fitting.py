@@ -12,7 +12,8 @@
                         the pixel threshold, the drift reference
 
 A cross-conformal detector (small normal sets) runs these steps once per member, on the member's folds
-(`fit_members`), then combines the members (detector/ensemble.py).
+(`fit_members`), except that step 2's choice of components is the members' together (ensemble.shared_gains: one
+member's 16 selection images often cannot tell), then combines the members (detector/ensemble.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, log
             log.info("'%s' adds to the members' validation AUROC %s; each decides by the mean without the member that "
                      "selected on its calibration fold: %s", name,
                      " ".join(f"{m.prepared_['gains'].get(name, float('nan')):+.3f}" for m in members),
-                     " ".join(f"{s.get(name, float('nan')):+.3f}" for s in shared))
+                     " ".join(f"{gains.get(name, float('nan')):+.3f}" for gains in shared))
         for k, member in enumerate(members):
             finish_decision(member, datamodule.member(k), member.prepared_, int(cfg.data.batch_size),
                             int(member.spec.extra["seed"]), shared[k])
