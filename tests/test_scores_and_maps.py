@@ -296,6 +296,9 @@ def test_a_candidate_component_joins_the_fused_score_only_where_the_validation_s
     assert kept == ["map_max", "noise"] and gains["noise"] < 0.01
     kept, _ = keep_if_it_helps(["map_max"], ["linear_max"], params, positive, truth, 0.01, decided={"linear_max": 0.0})
     assert kept == ["map_max"]
+    kept, gains = keep_if_it_helps(["map_max"], ["linear_max"], params, one_class, truth[:100], 0.01,
+                                   decided={"linear_max": 0.05})  # its own images show nothing: the others decide
+    assert kept == ["map_max", "linear_max"] and gains == {}
 
 
 def test_the_linear_level_keeps_the_normal_subspace_and_leaves_a_defect_in_the_residual():

@@ -211,7 +211,7 @@ def fit_components(detector, selection: dict, draw: dict | None, decided: dict[s
                                        float(spec.detect["component_min_gain"]), decided)
         spec.validation.update({f"gain.{name}": round(gain, 4) for name, gain in gains.items()})
         spec.validation.update({f"shared_gain.{name}": round(gain, 4) for name, gain in (decided or {}).items()
-                                if name in gains})
+                                if name in candidates})
     else:
         kept = base or candidates
     if not set(kept) & set(S.LINEAR_SCORES) and detector.linear is not None:

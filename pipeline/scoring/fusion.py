@@ -70,8 +70,9 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
     when the fused score with it ranks the validation images at least `min_gain` image AUROC better than without
     it (min_gain 0: unless it ranks them worse). A component that adds nothing only adds its own noise to the
     maximum. With no base component a candidate is kept as it is; with a validation of one class it is left out.
-    `decided`: gains measured elsewhere that decide instead of these images' own (a cross-conformal member: the other
-    members' mean, detector/ensemble.py: shared_gains); a candidate it does not name is decided by its own gain.
+    `decided`: gains measured elsewhere that decide instead of these images' own, also where these images show
+    nothing (a cross-conformal member: the members' mean, detector/ensemble.py: shared_gains); a candidate it does
+    not name is decided by its own gain.
     Returns (the kept components, each measured candidate's gain)."""
     kept, gains = list(base), {}
     for candidate in candidates:
@@ -80,11 +81,12 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
             continue
         without = image_auroc(truth, fuse(validation_scores, {c: standardization[c] for c in kept}))
         with_it = image_auroc(truth, fuse(validation_scores, {c: standardization[c] for c in [*kept, candidate]}))
-        if without is None or with_it is None:  # a validation of one class shows nothing: keep what the base has
+        if without is not None and with_it is not None:
+            gains[candidate] = float(with_it - without)
+        elif candidate not in (decided or {}):  # a validation of one class shows nothing: keep what the base has
             log.warning("the validation images are all normal or all anomalous: '%s' is left out", candidate)
             continue
-        gains[candidate] = float(with_it - without)
-        if (decided or {}).get(candidate, gains[candidate]) >= min_gain:
+        if (decided or {}).get(candidate, gains.get(candidate)) >= min_gain:
             kept.append(candidate)
     return kept, gains
 
