@@ -89,11 +89,12 @@ def fit_members(detector, datamodule, cfg: DictConfig, checkpoint_dir: Path, log
         first.is_global_zero, first.local and replace(first.local, seconds=seconds["local"]))
     if first.is_global_zero:
         members = detector.members
-        shared = E.shared_gains([member.prepared_["gains"] for member in members])
-        for name in sorted({n for member in members for n in member.prepared_["gains"]}):
+        own = [candidate_gains(member, member.prepared_["selection"], member.prepared_["draw"]) for member in members]
+        shared = E.shared_gains(own)
+        for name in sorted({n for gains in own for n in gains}):
             log.info("'%s' adds to the members' validation AUROC %s; each decides by the mean without the member that "
                      "selected on its calibration fold: %s", name,
-                     " ".join(f"{m.prepared_['gains'].get(name, float('nan')):+.3f}" for m in members),
+                     " ".join(f"{gains.get(name, float('nan')):+.3f}" for gains in own),
                      " ".join(f"{gains.get(name, float('nan')):+.3f}" for gains in shared))
         for k, member in enumerate(members):
             finish_decision(member, datamodule.member(k), member.prepared_, int(cfg.data.batch_size),
@@ -285,17 +286,18 @@ def fit_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, se
 
 def prepare_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int, seed: int) -> dict:
     """Step 1's statistics and linear level, and the selection images scored (plain and with the validation's
-    anomalies): what step 2 chooses from. `gains`: what each candidate component would add to the validation."""
+    anomalies): what step 2 chooses from."""
     fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
     fit_linear_level(detector, datamodule.train_images, seed)
     selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
                                keep=())
     draw = validation_draw(detector, datamodule, head_cfg, batch_size, seed) if detector.head is not None else None
-    return {"selection": selection, "draw": draw, "gains": candidate_gains(detector, selection, draw)}
+    return {"selection": selection, "draw": draw}
 
 
 def candidate_gains(detector, selection: dict, draw: dict | None) -> dict[str, float]:
-    """What each candidate component (the linear level's score) adds to the fused score's validation AUROC."""
+    """What each candidate component (the linear level's score) adds to the fused score's validation AUROC, each
+    measured against the base components alone (a bar of infinity keeps none of them)."""
     base, candidates, standardization = base_and_candidates(detector.spec, selection)
     if draw is None or not base or not candidates:
         return {}

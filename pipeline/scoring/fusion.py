@@ -74,7 +74,7 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
     nothing (a cross-conformal member: the members' mean, detector/ensemble.py: shared_gains); a candidate it does
     not name is decided by its own gain.
     Returns (the kept components, each measured candidate's gain)."""
-    kept, gains = list(base), {}
+    kept, gains, decided = list(base), {}, decided or {}
     for candidate in candidates:
         if not kept:
             kept.append(candidate)
@@ -83,10 +83,10 @@ def keep_if_it_helps(base: list[str], candidates: list[str], standardization: di
         with_it = image_auroc(truth, fuse(validation_scores, {c: standardization[c] for c in [*kept, candidate]}))
         if without is not None and with_it is not None:
             gains[candidate] = float(with_it - without)
-        elif candidate not in (decided or {}):  # a validation of one class shows nothing: keep what the base has
+        elif candidate not in decided:  # a validation of one class shows nothing: keep what the base has
             log.warning("the validation images are all normal or all anomalous: '%s' is left out", candidate)
             continue
-        if (decided or {}).get(candidate, gains.get(candidate)) >= min_gain:
+        if decided.get(candidate, gains.get(candidate)) >= min_gain:
             kept.append(candidate)
     return kept, gains
 
