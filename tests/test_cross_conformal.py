@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -130,15 +131,21 @@ def test_folds_every_image_calibrates_one_member_and_trains_most_others():
         cross_sizes(40, 0.05, 5, 0.1, 16, 8)
 
 
-def test_scheme_auto_chooses_cross_only_where_the_split_cannot_flag_and_names_a_mistyped_scheme():
+def test_scheme_auto_chooses_cross_on_a_small_set_or_where_the_split_cannot_flag_and_names_a_mistyped_scheme():
     assert choose_scheme("auto", False) == "cross" and choose_scheme("auto", True) == "split"
-    assert choose_scheme("split", False) == "split" and choose_scheme("cross", True) == "cross"
+    assert choose_scheme("auto", True, small_set=True) == "cross"
+    assert choose_scheme("split", False, small_set=True) == "split" and choose_scheme("cross", True) == "cross"
     with pytest.raises(ValueError, match="data.split.scheme"):
         choose_scheme("crossed", True)
     at_01 = SplitSettings(alpha=0.01, scheme="auto")  # the split needs 99 calibration images, at most half of them
     assert [at_01.sizes(n).scheme for n in (70, 80, 125, 197, 198, 1000)] == [
         "split", "cross", "cross", "cross", "split", "split"]
-    assert SplitSettings(alpha=0.05, scheme="auto").sizes(125).scheme == "split"
+    # by size (conf: data.split.cross_below): below it the members wherever their folds fit, one detector above
+    at_05 = SplitSettings(alpha=0.05, scheme="auto", cross_below=250)
+    assert [at_05.sizes(n).scheme for n in (70, 80, 125, 249, 250, 1000)] == [
+        "split", "cross", "cross", "cross", "split", "split"]
+    assert SplitSettings(alpha=0.05, scheme="auto").sizes(125).scheme == "split"  # cross_below 0: never by size
+    assert SplitSettings(alpha=0.05, scheme="split", cross_below=250).sizes(125).scheme == "split"
     with pytest.raises(TooFewNormalImages):  # asked for by name: never silently one detector instead
         SplitSettings(alpha=0.05, scheme="cross").sizes(70)
 
@@ -155,10 +162,23 @@ def test_train_says_which_alpha_a_small_set_supports_under_the_cross_scheme():
 def cross_trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("cross")
     root = make_tiny_dataset(base / "tiny")
-    # the detail rule off: the tiny noise images count as a part, so the members fit and decide the linear level
-    overrides = tiny_overrides(base, f"data.root={root}", "data.split.scheme=cross", "data.split.members=3",
-                               "model.global_detail_limit=null")
-    return base, overrides, cli("train", *overrides)
+    # the detail rule off: the tiny noise images count as a part, so the members fit and decide the linear level;
+    # `auto` takes the members because the set is small (cross_below), and train says so
+    overrides = tiny_overrides(base, f"data.root={root}", "data.split.scheme=auto", "data.split.cross_below=1000",
+                               "data.split.members=3", "model.global_detail_limit=null")
+    said = logging.getLogger("pipeline.commands.train")
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    said.addHandler(handler)
+    level, _ = said.level, said.setLevel(logging.INFO)
+    try:
+        summary = cli("train", *overrides)
+    finally:
+        said.removeHandler(handler)
+        said.setLevel(level)
+    summary["said"] = [r.getMessage() for r in records]
+    return base, overrides, summary
 
 
 def test_cross_detector_trains_members_saves_one_folder_and_scores_like_its_members(cross_trained):
@@ -167,6 +187,8 @@ def test_cross_detector_trains_members_saves_one_folder_and_scores_like_its_memb
     assert sorted(p.name for p in folder.iterdir()) == ["detector.json", "weights.pt"]
     stored = json.loads((folder / "detector.json").read_text())
     assert stored["scheme"] == "cross" and len(stored["members"]) == 3
+    assert any("24 normal images: fewer than data.split.cross_below=1000, so 3 detectors train" in line
+               for line in summary["said"])
     assert summary["guarantee"]["n_calibration"] == 24 and summary["guarantee"]["n_members"] == 3
     detector = AnomalyDetector.load(folder)
     assert len({m.spec.extra["seed"] for m in detector.members}) == 3  # members differ in more than their folds

@@ -49,6 +49,13 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     rank = launch_rank(cfg.trainer)
     if shortfall and rank == 0:
         announce_unable_to_flag(shortfall)
+    sizes = datamodule.sizes
+    if sizes.scheme == "cross" and cfg.data.split.scheme == "auto" and rank == 0:
+        n, below = sizes.n_calibration, int(cfg.data.split.get("cross_below", 0))  # cross calibrates on every image
+        log.info("%d normal images: %s, so %d detectors train, every image calibrating the one that did not train on "
+                 "it (about %d times one detector's training; data.split.scheme=split for one detector)", n,
+                 f"fewer than data.split.cross_below={below}" if n < below else "too few for one detector to flag at alpha",
+                 sizes.n_members, sizes.n_members)
     logger = (training_run.make_logger(cfg, root, run_id=resumed_run)
               if cfg.tracking.enabled and rank == 0 else None)
     run_id = logger.run_id if logger is not None else resumed_run or time.strftime("%Y%m%d-%H%M%S")

@@ -33,15 +33,17 @@ class SplitSettings:
     max_calibration_share: float = 0.5
     scheme: str = "split"        # auto | split | cross (splits.choose_scheme)
     members: int = 5             # cross: detectors trained, one calibration fold each
+    cross_below: int = 0         # auto: the members on fewer normal images than this (0: only where the split cannot flag)
 
     def sizes(self, n: int) -> SplitSizes:
-        """One detector's shares, or K members' folds: asked for by name, or (`auto`) where only the folds let the
-        threshold flag at alpha (splits.choose_scheme)."""
+        """One detector's shares, or K members' folds: asked for by name, or (`auto`) on a small set or where only the
+        folds let the threshold flag at alpha (splits.choose_scheme); `auto` falls back to one detector where the set
+        is too small for K members' folds."""
         if choose_scheme(self.scheme, True) == "cross":  # also: a clear error for a mistyped scheme
             return self.cross_sizes(n)
         split = split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
                             self.min_train, self.max_calibration_share)
-        if choose_scheme(self.scheme, split.supports_alpha) == "split":
+        if choose_scheme(self.scheme, split.supports_alpha, n < self.cross_below) == "split":
             return split
         try:
             return self.cross_sizes(n)  # where neither can flag, its shortfall names the fewer images missing

@@ -4,8 +4,9 @@ train on it (Vovk 2015, "Cross-conformal predictors"; for anomaly detection Henn
 The n normal images are cut into K folds; member k never trains on fold k and scores it. A new image x gets, per
 member, the count of fold k's calibration scores at least as high as its own, N_k(x), and the cross-conformal
 p-value p(x) = (1 + sum_k N_k(x)) / (n + 1); it is flagged when p(x) <= alpha. Barber, Candes, Ramdas & Tibshirani
-(2021, "Predictive inference with the jackknife+", CV+) bound its false-alarm rate by 2 alpha in the worst case; on
-exchangeable data it is about alpha (measured in the bench, BENCHMARKS.md).
+(2021, "Predictive inference with the jackknife+", CV+) bound its false-alarm rate by 2 alpha in the worst case; in
+the bench it stays below alpha (BENCHMARKS.md, "Small normal sets"): the members disagree on good parts, and a part
+must stand out under all of them.
 
 One score per image, so that `score > threshold` stays the rule everywhere: the *rank score*
 r(x) = 1 - (sum_k N_k(x) - 0.999 mean_k f_k(x)) / n, where f_k in [0, 1) is how far member k's score has come
