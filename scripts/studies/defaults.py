@@ -22,6 +22,9 @@ from pipeline.data.conditional import build_datamodule
 from pipeline.data.digits import generate_digits
 from pipeline.data.generators import generate_category
 
+sys.path.insert(0, str(Path(__file__).parent))
+from dev_texture import write as write_texture  # noqa: E402  (a dev-only stochastic texture)
+
 DEV_SEED = 1  # the reported data is seed 0
 VARIANTS = {
     # the reconstruction-map detector shipped before the learned map
@@ -36,15 +39,21 @@ VARIANTS = {
     "head_shorter": ["head.steps=600"],
 }
 TASKS = {"fabric": ("builtin", "fabric"), "bracket": ("builtin", "bracket"), "digit_3": ("digits", "digit_3"),
-         "loco_8": ("digits", "loco_8"), "loco_1": ("digits", "loco_1")}
+         "loco_8": ("digits", "loco_8"), "loco_1": ("digits", "loco_1"),
+         "granite": ("builtin", "granite"),  # a dev stochastic texture (dev_texture.py), never a product family
+         "bracket_125": ("builtin", "bracket")}  # a small normal set: 125 train/good images
+SMALL_SETS = {"bracket_125": 125}  # task -> its train/good images (the others: 1,000)
 
 
-def dev_root(work: Path, group: str, name: str) -> Path:
-    """The dev copy of a dataset, generated on first use under `work`."""
-    root = work / group / name
+def dev_root(work: Path, group: str, name: str, n_train: int = 1000) -> Path:
+    """The dev copy of a dataset, generated on first use under `work` (a built-in family cut to n_train normal images
+    under work/builtin_<n_train>)."""
+    root = work / (group if n_train == 1000 else f"{group}_{n_train}") / name
     if not root.exists():
-        if group == "builtin":
-            generate_category(root.parent, name, seed=DEV_SEED, image_size=128, n_train=1000, n_test_good=400,
+        if name == "granite":
+            write_texture(root.parent, seed=DEV_SEED)
+        elif group == "builtin":
+            generate_category(root.parent, name, seed=DEV_SEED, image_size=128, n_train=n_train, n_test_good=400,
                               n_test_defect_per_type=30)
         else:
             generate_digits(root.parent, tasks=[name], seed=DEV_SEED)

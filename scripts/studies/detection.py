@@ -34,7 +34,7 @@ from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
 
 sys.path.insert(0, str(Path(__file__).parent))
-from defaults import TASKS, dev_root  # noqa: E402  (the same dev data as the defaults study)
+from defaults import SMALL_SETS, TASKS, dev_root  # noqa: E402  (the same dev data as the defaults study)
 
 VARIANTS: dict[str, list[str]] = {"default": []}
 ALPHAS = (0.01, 0.05)
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for task in args.tasks.split(","):
         group, name = TASKS[task]
-        root = dev_root(args.work, group, name)
+        root = dev_root(args.work, group, name, SMALL_SETS.get(task, 1000))
         for variant in args.variants.split(","):
             key = variant if args.seed == 0 else f"{variant}@{args.seed}"
             if results.get(task, {}).get(key):
@@ -123,10 +123,11 @@ def main(argv: list[str]) -> int:
             results.setdefault(task, {})[key] = row
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1, default=float))
-            d1, d5 = row["detection"].get("0.01"), row["detection"].get("0.05")
-            print(f"| {task} | {key} | {row['image_auroc']:.3f} / {row['pixel_auroc'] or float('nan'):.3f} | "
-                  f"det@0.01 {d1 and d1['detection']:.3f} fa {d1 and d1['false_alarm']:.3f} | "
-                  f"det@0.05 {d5 and d5['detection']:.3f} | {d1 and d1['per_kind']} | "
+            d1, d5 = (row["detection"].get(a) or {} for a in ("0.01", "0.05"))  # {}: cannot flag at that alpha
+            nan = float("nan")
+            print(f"| {task} | {key} | {row['image_auroc']:.3f} / {row['pixel_auroc'] or nan:.3f} | "
+                  f"det@0.01 {d1.get('detection', nan):.3f} fa {d1.get('false_alarm', nan):.3f} | "
+                  f"det@0.05 {d5.get('detection', nan):.3f} fa {d5.get('false_alarm', nan):.3f} | {d1.get('per_kind')} | "
                   f"{ {k: round(v, 3) for k, v in row['scores'].items()} } | {row['train_seconds']:.0f}s |", flush=True)
     return 0
 
