@@ -166,19 +166,27 @@ def cross_trained(tmp_path_factory):
     # `auto` takes the members because the set is small (cross_below), and train says so
     overrides = tiny_overrides(base, f"data.root={root}", "data.split.scheme=auto", "data.split.cross_below=1000",
                                "data.split.members=3", "model.global_detail_limit=null")
-    said = logging.getLogger("pipeline.commands.train")
-    records = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    said.addHandler(handler)
-    level, _ = said.level, said.setLevel(logging.INFO)
+    said, lines = logging.getLogger("pipeline.commands.train"), _Lines()
+    said.addHandler(lines)
+    previous = said.level
+    said.setLevel(logging.INFO)  # a module fixture: pytest's caplog is per test
     try:
         summary = cli("train", *overrides)
     finally:
-        said.removeHandler(handler)
-        said.setLevel(level)
-    summary["said"] = [r.getMessage() for r in records]
-    return base, overrides, summary
+        said.removeHandler(lines)
+        said.setLevel(previous)
+    return base, overrides, {**summary, "said": lines.lines}
+
+
+class _Lines(logging.Handler):
+    """The messages a logger wrote."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def test_cross_detector_trains_members_saves_one_folder_and_scores_like_its_members(cross_trained):

@@ -7,9 +7,9 @@
                   images stay exchangeable with new normal images and the conformal promise holds
 
 On a small set, or with too few normal images for the split to flag at alpha (`data.split.scheme`: `cross`, which
-`auto` chooses then: choose_scheme), the images are cut into K folds instead and K detectors are trained (scoring/cross_conformal.py): member k
-calibrates on fold k, selects on part of the next fold and trains on the rest, so every image calibrates one member
-and trains most of the others (`cross_fold_indices`).
+`auto` chooses then: choose_scheme), the images are cut into K folds instead and K detectors are trained
+(scoring/cross_conformal.py): member k calibrates on fold k, selects on part of the next fold and trains on the
+rest, so every image calibrates one member and trains most of the others (`cross_fold_indices`).
 
 The calibration share is sized to the requested false-alarm rate alpha: a conformal threshold needs at
 least ceil(1/alpha) - 1 calibration images to be finite. When the normal images cannot give that, the
