@@ -93,7 +93,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert after["speed"] == before["speed"] and after["quality"] == before["quality"]
     assert after["drift"] == before["drift"]
     assert after["context"]["sections_from"]["speed"]["date"] == before["context"]["date"]
-    assert "Sections kept from earlier runs" in md.read_text()
+    cpu = before["context"]["cpu"]  # each kept section names the machine it was measured on
+    assert after["context"]["sections_from"]["speed"]["cpu"] == cpu
+    assert "Sections kept from earlier runs" in md.read_text() and f"commit {before['context']['commit']}, on {cpu}" in md.read_text()
     assert main(["bench", *overrides, "bench.sections=[]"]) == 1  # nothing to measure: a clear error
 
 

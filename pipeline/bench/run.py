@@ -238,7 +238,7 @@ def previous_results(json_path: Path, keep: list[str]) -> tuple[dict, dict]:
         raise ValueError(f"bench.sections leaves out {missing}, but {json_path} has no result for them: run them too")
     origin = previous["context"].get("sections_from", {})
     that_run = {"date": previous["context"]["date"], "commit": previous["context"]["commit"],
-                "stopped_early": bool(previous["context"].get("partial"))}
+                "cpu": previous["context"].get("cpu"), "stopped_early": bool(previous["context"].get("partial"))}
     return {s: previous[s] for s in keep}, {s: origin.get(s) or that_run for s in keep}
 
 
@@ -253,8 +253,8 @@ def run_bench(cfg: DictConfig) -> dict:
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
-    context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"]}
-                                for s in SECTIONS}
+    context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"],
+                                                       "cpu": context["cpu"]} for s in SECTIONS}
     started, results = time.perf_counter(), dict(kept)
 
     def save(partial: bool) -> tuple[Path, Path]:
