@@ -50,12 +50,12 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     if shortfall and rank == 0:
         announce_unable_to_flag(shortfall)
     sizes = datamodule.sizes
-    if sizes.scheme == "cross" and cfg.data.split.scheme == "auto" and rank == 0:
-        n, below = sizes.n_calibration, int(cfg.data.split.get("cross_below", 0))  # cross calibrates on every image
+    if sizes.scheme == "cross" and datamodule.split.scheme == "auto" and rank == 0:  # one category: its SplitSettings
+        n, split = sizes.n_calibration, datamodule.split  # the cross scheme calibrates on every normal image
         log.info("%d normal images: %s, so %d detectors train, every image calibrating the one that did not train on "
                  "it (about %d times one detector's training; data.split.scheme=split for one detector)", n,
-                 f"fewer than data.split.cross_below={below}" if n < below else "too few for one detector to flag at alpha",
-                 sizes.n_members, sizes.n_members)
+                 f"fewer than data.split.cross_below={split.cross_below}" if split.small_set(n)
+                 else "too few for one detector to flag at alpha", sizes.n_members, sizes.n_members)
     logger = (training_run.make_logger(cfg, root, run_id=resumed_run)
               if cfg.tracking.enabled and rank == 0 else None)
     run_id = logger.run_id if logger is not None else resumed_run or time.strftime("%Y%m%d-%H%M%S")

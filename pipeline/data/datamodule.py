@@ -43,12 +43,16 @@ class SplitSettings:
             return self.cross_sizes(n)
         split = split_sizes(n, self.alpha, self.calibration_fraction, self.selection_fraction, self.min_selection,
                             self.min_train, self.max_calibration_share)
-        if choose_scheme(self.scheme, split.supports_alpha, n < self.cross_below) == "split":
+        if choose_scheme(self.scheme, split.supports_alpha, self.small_set(n)) == "split":
             return split
         try:
             return self.cross_sizes(n)  # where neither can flag, its shortfall names the fewer images missing
         except TooFewNormalImages:
             return split  # too few for K members' folds: one detector, and train says which alpha it supports
+
+    def small_set(self, n: int) -> bool:
+        """Whether n normal images are a small set, on which `auto` takes the members (`cross_below`)."""
+        return n < self.cross_below
 
     def cross_sizes(self, n: int) -> SplitSizes:
         return cross_sizes(n, self.alpha, self.members, self.selection_fraction, self.min_selection, self.min_train)
