@@ -31,6 +31,12 @@ def test_the_local_level_restores_at_the_input_size_from_a_code_at_a_quarter_of_
     restored = restore(net, x, mu, net.decode(mu))
     assert restored.shape == x.shape and float(restored.min()) >= 0 and float(restored.max()) <= 1
     torch.testing.assert_close(restored, torch.sigmoid(logits))
+    # Without the global logits (the learned map's training): the same restoration, and no global decode at all.
+    calls = []
+    hook = net.decoder[-1].register_forward_hook(lambda *args: calls.append(1))
+    torch.testing.assert_close(restore(net, x, mu), restored, rtol=0, atol=0)
+    hook.remove()
+    assert not calls
 
 
 def test_without_a_local_level_the_reconstruction_is_the_global_posterior_mean():
@@ -38,6 +44,7 @@ def test_without_a_local_level_the_reconstruction_is_the_global_posterior_mean()
     x = torch.rand(2, 1, 32, 32)
     mu, _ = net.encode(x)
     torch.testing.assert_close(restore(net, x, mu, net.decode(mu)), torch.sigmoid(net.decode(mu)))
+    torch.testing.assert_close(restore(net, x, mu), torch.sigmoid(net.decode(mu)))  # decoded where not given
 
 
 def test_the_global_context_is_the_global_decoders_features_at_the_local_side():

@@ -66,10 +66,11 @@ def global_context(net: ConvAutoencoder, z: torch.Tensor, side: int) -> torch.Te
     raise ValueError(f"the global decoder has no stage at side {side}")
 
 
-def restore(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, logits: torch.Tensor,
+def restore(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, logits: torch.Tensor | None = None,
             sample: bool = False) -> torch.Tensor:
     """The reconstruction the map compares with, in [0, 1], (B, C, S, S): the local level's restoration when the
-    network has one, else the global level's posterior-mean reconstruction `sigmoid(logits)`.
+    network has one, else the global level's posterior-mean reconstruction `sigmoid(logits)` (`logits` None:
+    decoded here, only where needed: the local level reads the global decoder's features, not its output).
     `sample`: draw the local code instead of taking its mean (training). A network that brings its own
     `restore_image(x, mu)` (the ONNX Runtime one, export/onnx.py) uses it."""
     restore_image = getattr(net, "restore_image", None)
@@ -77,7 +78,7 @@ def restore(net: ConvAutoencoder, x: torch.Tensor, mu: torch.Tensor, logits: tor
         return restore_image(x, mu)
     local: LocalLevel | None = getattr(net, "local", None)
     if local is None:
-        return torch.sigmoid(logits)
+        return torch.sigmoid(net.decode(mu) if logits is None else logits)
     return torch.sigmoid(local_logits(net, x, mu, sample))
 
 

@@ -27,7 +27,7 @@ def reconstruct(vae: ConvAutoencoder, x: torch.Tensor, labels: torch.Tensor | No
     posterior-mean reconstruction; labels: categories (conditional VAE)."""
     with conditioned(vae, labels):
         mu, _ = vae.encode(x)
-        return restore(vae, x, mu, vae.decode(mu))
+        return restore(vae, x, mu)  # no global decode where the local level restores
 
 
 class HeadLightningModule(pl.LightningModule):
