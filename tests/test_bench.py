@@ -98,6 +98,18 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert "Sections kept from earlier runs" in md.read_text() and f"commit {before['context']['commit']}, on {cpu}" in md.read_text()
     assert main(["bench", *overrides, "bench.sections=[]"]) == 1  # nothing to measure: a clear error
 
+    # Measure one row of the quality section again: every other row, the baselines and the section's origin are kept.
+    assert main(["bench", *overrides, "bench.sections=[quality]", "bench.quality_rows=[plain_ae]"]) == 0
+    rows = json.loads(js.read_text())
+    kept, again = before["quality"]["tiny"], rows["quality"]["tiny"]
+    assert again["new_default"] == kept["new_default"] and again["baselines"] == kept["baselines"]
+    assert again["previous_default"] == kept["previous_default"] and again["plain_ae"][0]["seed"] == 0
+    assert again["rows_from"]["plain_ae"]["date"] == rows["context"]["date"] != before["context"]["date"]
+    assert rows["context"]["sections_from"]["quality"]["date"] == before["context"]["date"]
+    assert f"Rows measured in a later run than the rest of this section (`bench.quality_rows`; {rows['context']['date']}" \
+        in md.read_text() and "plain autoencoder on tiny." in md.read_text()
+    assert main(["bench", *overrides, "bench.sections=[quality]", "bench.quality_rows=[plain_aee]"]) == 1  # a typo
+
 
 def test_quality_budget_leaves_out_what_it_cannot_start_and_names_it(tmp_path, tiny_dataset):
     from pipeline.bench.run import measure_quality
@@ -121,6 +133,24 @@ def test_further_seeds_join_their_task_whichever_finished_first():
     out = merged(first, {"fabric": [{"seed": 2}, {"seed": 1}], "digit_1": [{"seed": 1}]})
     assert [r["seed"] for r in out["fabric"]["new_default"]] == [0, 1, 2]
     assert out["digit_1"] == first["digit_1"] and [r["seed"] for r in first["fabric"]["new_default"]] == [0]
+
+
+def test_rows_measured_again_replace_only_themselves_and_say_which_run_measured_them():
+    from pipeline.bench.run import merge_rows
+
+    kept = {"fabric": {"family": "fabric", "new_default": [{"seed": 0, "image_auroc": 0.99}], "vqvae": [],
+                       "baselines": {"pca": {}}},
+            "digit_1": {"family": "digits one-vs-rest", "refused": "too few"}}
+    stamp = {"date": "later", "commit": "abc", "cpu": "AMD"}
+    measured = {"fabric": {"family": "fabric", "vqvae": [{"seed": 0, "image_auroc": 0.9}]},
+                "digit_1": {"family": "digits one-vs-rest", "new_default": [{"seed": 0}], "baselines": {"pca": {}}},
+                "loco_2": {"family": "digits leave-one-out", "new_default": [{"seed": 0}], "baselines": {}}}
+    out = merge_rows(kept, measured, ["vqvae", "new_default"], stamp)
+    assert out["fabric"]["new_default"] == kept["fabric"]["new_default"]  # not measured by this run: kept
+    assert out["fabric"]["vqvae"] == [{"seed": 0, "image_auroc": 0.9}] and out["fabric"]["rows_from"] == {"vqvae": stamp}
+    assert out["fabric"]["baselines"] == {"pca": {}} and kept["fabric"]["vqvae"] == []  # the kept dict is not changed
+    assert out["digit_1"]["new_default"] == [{"seed": 0}] and "refused" not in out["digit_1"]  # refused before: replaced
+    assert out["loco_2"]["rows_from"] == {"new_default": stamp}  # a task the kept section lacked joins as measured
 
 
 def test_small_sets_measure_the_cross_members_the_quality_section_trained_instead_of_training_them_again(tmp_path):

@@ -150,7 +150,7 @@ def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictCo
                   extra_maps: tuple[str, ...], baselines: bool = True) -> dict:
     """Every method's rows (one per seed) and, with `baselines`, the baselines on one dataset (a family or a
     digits task)."""
-    first = configs["new_default"][0]
+    first = next(iter(configs.values()))[0]  # every method's configs share the task's data
     root = ensure_dataset(first.data, first.seed)
     split = load_test_split(root, first.data.image_size, build_datamodule(first, root).read_options)
     log.info("bench quality: %s (%d test images, %d anomalous)", name, len(split.labels), int(split.labels.sum()))

@@ -250,6 +250,19 @@ def sets_section(drift: dict) -> list[str]:
             *_table(["family", *any_r["conditions"]], rows)]
 
 
+def later_rows(quality: dict) -> list[str]:
+    """One line per later run that measured some rows of the kept section (`bench.quality_rows`): which rows, on
+    which tasks."""
+    labels, runs = dict(ROWS), {}
+    for name, task in quality.items():
+        for method, stamp in task.get("rows_from", {}).items():
+            run = (stamp["date"], stamp["commit"], stamp.get("cpu") or "an unrecorded machine")
+            runs.setdefault(run, {}).setdefault(method, []).append(name)
+    return [f"Rows measured in a later run than the rest of this section (`bench.quality_rows`; {date}, commit "
+            f"{commit}, on {cpu}): " + "; ".join(f"{labels.get(m, m)} on {', '.join(names)}" for m, names in rows.items())
+            + "." for (date, commit, cpu), rows in runs.items()] + ([""] if runs else [])
+
+
 def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
     lines = ["## 5. Detection quality", "",
              "Every product row trains through `run_train` on the same split (training images; selection and "
@@ -257,6 +270,7 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
              "images; maps are compared at the original resolution. Families `sand`, `mesh` and `film` are "
              "report-only: no default was chosen on them, their defects include kinds unlike anything the synthetic "
              "anomalies make; `film`'s texture drifts along the roll, its test parts beyond the training ones.", ""]
+    lines += later_rows(quality)
     refused = [f"`{n}`: {t['refused']}" for n, t in quality.items() if "refused" in t]
     alphas = sorted({a for t in quality.values() for r in t.get("new_default", []) for a in (r.get("false_alarm") or {})},
                     key=float)

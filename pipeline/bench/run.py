@@ -51,7 +51,7 @@ def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str
 
 def _quality_job(job: tuple) -> tuple[str, dict]:
     """One task in a worker process (one thread: the workers share the machine's cores)."""
-    name, family, overrides, bench, alphas, extra_maps, baselines = job
+    name, family, overrides, bench, alphas, extra_maps, _, baselines = job
     configure_logging()
     torch.set_num_threads(1)
     configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
@@ -62,9 +62,12 @@ def _quality_job(job: tuple) -> tuple[str, dict]:
         return name, {"family": family, "dataset": name, "refused": str(err)}
 
 
-def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple]:
+def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[str] | None = None,
+                 kept_tasks: frozenset[str] = frozenset()) -> list[tuple]:
     """One job per task with every method at its first seed, then one job per task with the new default's further
-    seeds: a run stopped early has every task at one seed rather than some tasks at two."""
+    seeds: a run stopped early has every task at one seed rather than some tasks at two. `rows`: only these methods
+    (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them).
+    A job: (task, family, {method: [overrides per seed]}, bench, alphas, extra maps, first seed?, baselines?)."""
     base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
     last = [*sizes.quality_overrides, *bench.overrides]  # after the method's: quick sizes shorten every row
     plain = OmegaConf.to_container(bench, resolve=True)
@@ -77,14 +80,16 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path) -> list[tuple
                      *_isolated(work, f"quality-{name}-{method}-{s}")] for s in chosen]
 
         first = {m: runs(m, seeds[:1] if m == "new_default" else list(sizes.baseline_seeds)) for m in bench.methods
-                 if family == name or m not in bench.family_only_methods}
-        cfg = compose(first["new_default"][0])
+                 if (rows is None or m in rows) and (family == name or m not in bench.family_only_methods)}
+        if not first:  # every row asked for is a family-only one
+            continue
+        cfg = compose(next(iter(first.values()))[0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
-        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps, True))
-        if seeds[1:]:
+        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps, True, name not in kept_tasks))
+        if seeds[1:] and "new_default" in first:
             later_jobs.append((name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
-                               list(bench.alphas), (), False))
+                               list(bench.alphas), (), False, False))
     return first_jobs + later_jobs
 
 
@@ -105,11 +110,29 @@ def merged(first: dict, further: dict) -> dict:
     return results
 
 
+def merge_rows(kept: dict, measured: dict, rows: list[str], stamp: dict) -> dict:
+    """The kept quality section with the rows (methods) in `rows` of every measured task replaced by this run's, each
+    named in the task's `rows_from` with `stamp` (the run that measured it); a task the kept section lacks (or
+    refused) joins as measured. Nothing else of the kept section changes."""
+    out = {name: {**task} for name, task in kept.items()}
+    for name, task in measured.items():
+        if name not in out or "refused" in out[name] or "refused" in task:
+            out[name] = {**task, "rows_from": {m: stamp for m in rows if m in task}}
+            continue
+        for method in rows:
+            if method in task:
+                out[name][method] = task[method]
+                out[name]["rows_from"] = {**out[name].get("rows_from", {}), method: stamp}
+    return out
+
+
 def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None,
-                    minutes: float | None = None, left_out: list | None = None) -> dict:
+                    minutes: float | None = None, left_out: list | None = None, rows: list[str] | None = None,
+                    kept_tasks: frozenset[str] = frozenset()) -> dict:
     """Every job in `bench.workers` processes, the built-in families first (the longest). With `minutes`, no job
-    starts after that many minutes: the runs of the jobs never started are appended to `left_out`."""
-    jobs = quality_jobs(bench, sizes, work)
+    starts after that many minutes: the runs of the jobs never started are appended to `left_out`. `rows`,
+    `kept_tasks`: see quality_jobs."""
+    jobs = quality_jobs(bench, sizes, work, rows, kept_tasks)
     deadline = None if minutes is None else time.monotonic() + 60 * float(minutes)
     left_out = [] if left_out is None else left_out
     first, further, waiting, running = {}, {}, list(enumerate(jobs)), {}
@@ -130,7 +153,7 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name, result = future.result()
-                is_first_job = jobs[running.pop(future)][6]  # its `baselines` flag: every method at its first seed
+                is_first_job = jobs[running.pop(future)][6]  # every method at its first seed (not further seeds)
                 if is_first_job:
                     first[name] = result
                 else:  # the new default's further seeds of a task
@@ -249,13 +272,24 @@ def run_bench(cfg: DictConfig) -> dict:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise ValueError(f"bench.sections must be a non-empty subset of {list(SECTIONS)}, got {sections}")
-    kept, kept_from = previous_results(Path(bench.json), [s for s in SECTIONS if s not in sections])
+    rows = list(bench.quality_rows) if bench.quality_rows else None
+    if rows is not None and ("quality" not in sections or set(rows) - set(bench.methods)):
+        raise ValueError(f"bench.quality_rows={rows} needs the quality section in bench.sections and names among "
+                         f"bench.methods {list(bench.methods)}")
+    # quality_rows: the quality section is the committed one, with those rows measured again
+    kept, kept_from = previous_results(Path(bench.json), [s for s in SECTIONS if s not in sections or
+                                                          (s == "quality" and rows is not None)])
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
     context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"],
                                                        "cpu": context["cpu"]} for s in SECTIONS}
     started, results = time.perf_counter(), dict(kept)
+    kept_quality = results.pop("quality", {}) if rows is not None else {}
+    stamp = {key: context[key] for key in ("date", "commit", "cpu")}
+
+    def with_kept_rows(measured: dict) -> dict:
+        return merge_rows(kept_quality, measured, rows, stamp) if rows is not None else measured
 
     def save(partial: bool) -> tuple[Path, Path]:
         """Report what is measured so far: a long run stopped half-way still leaves a readable report."""
@@ -266,14 +300,15 @@ def run_bench(cfg: DictConfig) -> dict:
         return report.write(shown, context, Path(bench.markdown), Path(bench.json))
 
     def quality_progress(partial: dict) -> None:
-        results["quality"] = partial
+        results["quality"] = with_kept_rows(partial)
         save(partial=True)
 
     measures = {"wall_time": lambda: (measure_wall_time(bench, work) if not bench.quick
                                       else {"skipped": "not run in quick mode"}),
                 "speed": lambda: measure_speed(bench, sizes, work),
-                "quality": lambda: measure_quality(bench, sizes, work, quality_progress, bench.quality_minutes,
-                                                   context.setdefault("quality_left_out", [])),
+                "quality": lambda: with_kept_rows(measure_quality(
+                    bench, sizes, work, quality_progress, bench.quality_minutes,
+                    context.setdefault("quality_left_out", []), rows, frozenset(kept_quality))),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
                 "small_sets": lambda: (small_sets.measure_small_sets(bench, work, list(sizes.quality_overrides))
                                        if sizes.small_sets else {"skipped": "bench.sizes.<size>.small_sets is false"}),
