@@ -133,6 +133,7 @@ def test_further_seeds_join_their_task_whichever_finished_first():
     out = merged(first, {"fabric": [{"seed": 2}, {"seed": 1}], "digit_1": [{"seed": 1}]})
     assert [r["seed"] for r in out["fabric"]["new_default"]] == [0, 1, 2]
     assert out["digit_1"] == first["digit_1"] and [r["seed"] for r in first["fabric"]["new_default"]] == [0]
+    assert list(merged(first, {}, ["digit_1", "fabric"])) == ["digit_1", "fabric"]  # the jobs' order, not the finish
 
 
 def test_rows_measured_again_replace_only_themselves_and_say_which_run_measured_them():

@@ -100,10 +100,11 @@ def job_label(job: tuple) -> str:
                      for o in config if o.startswith("seed="))
 
 
-def merged(first: dict, further: dict) -> dict:
+def merged(first: dict, further: dict, order: list[str] | None = None) -> dict:
     """Each task's first-seed result with the new default's further seeds appended in seed order, whichever
-    finished first."""
-    results = {name: {**result} for name, result in first.items()}
+    finished first; tasks in `order` (the jobs' order), not in the order they finished."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    results = {name: {**first[name]} for name in sorted(first, key=lambda n: rank.get(n, len(rank)))}
     for name, rows in further.items():
         if "new_default" in results.get(name, {}):
             results[name]["new_default"] = sorted(results[name]["new_default"] + rows, key=lambda r: r.get("seed", 0))
@@ -133,6 +134,7 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
     starts after that many minutes: the runs of the jobs never started are appended to `left_out`. `rows`,
     `kept_tasks`: see quality_jobs."""
     jobs = quality_jobs(bench, sizes, work, rows, kept_tasks)
+    order = list(dict.fromkeys(job[0] for job in jobs))
     deadline = None if minutes is None else time.monotonic() + 60 * float(minutes)
     left_out = [] if left_out is None else left_out
     first, further, waiting, running = {}, {}, list(enumerate(jobs)), {}
@@ -162,11 +164,11 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
                 log.info("bench quality: %d/%d jobs done (%s)", done, len(jobs), name)
             start_jobs()
             if progress is not None and running:
-                progress(merged(first, further))
+                progress(merged(first, further, order))
     if left_out:
         log.warning("bench quality: %d jobs left out (bench.quality_minutes=%s): %s", len(left_out), minutes,
                     "; ".join(left_out))
-    return merged(first, further)
+    return merged(first, further, order)
 
 
 def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
