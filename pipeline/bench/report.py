@@ -17,11 +17,11 @@ from pipeline.bench import small_sets
 from pipeline.bench.report_quality import quality_section
 from pipeline.config import project_root
 
-# The product before the detector API (commit 2e25f1f, its BENCHMARKS.md section 2, same machine): every image
-# computed all eight scores, the Monte Carlo decodes and the MSGMS map included.
+# The product before the detector API (commit 2e25f1f, its BENCHMARKS.md section 2, on an AMD EPYC 2-core): every
+# image computed all eight scores, the Monte Carlo decodes and the MSGMS map included.
 PREVIOUS_SCORING = ("For comparison, the product before the detector API (commit 2e25f1f, every score for every "
-                    "image): 123.6 images/s end to end on 550 `fabric` images, 0.10 of its bare encoder+decoder "
-                    "forward (1276.6 images/s).")
+                    "image; measured on an AMD EPYC 2-core): 123.6 images/s end to end on 550 `fabric` images, 0.10 of "
+                    "its bare encoder+decoder forward (1276.6 images/s).")
 PACKAGES = ("torch", "pytorch-lightning", "mlflow", "numpy", "scikit-learn", "scipy", "pillow", "hydra-core")
 
 
