@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from pipeline.__main__ import main
 from pipeline.bench.baselines import PCAReconstruction, PixelIsolationForest
@@ -54,6 +55,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert speed["training"]["efficiency"] > 0 and speed["scoring"]["ratio_same_work"] > 0
     assert set(speed["scoring"]["stages"]) == {"decode", "forward", "maps", "write"}
     assert speed["scoring"]["repeats"] == 3 and len(speed["scoring"]["end_to_end"]["runs_seconds"]) == 3
+    reference = speed["scoring"]["references"]["learned_map_v1"]  # the dd9051f default, timed in the same loop
+    assert len(reference["runs_seconds"]) == 3 and reference["ratio"] == pytest.approx(
+        speed["scoring"]["end_to_end"]["images_per_second"] / reference["images_per_second"])
     step = speed["training"]["head_step"]  # the learned map's step against the same head on a ready batch
     assert step["ready_step_seconds"] > 0 and step["synthesis_seconds"] > 0 and 0 < step["ratio"] < 5
     assert [m["n_images"] for m in speed["memory"]] == [3, 30] and all(m["n_errors"] == 0 for m in speed["memory"])
@@ -79,7 +83,7 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     for heading in ("## 2. Training", "## 3. Scoring", "## 4. Peak memory", "## 5. Detection quality",
                     "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images", "on a ready batch"):
         assert heading in text
-    assert "Quick run" in text
+    assert "Quick run" in text and "end to end with the `learned_map_v1` detector" in text
     small = data["small_sets"]["tasks"]["tiny"]  # the same 24 images: one detector, then three cross-conformal ones
     assert (small["split"]["n_members"], small["cross"]["n_members"]) == (1, 3)
     assert (small["split"]["n_calibration"], small["cross"]["n_calibration"]) == (7, 24)

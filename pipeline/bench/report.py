@@ -117,6 +117,10 @@ def _speed(s: dict) -> list[str]:
     lines += table(["path", "images/s", "images/CPU-s", "seconds"],
                    [[label, f(v["images_per_second"], 1), f(v["images_per_cpu_second"], 1), f(v["seconds"], 2)]
                     for label, v in paths])
+    for name, ref in (sc.get("references") or {}).items():
+        lines += [f"In the same loop, end to end with the `{name}` detector (`bench.speed_reference`, trained with the "
+                  f"same short schedule): {f(ref['images_per_second'], 1)} images/s "
+                  f"({f(ref['images_per_cpu_second'], 1)} per CPU-s): **the new default / it: {f(ref['ratio'], 2)}**.", ""]
     lines += [PREVIOUS_SCORING, ""]
     lines += [f"**End-to-end / same work: {f(sc['ratio_same_work'], 2)} by wall time, {f(sc['ratio_same_work_cpu'], 2)} "
               f"by CPU time; end-to-end / bare forward: {f(sc['ratio_bare_forward'], 2)} by wall time, "

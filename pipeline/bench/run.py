@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.bench import drift, memory, promise, quality, report, small_sets, speed, thresholds
+from pipeline.commands.train import run_train
 from pipeline.config import compose, configure_logging, project_root
 from pipeline.data.layout import scan_test
 from pipeline.data.splits import TooFewNormalImages
@@ -173,17 +174,26 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
 
 def measure_speed(bench: DictConfig, sizes: DictConfig, work: Path) -> dict:
     epochs = int(sizes.train_epochs)
-    cfg = compose([*bench.overrides, f"data.category={bench.families[0]}", f"trainer.max_epochs={epochs}",
-                   f"trainer.min_epochs={epochs}", f"trainer.early_stopping_patience={epochs + 1}",
-                   f"head.steps={sizes.head_steps}", f"head.validate_every={sizes.head_steps}",
-                   "trainer.enable_progress_bar=false", *_isolated(work, "speed")])
+
+    def config(method: list[str], tag: str) -> DictConfig:
+        return compose([*bench.overrides, f"data.category={bench.families[0]}", *method, f"trainer.max_epochs={epochs}",
+                        f"trainer.min_epochs={epochs}", f"trainer.early_stopping_patience={epochs + 1}",
+                        f"head.steps={sizes.head_steps}", f"head.validate_every={sizes.head_steps}",
+                        "trainer.enable_progress_bar=false", *_isolated(work, tag)])
+
+    cfg = config([], "speed")
     training = speed.training_throughput(cfg)
     detector = AnomalyDetector.load(training["detector_dir"])
+    # The detector the speed issue must never fall behind, trained with the same short schedule, timed beside it.
+    name = bench.speed_reference
+    references = ({name: AnomalyDetector.load(run_train(config(list(bench.methods[name]), f"speed-{name}"))["detector_dir"])}
+                  if name else {})
     samples = scan_test(cfg.data.root)
     if sizes.score_images:
         samples = samples[:int(sizes.score_images)]
     scoring = speed.scoring_throughput(detector, samples, work / "speed-scoring", cfg.data.batch_size,
-                                       cfg.data.num_workers, bench.warmup_batches, int(bench.scoring_repeats))
+                                       cfg.data.num_workers, bench.warmup_batches, int(bench.scoring_repeats),
+                                       references)
     n = int(sizes.memory_n)
     peaks = [memory.measure(Path(training["detector_dir"]), Path(cfg.data.root), count, cfg.data.batch_size,
                             work / f"memory-{count}") for count in (n, 10 * n)]
@@ -274,6 +284,8 @@ def run_bench(cfg: DictConfig) -> dict:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise ValueError(f"bench.sections must be a non-empty subset of {list(SECTIONS)}, got {sections}")
+    if bench.speed_reference and bench.speed_reference not in bench.methods:
+        raise ValueError(f"bench.speed_reference={bench.speed_reference} is not one of bench.methods {list(bench.methods)}")
     rows = list(bench.quality_rows) if bench.quality_rows else None
     if rows is not None and ("quality" not in sections or set(rows) - set(bench.methods)):
         raise ValueError(f"bench.quality_rows={rows} needs the quality section in bench.sections and names among "

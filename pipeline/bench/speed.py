@@ -211,11 +211,15 @@ def _median_rate(n: int, runs: list[tuple[float, float]]) -> dict:
 
 
 def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: Path, batch: int,
-                       num_workers: int, warmup_batches: int, repeats: int = 3) -> dict:
+                       num_workers: int, warmup_batches: int, repeats: int = 3,
+                       references: dict[str, AnomalyDetector] | None = None) -> dict:
     """End-to-end scoring vs the same batch computation in memory vs the bare networks, and each stage's cost.
     The three paths run `repeats` times, interleaved, and each reports its median run: one run of each is as
-    likely to catch a disturbance (a cache filled, another process) as the thing measured."""
-    score_files(detector, samples[:max(1, warmup_batches) * batch], work / "warmup", batch, num_workers)
+    likely to catch a disturbance (a cache filled, another process) as the thing measured. `references`: other
+    detectors timed end to end in the same loop (e.g. an earlier default), each with the detector's rate over theirs."""
+    references = references or {}
+    for name, other in {"": detector, **references}.items():
+        score_files(other, samples[:max(1, warmup_batches) * batch], work / f"warmup{name}", batch, num_workers)
 
     started = _now()  # stage 1, decode: read every file through the same Dataset and DataLoader, no model
     decoded, sizes = [], []
@@ -227,10 +231,15 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
     images = torch.cat(decoded)  # (N, C, S, S)
 
     runs: dict[str, list[tuple[float, float]]] = {"end_to_end": [], "same_work": [], "bare": []}
+    reference_runs: dict[str, list[tuple[float, float]]] = {name: [] for name in references}
     for repeat in range(max(1, repeats)):
         started = _now()
         score_files(detector, samples, work / f"end_to_end-{repeat}", batch, num_workers)
         runs["end_to_end"].append(_since(started))
+        for name, other in references.items():
+            started = _now()
+            score_files(other, samples, work / f"{name}-{repeat}", batch, num_workers)
+            reference_runs[name].append(_since(started))
         started = _now()  # stage 2, forward: the detector's batch computation on in-memory tensors
         maps = detector.score(images, batch_size=batch)["map"]
         runs["same_work"].append(_since(started))
@@ -238,6 +247,7 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
         bare_forward(detector, images, batch)
         runs["bare"].append(_since(started))
     end_to_end, forward, bare = (_median_rate(len(samples), runs[k]) for k in ("end_to_end", "same_work", "bare"))
+    reference_rates = {name: _median_rate(len(samples), r) for name, r in reference_runs.items()}
     maps = torch.from_numpy(maps)
 
     started = _now()  # stage 3, maps: resize to the original resolution and find defect regions, per image
@@ -256,4 +266,6 @@ def scoring_throughput(detector: AnomalyDetector, samples: list[Sample], work: P
             **{f"ratio_{name}{suffix}": end_to_end[key] / raw[key]
                for name, raw in (("same_work", forward), ("bare_forward", bare))
                for suffix, key in (("", "images_per_second"), ("_cpu", "images_per_cpu_second"))},
+            "references": {name: {**rate, "ratio": end_to_end["images_per_second"] / rate["images_per_second"]}
+                           for name, rate in reference_rates.items()},
             "stages": {"decode": decode, "forward": forward, "maps": map_stage, "write": write}}
