@@ -23,7 +23,7 @@ from pipeline.detector import AnomalyDetector
 from pipeline.detector import fitting
 from pipeline.models.linear import LinearLevel
 from pipeline.scoring import metrics as MET
-from pipeline.scoring.fusion import fit_standardization, fuse
+from pipeline.scoring.fusion import fit_standardization, fuse, standardize
 from pipeline.scoring.threshold import conformal_threshold
 from pipeline.training.fit import head_synthesizers, validation_set
 
@@ -81,8 +81,10 @@ def print_fused_rows(parts: dict[str, dict[str, np.ndarray]], truth: np.ndarray,
     params = fit_standardization(parts["sel"], fitting.component_transforms(list(parts["sel"]), map_kind))
     kinds, good = split["kinds"], split["kinds"] == "good"
     for combo, members in rows.items():
+        total = combo.endswith(" (sum)")  # the z-scores added instead of the largest taken: evidence accumulates
         chosen = {m: params[m] for m in members}
-        fused = {k: fuse(v, chosen) for k, v in parts.items()}
+        fused = {k: (sum(standardize(v[m], chosen[m]) for m in members) if total else fuse(v, chosen))
+                 for k, v in parts.items()}
         row = f"{combo:24s} validation {MET.image_auroc(truth, fused['val']):.3f} test {MET.image_auroc(split['labels'], fused['test']):.3f}"
         for alpha in (0.01, 0.05):
             flagged = fused["test"] > conformal_threshold(fused["cal"], alpha)
@@ -107,7 +109,8 @@ def main(argv: list[str]) -> int:
     images, truth = validation_draw(cfg, dm, seed)
     validation = components(detector, linear, images)
 
-    rows = {**{n: [n] for n in parts["sel"]}, **COMBINATIONS}
+    rows = {**{n: [n] for n in parts["sel"]}, **COMBINATIONS,
+            **{f"{name} (sum)": members for name, members in COMBINATIONS.items() if "residual" not in name}}
     print_fused_rows({**parts, "val": validation}, truth, split, rows, detector.spec.detect["map"])
     return 0
 
