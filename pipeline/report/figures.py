@@ -32,7 +32,7 @@ def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path
                 ax.plot(steps, values, label=name.split("/", 1)[0], marker=".")
         ax.set_title(group)
         ax.set_xlabel("epoch")
-        ax.legend()
+        ax.legend(loc="upper right")  # a fixed place: "best" is searched over every point and can warn (slow)
     return save(fig, path)
 
 
@@ -64,7 +64,7 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray | None, threshold: fl
         ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
     if np.isfinite(threshold):
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set_xlabel(score_name), ax.set_ylabel("images"), ax.legend()
+    ax.set_xlabel(score_name), ax.set_ylabel("images"), ax.legend(loc="upper right")
     return save(fig, path)
 
 
@@ -95,7 +95,7 @@ def pr_figure(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "
     ax = fig.add_subplot()
     ax.plot(recall, precision)
     ax.axhline(float(np.mean(labels)), color="gray", linestyle=":", label="chance")
-    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_title(title), ax.legend()
+    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_title(title), ax.legend(loc="lower left")
     return save(fig, path)
 
 
@@ -107,7 +107,7 @@ def box_by_group(frame, group: str, value: str, threshold: float, path: Path) ->
     ax.boxplot([frame.loc[frame[group] == n, value].to_numpy() for n in names], tick_labels=names)
     if np.isfinite(threshold):
         ax.axhline(threshold, color="black", linestyle="--", label="threshold")
-        ax.legend()
+        ax.legend(loc="upper right")
     ax.set_ylabel(value)
     ax.tick_params(axis="x", rotation=30)
     return save(fig, path)

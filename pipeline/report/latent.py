@@ -78,7 +78,9 @@ def latent_map_figure(points: np.ndarray, groups: list[str], flagged: np.ndarray
         ax.scatter(points[flagged, 0], points[flagged, 1], s=40, facecolors="none", edgecolors="black",
                    linewidths=0.8, label="flagged")
     ax.set_xlabel(axis_labels[0]), ax.set_ylabel(axis_labels[1]), ax.set_title(title)
-    ax.legend(fontsize=7, markerscale=1.2, loc="best")
+    # Beside the points, not over them: placing a legend "best" among thousands of points is slow enough for
+    # matplotlib to warn into a scheduled job's log.
+    ax.legend(fontsize=7, markerscale=1.2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
 
 
@@ -142,5 +144,5 @@ def kl_figure(kl: np.ndarray, collapsed_below: float, path: Path, layout: str = 
     ax.set_xlabel(f"latent {unit}, sorted by KL"), ax.set_ylabel("mean KL on normal images (nats)")
     ax.set_title(f"{active} of {len(kl)} active")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     return save(fig, path)

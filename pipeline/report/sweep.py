@@ -24,5 +24,5 @@ def sweep_figure(frame: pd.DataFrame, auroc_columns: list[str], path: Path) -> P
         ax.set_xticks(sizes, [str(v) for v in sizes])
         ax.set_xlabel("latent size"), ax.set_ylabel("test image AUROC"), ax.set_title(column.removeprefix("auroc."))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     return save(fig, path)
