@@ -18,6 +18,7 @@ import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -50,25 +51,35 @@ def tasks(bench: DictConfig, sizes: DictConfig) -> list[tuple[str, str, list[str
     return found
 
 
-def _quality_job(job: tuple) -> tuple[str, dict]:
+class QualityJob(NamedTuple):
+    """One task's trainings for a worker process: plain values only (it is pickled)."""
+    task: str
+    family: str
+    runs: dict[str, list[list[str]]]  # method -> the overrides of each seed's run
+    bench: dict
+    alphas: list[float]
+    extra_maps: tuple[str, ...]
+    first_seed: bool                  # every method at its first seed (else: the new default's further seeds)
+    baselines: bool                   # also fit the baselines on this task
+
+
+def _quality_job(job: QualityJob) -> tuple[str, dict]:
     """One task in a worker process (one thread: the workers share the machine's cores)."""
-    name, family, overrides, bench, alphas, extra_maps, _, baselines = job
     configure_logging()
     torch.set_num_threads(1)
-    configs = {method: [compose(o) for o in lists] for method, lists in overrides.items()}
+    configs = {method: [compose(o) for o in lists] for method, lists in job.runs.items()}
     try:
-        return name, {"family": family, **quality.evaluate_task(name, configs, OmegaConf.create(bench), alphas,
-                                                                 extra_maps, baselines)}
+        return job.task, {"family": job.family, **quality.evaluate_task(
+            job.task, configs, OmegaConf.create(job.bench), job.alphas, job.extra_maps, job.baselines)}
     except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
-        return name, {"family": family, "dataset": name, "refused": str(err)}
+        return job.task, {"family": job.family, "dataset": job.task, "refused": str(err)}
 
 
 def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[str] | None = None,
-                 kept_tasks: frozenset[str] = frozenset()) -> list[tuple]:
+                 kept_tasks: frozenset[str] = frozenset()) -> list[QualityJob]:
     """One job per task with every method at its first seed, then one job per task with the new default's further
     seeds: a run stopped early has every task at one seed rather than some tasks at two. `rows`: only these methods
-    (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them).
-    A job: (task, family, {method: [overrides per seed]}, bench, alphas, extra maps, first seed?, baselines?)."""
+    (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them)."""
     base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
     last = [*sizes.quality_overrides, *bench.overrides]  # after the method's: quick sizes shorten every row
     plain = OmegaConf.to_container(bench, resolve=True)
@@ -87,18 +98,18 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[st
         cfg = compose(next(iter(first.values()))[0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
-        first_jobs.append((name, family, first, plain, list(bench.alphas), extra_maps, True, name not in kept_tasks))
+        first_jobs.append(QualityJob(name, family, first, plain, list(bench.alphas), extra_maps, first_seed=True,
+                                     baselines=name not in kept_tasks))
         if seeds[1:] and "new_default" in first:
-            later_jobs.append((name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
-                               list(bench.alphas), (), False, False))
+            later_jobs.append(QualityJob(name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
+                                         list(bench.alphas), (), first_seed=False, baselines=False))
     return first_jobs + later_jobs
 
 
-def job_label(job: tuple) -> str:
+def job_label(job: QualityJob) -> str:
     """'<task> <method> seed <s>, ...' for each run a quality job would train."""
-    name, runs = job[0], job[2]
-    return ", ".join(f"{name} {method} seed {o.split('=', 1)[1]}" for method, lists in runs.items() for config in lists
-                     for o in config if o.startswith("seed="))
+    return ", ".join(f"{job.task} {method} seed {o.split('=', 1)[1]}" for method, lists in job.runs.items()
+                     for config in lists for o in config if o.startswith("seed="))
 
 
 def merged(first: dict, further: dict, order: list[str] | None = None) -> dict:
@@ -135,7 +146,7 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
     starts after that many minutes: the runs of the jobs never started are appended to `left_out`. `rows`,
     `kept_tasks`: see quality_jobs."""
     jobs = quality_jobs(bench, sizes, work, rows, kept_tasks)
-    order = list(dict.fromkeys(job[0] for job in jobs))
+    order = list(dict.fromkeys(job.task for job in jobs))
     deadline = None if minutes is None else time.monotonic() + 60 * float(minutes)
     left_out = [] if left_out is None else left_out
     first, further, waiting, running = {}, {}, list(enumerate(jobs)), {}
@@ -156,8 +167,7 @@ def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=N
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name, result = future.result()
-                is_first_job = jobs[running.pop(future)][6]  # every method at its first seed (not further seeds)
-                if is_first_job:
+                if jobs[running.pop(future)].first_seed:
                     first[name] = result
                 else:  # the new default's further seeds of a task
                     further.setdefault(name, []).extend(result.get("new_default", []))
