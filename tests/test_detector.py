@@ -62,6 +62,58 @@ def test_the_linear_level_is_saved_loaded_and_exported_with_the_detector(tmp_pat
     np.testing.assert_allclose(onnx["linear_max"], expected["linear_max"], rtol=1e-4, atol=1e-6)
 
 
+def test_the_nearest_parts_level_measures_the_distance_to_the_closest_training_images():
+    """A training image is at distance 0 from itself (k=1); with k=2 its distance is half that to its nearest other
+    image; a part unlike all of them is farther than any of them; a coarse copy never upsamples."""
+    from pipeline.models.nearest import NearestLevel
+
+    train = parts(20, image_size=16, seed=4)
+    level = NearestLevel.fit(train, k=1, side=8)
+    assert level.references.shape == (20, 64) and torch.allclose(level(train), torch.zeros(20), atol=1e-3)
+    pair = NearestLevel.fit(train, k=2, side=8)
+    others = torch.cdist(pair.coarse(train), pair.coarse(train)).fill_diagonal_(float("inf")).min(dim=1).values
+    torch.testing.assert_close(pair(train), others / 8 / 2, atol=1e-3, rtol=1e-3)  # RMS over the 64 pixels, mean of 2
+    wrong = 1.0 - train[:3]  # the negative of a part: unlike every good part as a whole
+    assert pair(wrong).min() > pair(parts(20, image_size=16, seed=5)).max()
+    assert NearestLevel.fit(train, k=1, side=32).coarse(train).shape == (20, 256)  # 16 px stays 16 px
+    with pytest.raises(ValueError, match="only 20"):
+        NearestLevel.fit(train, k=21, side=8)
+
+
+def test_the_nearest_parts_level_is_saved_loaded_and_exported_with_the_detector(tmp_path):
+    """A detector whose fused score keeps nearest_distance: the level's copies are in weights.pt ('nearest.*'), a
+    loaded copy and the ONNX export (nearest.onnx) score alike; a texture (the global level draws a blur) gets no
+    level at all."""
+    from pipeline.export.onnx import OnnxDetector, export_onnx
+
+    detector = small_detector(head=True, map="head", components=["map_max", "nearest_distance"], nearest_k=3,
+                              nearest_side=8)
+    fitting.fit_nearest_level(detector, parts(40, image_size=16, seed=4))
+    fit_by_hand(detector, parts(8, image_size=16, seed=1), parts(30, image_size=16, seed=2))
+    assert detector.spec.validation["fused_components"] == ["map_max", "nearest_distance"]
+    assert detector.spec.nearest == {"n_references": 40, "n_features": 64, "k": 3, "grid": 8}
+    folder = detector.save(tmp_path / "det")
+    assert any(key.startswith("nearest.") for key in torch.load(folder / "weights.pt", weights_only=True))
+    x = parts(6, image_size=16, seed=3)
+    loaded = AnomalyDetector.load(folder)
+    expected, got = detector.score(x, keep=()), loaded.score(x, keep=())
+    np.testing.assert_array_equal(got["nearest_distance"], expected["nearest_distance"])
+    np.testing.assert_array_equal(got["fused"], expected["fused"])
+    export_onnx(loaded, tmp_path / "onnx", opset=17)
+    onnx = OnnxDetector(tmp_path / "onnx").score(x.numpy())
+    np.testing.assert_allclose(onnx["nearest_distance"], expected["nearest_distance"], rtol=1e-4, atol=1e-6)
+    texture = small_detector(components=["map_max", "nearest_distance"], nearest_k=3, nearest_side=8)
+    texture.spec.validation["global_detail_error_ratio"] = 0.9  # the global level misses 90 % of the detail, over
+    texture.spec.model["global_detail_limit"] = 0.5  # the limit
+    fitting.fit_nearest_level(texture, parts(40, image_size=16, seed=4))
+    assert texture.nearest is None and texture.spec.nearest is None
+
+
+def test_a_nearest_parts_level_without_its_settings_is_refused_before_training():
+    with pytest.raises(ValueError, match="nearest_k"):  # AnomalyDetector.from_config checks before any training
+        detector_module.check_settings(small_detector(components=["map_max", "nearest_distance"], nearest_k=0).spec)
+
+
 def test_the_fit_leaves_out_a_linear_level_that_lowers_the_validation():
     """fit_components with a validation draw on which linear_max only adds noise: the level is neither kept nor
     saved, its gain is recorded."""
@@ -106,7 +158,7 @@ def test_a_failed_save_leaves_no_partial_folder_and_the_previous_detector_intact
 def test_set_decision_recalibrates_from_the_stored_calibration_scores(fitted):
     detector = AnomalyDetector(fitted.spec.__class__(**json.loads(fitted.spec.to_json())), fitted.vae, fitted.head)
     stored = {name: np.asarray(v) for name, v in detector.spec.calibration_scores.items()}
-    assert set(S.SCORE_NAMES) - set(S.LINEAR_SCORES) <= set(stored) and all(len(v) == 30 for v in stored.values())
+    assert set(S.SCORE_NAMES) - set(S.LEVEL_SCORES) <= set(stored) and all(len(v) == 30 for v in stored.values())
     assert "linear_max" not in stored  # fitted by hand: no linear level, no score of it
     for score, alpha in (("fused", 0.2), ("neg_iwae", 0.1), ("map_topk", 0.05)):
         detector.set_decision(score=score, alpha=alpha)

@@ -10,7 +10,7 @@ from pipeline.data.datasets import load_images
 from pipeline.data.layout import scan_test
 from pipeline.detector import AnomalyDetector
 from pipeline.export.onnx import OnnxDetector
-from pipeline.scoring.scores import BASE_SCORES, FUSED, LINEAR_SCORES
+from pipeline.scoring.scores import BASE_SCORES, FUSED, LEVEL_SCORES
 
 
 def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, capsys):
@@ -22,8 +22,9 @@ def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, c
     torch_detector = AnomalyDetector.load(trained.detector_dir)
     restorer = ["restorer.onnx"] if torch_detector.spec.reconstruction == "local" else []  # the two-level VAE's
     linear = ["linear.onnx"] if torch_detector.spec.linear else []  # where the fit kept the linear level
+    nearest = ["nearest.onnx"] if torch_detector.spec.nearest else []  # and the nearest-parts level
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == sorted(
-        ["decoder.onnx", "detector.json", "encoder.onnx", "head.onnx", *restorer, *linear])
+        ["decoder.onnx", "detector.json", "encoder.onnx", "head.onnx", *restorer, *linear, *nearest])
 
     exported = OnnxDetector(tmp_path / "onnx")
     assert exported.spec.calibration_scores == torch_detector.spec.calibration_scores
@@ -31,7 +32,7 @@ def test_exported_onnx_model_scores_like_the_torch_detector(trained, tmp_path, c
     expected = torch_detector.score(images, keep=("map", "reconstruction"))
     got = exported.score(images.numpy())
     np.testing.assert_allclose(got["reconstruction"], expected["reconstruction"], rtol=1e-4, atol=1e-5)
-    for name in (*BASE_SCORES, *LINEAR_SCORES):
+    for name in (*BASE_SCORES, *LEVEL_SCORES):
         assert (name in got) == (name in expected), name
         if name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)

@@ -263,7 +263,7 @@ def test_the_deciding_component_is_the_one_whose_standardized_score_is_the_fused
     assert fuse(scored, params)[2] == pytest.approx(max(z_map, z_elbo))
 
 
-def test_the_elbo_and_the_linear_level_are_kept_only_where_the_global_level_draws_the_part():
+def test_the_elbo_and_the_whole_part_levels_are_kept_only_where_the_global_level_draws_the_part():
     both = ["map_max", "neg_elbo_mean"]
     assert keep_components(both, 0.15, 0.5) == both           # the part is drawn: the ELBO describes it
     assert keep_components(both, 0.87, 0.5) == ["map_max"]    # a flat blur: the ELBO measures brightness
@@ -271,6 +271,8 @@ def test_the_elbo_and_the_linear_level_are_kept_only_where_the_global_level_draw
     assert keep_components(["neg_elbo_mean"], 0.9, 0.5) == ["neg_elbo_mean"]  # never the last component
     three = [*both, "linear_max"]  # the linear level models the whole part too: a texture leaves it out as well
     assert keep_components(three, 0.15, 0.5) == three and keep_components(three, 0.87, 0.5) == ["map_max"]
+    four = [*three, "nearest_distance"]  # so does the distance to the nearest training images
+    assert keep_components(four, 0.15, 0.5) == four and keep_components(four, 0.87, 0.5) == ["map_max"]
 
 
 def test_a_candidate_component_joins_the_fused_score_only_where_the_validation_shows_it_helps():

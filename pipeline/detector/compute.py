@@ -2,7 +2,8 @@
 
 Always: encode, decode the posterior mean (the reconstruction), the configured anomaly map (the learned
 map: one call of the head; or a reconstruction map), and the scores that follow from these for free
-(BASE_SCORES); where the detector kept a linear level, its projection's residual maximum (LINEAR_SCORES).
+(BASE_SCORES); where the detector kept a linear level, its projection's residual maximum (LINEAR_SCORES), and where
+it kept the nearest-parts level, the distance to the nearest normal training images (NEAREST_SCORES).
 Only when asked for: the K Monte Carlo decodes of neg_elbo / neg_iwae, the MSGMS structure score, and other
 map kinds ('map.<kind>', for comparisons).
 """
@@ -14,6 +15,7 @@ import torch
 from pipeline.data.filters import gaussian_blur
 from pipeline.models.head import AnomalyHead
 from pipeline.models.linear import LinearLevel
+from pipeline.models.nearest import NearestLevel
 from pipeline.models.two_level import restore
 from pipeline.models.vae import ConvAutoencoder
 from pipeline.scoring import maps as M
@@ -34,14 +36,14 @@ class BatchComputer:
 
     def __init__(self, vae: ConvAutoencoder, head: AnomalyHead | None, detect: dict, recon_loss: str,
                  map_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], eps: torch.Tensor,
-                 linear: LinearLevel | None = None):
+                 linear: LinearLevel | None = None, nearest: NearestLevel | None = None):
         if detect["map"] not in MAP_KINDS:
             raise ValueError(f"detect.map must be one of {MAP_KINDS}, got {detect['map']!r}")
         if detect["map"] == HEAD_MAP and head is None:
             raise ValueError("detect.map=head needs the learned anomaly map (head.enabled=true)")
         self.vae, self.head, self.detect, self.recon_loss = vae, head, detect, recon_loss
         self.map_statistics, self.eps = map_statistics, eps  # eps: (K, L) shared Monte Carlo draws
-        self.linear = linear
+        self.linear, self.nearest = linear, nearest
 
     def head_map(self, x: torch.Tensor, x_hat: torch.Tensor, computed: dict[str, torch.Tensor]) -> torch.Tensor:
         """Smoothed probability that each pixel is anomalous, (B, S, S); the unsmoothed one is kept in `computed`."""
@@ -74,8 +76,8 @@ class BatchComputer:
     @torch.no_grad()  # not inference_mode: the gradient maps re-enable autograd locally
     def __call__(self, x: torch.Tensor, extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """x (B, C, S, S) in [0, 1] -> 'reconstruction' (B, C, S, S), 'mu' (B, L), 'map' (B, S, S), every
-        BASE_SCORES score (B,), 'linear_max' (B,) with a linear level, and each requested extra: a score name or
-        'map.<kind>'."""
+        BASE_SCORES score (B,), 'linear_max' (B,) with a linear level, 'nearest_distance' (B,) with a nearest-parts
+        level, and each requested extra: a score name or 'map.<kind>'."""
         logits, mu, log_var = S.posterior_mean(self.vae, x)
         x_hat = restore(self.vae, x, mu, logits)  # the two-level VAE's restoration, else sigmoid(logits)
         computed: dict[str, torch.Tensor] = {}
@@ -88,6 +90,8 @@ class BatchComputer:
         out["map_topk"] = S.map_topk(scored, self.detect["topk_fraction"])
         if self.linear is not None:
             out["linear_max"] = linear_max(x, self.linear, self.detect["map_sigma"])
+        if self.nearest is not None:
+            out["nearest_distance"] = self.nearest(x)
         if any(name in S.MONTE_CARLO_SCORES for name in extra):
             out.update({k: v for k, v in S.likelihood_scores(self.vae, x, mu, log_var, self.eps.to(x.device),
                                                              self.recon_loss).items() if k != "kl"})

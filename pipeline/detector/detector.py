@@ -6,8 +6,8 @@ the fitted state (names ending in '_'); `score` gives every requested per-image 
 (PyOD's convention). A detector is saved and loaded whole, as one folder, atomically:
 
     detector.json   the DetectorSpec: preprocessing, settings fixed at training, fitted state, the decision
-    weights.pt      the networks' state_dicts ('vae.*', 'head.*', and 'linear.*' where the fit kept the linear
-                    level), loaded with torch.load(weights_only=True)
+    weights.pt      the networks' state_dicts ('vae.*', 'head.*', and 'linear.*' / 'nearest.*' where the fit kept the
+                    linear / nearest-parts level), loaded with torch.load(weights_only=True)
 
 For small normal sets (data.split.scheme=cross) the detector holds K member detectors, one per calibration fold
 (`members`; detector/ensemble.py): every score is their cross-conformal rank score; one detector.json keeps the
@@ -36,6 +36,7 @@ from pipeline.models.cvae import conditioned
 from pipeline.models.factory import build_network
 from pipeline.models.head import AnomalyHead
 from pipeline.models.linear import LinearLevel
+from pipeline.models.nearest import NearestLevel
 from pipeline.scoring import maps as M
 from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
@@ -51,6 +52,9 @@ def check_settings(spec: DetectorSpec) -> None:
     unknown = [c for c in detect["components"] if c not in S.COMPONENTS]
     if unknown or not detect["components"]:
         raise ValueError(f"detect.components must be a non-empty list of {S.COMPONENTS}, got {list(detect['components'])}")
+    if S.NEAREST_SCORES[0] in detect["components"] and min(detect.get("nearest_k", 0), detect.get("nearest_side", 0)) < 1:
+        raise ValueError(f"detect.nearest_k and detect.nearest_side must be at least 1 for {S.NEAREST_SCORES[0]}, got "
+                         f"{detect.get('nearest_k')} and {detect.get('nearest_side')}")
     if spec.score not in S.SCORE_NAMES:
         raise ValueError(f"score.score must be one of {S.SCORE_NAMES}, got {spec.score!r}")
 
@@ -68,7 +72,7 @@ class AnomalyDetector:
         if spec.scheme == "cross":
             self.members = [AnomalyDetector(DetectorSpec(**member)) for member in spec.members]
             # what shows one network (review panels' latent maps, export, reports) shows member 1's
-            self.vae, self.head, self.linear = self.members[0].vae, self.members[0].head, None
+            self.vae, self.head, self.linear, self.nearest = self.members[0].vae, self.members[0].head, None, None
             return
         self.vae = vae if vae is not None else build_network(
             m["kind"], spec.in_channels, spec.image_size, m["latent_dim"], m["hidden_channels"], m["latent_layout"],
@@ -79,6 +83,8 @@ class AnomalyDetector:
         if spec.reconstruction == "global" and getattr(self.vae, "local", None) is not None:
             self.vae.local = None  # the fit chose the global level's reconstruction: the local level was not trained
         self.linear = LinearLevel(spec.linear["n_features"], spec.linear["n_components"]) if spec.linear else None
+        self.nearest = NearestLevel(**{k: spec.nearest[k] for k in ("n_references", "n_features", "k", "grid")}
+                                    ) if spec.nearest else None
         self.eval()
 
     @classmethod
@@ -131,7 +137,11 @@ class AnomalyDetector:
     def networks(self) -> list[torch.nn.Module]:
         if self.members:
             return [net for member in self.members for net in member.networks()]
-        return [net for net in (self.vae, self.head, self.linear) if net is not None]
+        return [net for net in (self.vae, self.head, self.linear, self.nearest) if net is not None]
+
+    def fitted_levels(self) -> list[tuple[str, torch.nn.Module | None]]:
+        """The networks beside the VAE, by the prefix of their weights in weights.pt."""
+        return [("head", self.head), ("linear", self.linear), ("nearest", self.nearest)]
 
     def eval(self) -> "AnomalyDetector":
         for net in self.networks():
@@ -154,7 +164,7 @@ class AnomalyDetector:
         eps = torch.randn(self.spec.detect["mc_samples"], self.vae.latent_size,
                           generator=torch.Generator().manual_seed(int(self.spec.extra.get("seed", 0))))
         return BatchComputer(self.vae, self.head, self.spec.detect, self.spec.model["recon_loss"],
-                             M.statistics_tensors(self.spec.map_statistics), eps, self.linear)
+                             M.statistics_tensors(self.spec.map_statistics), eps, self.linear, self.nearest)
 
     # ---- scoring ---------------------------------------------------------------------------------------------
     def score_batch(self, x: torch.Tensor, labels: torch.Tensor | None = None, extra: tuple[str, ...] = (),
@@ -248,7 +258,7 @@ class AnomalyDetector:
             return {f"member{k}.{key}": value for k, member in enumerate(self.members)
                     for key, value in member.state_dict().items()}
         state = {f"vae.{k}": v.detach().cpu() for k, v in self.vae.state_dict().items()}
-        for name, net in (("head", self.head), ("linear", self.linear)):
+        for name, net in self.fitted_levels():
             if net is not None:
                 state.update({f"{name}.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
         return state
@@ -302,7 +312,7 @@ class AnomalyDetector:
                 member.load_state_dict({key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)})
             return
         self.vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
-        for name, net in (("head", self.head), ("linear", self.linear)):
+        for name, net in self.fitted_levels():
             if net is not None:
                 net.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")})
 

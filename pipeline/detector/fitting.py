@@ -3,7 +3,8 @@
   1. training images    train the VAE's global level (early stopping on the selection images); where it draws a
                         blur of the selection images, train its local level to restore (choose_reconstruction);
                         then the learned map on synthetic anomalies; fit the per-pixel statistics of the
-                        reconstruction maps; fit the linear level (the training images' principal subspace)
+                        reconstruction maps; fit the linear level (the training images' principal subspace) and
+                        the nearest-parts level (the training images' coarse copies), where the part is drawn
   2. selection images   choose the reconstruction and the fused components (the global level's detail; whether the
                         linear level helps on anomalies of a kind neither network trained on: label-free),
                         standardize the components; validate on those anomalies (leave-one-kind-out): the numbers
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.data.synthesis.nuisance import NuisanceTransform
 from pipeline.detector import ensemble as E
 from pipeline.models.linear import LinearLevel
+from pipeline.models.nearest import NearestLevel
 from pipeline.scoring import maps as M
 from pipeline.scoring import metrics as MET
 from pipeline.scoring import scores as S
@@ -187,12 +189,32 @@ def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
                    "explained_variance": round(level.explained_variance_, 4)}
 
 
+def fit_nearest_level(detector, train_images: torch.Tensor) -> None:
+    """Step 1's other level: the nearest-parts level (models/nearest.py) on the training images, where
+    `detect.components` names its score and the global level draws the part. It joins the fused score there like the
+    ELBO, without the label-free validation's say: the validation's anomalies are local, and a wrong whole part is
+    what neither they nor the map show (docs/defaults.md, *The nearest-parts level*)."""
+    spec = detector.spec
+    if (not set(S.NEAREST_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False)
+            or not draws_the_part(spec.validation.get("global_detail_error_ratio"),
+                                  spec.model.get("global_detail_limit"))):
+        return
+    try:
+        level = NearestLevel.fit(train_images, int(spec.detect["nearest_k"]), int(spec.detect["nearest_side"]))
+    except ValueError as error:
+        log.warning("no nearest-parts level: %s", error)
+        return
+    detector.nearest = level
+    spec.nearest = {"n_references": int(level.references.shape[0]), "n_features": int(level.references.shape[1]),
+                    "k": level.k, "grid": level.grid}
+
+
 def base_and_candidates(spec, selection: dict) -> tuple[list[str], list[str], dict[str, dict]]:
     """The fused components that stay (keep_components), the candidates that must earn their place (the linear
     level's score, where it was fitted), and every one's standardization on the selection images."""
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
                            spec.model.get("global_detail_limit"))
-    base = [c for c in kept if c not in S.LINEAR_SCORES]
+    base = [c for c in kept if c not in S.LINEAR_SCORES and (c not in S.NEAREST_SCORES or c in selection)]
     candidates = [c for c in kept if c in S.LINEAR_SCORES and c in selection]
     return base, candidates, fit_standardization(selection, component_transforms([*base, *candidates],
                                                                                    spec.detect["map"]))
@@ -289,6 +311,7 @@ def prepare_decision(detector, datamodule, head_cfg: DictConfig, batch_size: int
     anomalies): what step 2 chooses from."""
     fit_map_statistics(detector, datamodule.train_images, getattr(datamodule, "train_labels", None), batch_size)
     fit_linear_level(detector, datamodule.train_images, seed)
+    fit_nearest_level(detector, datamodule.train_images)
     selection = detector.score(datamodule.selection_images, getattr(datamodule, "selection_labels", None), batch_size,
                                keep=())
     draw = validation_draw(detector, datamodule, head_cfg, batch_size, seed) if detector.head is not None else None

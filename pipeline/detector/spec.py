@@ -37,6 +37,8 @@ class DetectorSpec:
     categories: list[str] | None = None          # conditional models: category names in label order
     linear: dict | None = None                   # the linear level kept by the fit (models/linear.py): n_features,
                                                  # n_components, explained_variance; None = none
+    nearest: dict | None = None                  # the nearest-parts level kept by the fit (models/nearest.py):
+                                                 # n_references, n_features, k, grid; None = none
     # ---- what a batch computes (conf/detect at training) -------------------------------------------
     detect: dict = field(default_factory=dict)
     # ---- fitted state ------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Graphs with a dynamic batch dimension: encoder.onnx (image -> mu, log_var), decoder.onnx (code -> logits),
 restorer.onnx (image, mu -> the two-level VAE's restoration, when the network has a local level), head.onnx
-(image, reconstruction -> per-pixel logits, when the detector has the learned map) and linear.onnx (image -> its
-projection onto the normal images' subspace, when the fit kept the linear level). `OnnxDetector`
+(image, reconstruction -> per-pixel logits, when the detector has the learned map), linear.onnx (image -> its
+projection onto the normal images' subspace, when the fit kept the linear level) and nearest.onnx (image -> its
+distance to the nearest normal training images, when the fit kept that level). `OnnxDetector`
 plugs them into the detector's own BatchComputer and decision (detector/compute.py, calibration.py), so maps,
 scores, p-values and flags come from the same code as in PyTorch. The Monte Carlo scores (neg_elbo, neg_iwae)
 need the decoder K times and are left out; the gradient maps (elbo_grad, projection) need autograd: not exported.
@@ -27,7 +28,7 @@ from pipeline.scoring import scores as S
 from pipeline.scoring.fusion import fuse
 from pipeline.scoring.maps import statistics_tensors
 
-GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx", "restorer.onnx", "linear.onnx")
+GRAPHS = ("encoder.onnx", "decoder.onnx", "head.onnx", "restorer.onnx", "linear.onnx", "nearest.onnx")
 
 
 class _Encoder(nn.Module):
@@ -94,6 +95,9 @@ def export_onnx(detector: AnomalyDetector, folder: Path, opset: int) -> list[Pat
     if detector.linear is not None:
         _export(detector.linear, (x,), folder / GRAPHS[4], ["image"], ["projection"], opset)
         written.append(folder / GRAPHS[4])
+    if detector.nearest is not None:
+        _export(detector.nearest, (x,), folder / GRAPHS[5], ["image"], ["distance"], opset)
+        written.append(folder / GRAPHS[5])
     (folder / DETECTOR_FILE).write_text(spec.to_json())
     detector.eval()  # export leaves the modules in the mode it found them, the wrappers' (training) mode included
     return written
@@ -144,9 +148,10 @@ class OnnxDetector:
         vae = OnnxVAE(folder, self.spec.model["kind"] not in ("ae", "vqvae"))  # no Gaussian posterior
         head = OnnxHead(folder) if self.spec.head else None
         linear = _Session(folder / GRAPHS[4]) if self.spec.linear else None
+        nearest = _Session(folder / GRAPHS[5]) if self.spec.nearest else None
         self.computer = BatchComputer(vae, head, self.spec.detect, self.spec.model["recon_loss"],
                                       statistics_tensors(self.spec.map_statistics), torch.zeros(0, 1),
-                                      linear and (lambda x: linear(image=x)[0]))
+                                      linear and (lambda x: linear(image=x)[0]), nearest and (lambda x: nearest(image=x)[0]))
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images (N, C, S, S) in [0, 1] -> every base score, 'fused', 'map' (N, S, S), 'is_anomaly', 'p_value'."""

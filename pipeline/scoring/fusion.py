@@ -36,7 +36,8 @@ def transform(scores: np.ndarray, kind: str) -> np.ndarray:
 
 
 ELBO_COMPONENT = "neg_elbo_mean"
-WHOLE_PART_COMPONENTS = (ELBO_COMPONENT, "linear_max")  # models of the whole part, left out where it is a texture
+WHOLE_PART_COMPONENTS = (ELBO_COMPONENT, "linear_max", "nearest_distance")  # models of the whole part, left out
+#   where it is a texture
 
 
 def draws_the_part(global_detail_ratio: float | None, max_ratio: float | None) -> bool:
@@ -47,11 +48,11 @@ def draws_the_part(global_detail_ratio: float | None, max_ratio: float | None) -
 
 
 def keep_components(components: list[str], global_detail_ratio: float | None, max_ratio: float | None) -> list[str]:
-    """The fused components worth keeping. The ELBO and the linear level describe the whole part, and the part only
-    as well as the global level draws it (draws_the_part): where it does not, the image is a texture: the ELBO
-    measures its brightness and contrast, and the linear level's residual grows with any shift, rescaling or
-    relighting of the whole image, which the local level and the map are taught to take as normal. Both are then
-    dropped. A component is never dropped when it is the only one."""
+    """The fused components worth keeping. The ELBO, the linear level and the nearest-parts level describe the whole
+    part, and the part only as well as the global level draws it (draws_the_part): where it does not, the image is a
+    texture: the ELBO measures its brightness and contrast, and the linear residual and the distance to the nearest
+    training images grow with any shift, rescaling or relighting of the whole image, which the local level and the
+    map are taught to take as normal. They are then dropped. A component is never dropped when it is the only one."""
     if draws_the_part(global_detail_ratio, max_ratio):
         return list(components)
     kept = [c for c in components if c not in WHOLE_PART_COMPONENTS] or list(components)
@@ -126,7 +127,7 @@ def fuse(component_scores: dict[str, np.ndarray], standardization: dict[str, dic
 
 # Each component in the words of the review panel ("score 4.2 by the anomaly map > threshold 2.9")
 COMPONENT_WORDS = {"map_max": "the anomaly map", "map_topk": "the anomaly map", ELBO_COMPONENT: "the ELBO",
-                   "linear_max": "the linear residual"}
+                   "linear_max": "the linear residual", "nearest_distance": "the distance to the nearest good parts"}
 
 
 def in_words(component: str) -> str:
@@ -137,6 +138,6 @@ def in_words(component: str) -> str:
 def deciding_component(component_scores: dict[str, np.ndarray], standardization: dict[str, dict]) -> np.ndarray:
     """Per image, the component whose standardized score is the fused score (the largest), (N,) of names: what a
     reviewer needs to know why an image was flagged (a local defect, a wrong part as a whole, a residual the
-    linear level could not explain)."""
+    linear level could not explain, a part unlike every good part)."""
     names = np.asarray(list(standardization), dtype=object)
     return names[np.argmax(_standardized(component_scores, standardization), axis=0)]

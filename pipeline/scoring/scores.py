@@ -19,11 +19,13 @@ from pipeline.models.vae import ConvAutoencoder
 # (computed for every image anyway); the others are computed only when asked for (score.extra) or chosen.
 BASE_SCORES = ("recon_error", "l1_error", "kl", "neg_elbo_mean", "map_max", "map_topk")
 LINEAR_SCORES = ("linear_max",)                 # only where the detector kept a linear level (models/linear.py)
+NEAREST_SCORES = ("nearest_distance",)          # only where it kept the nearest-parts level (models/nearest.py)
 MONTE_CARLO_SCORES = ("neg_elbo", "neg_iwae")  # K = detect.mc_samples extra decodes per image
 STRUCTURE_SCORES = ("msgms_error",)            # a multi-scale gradient map
 FUSED = "fused"                                # the largest standardized component (scoring/fusion.py)
-SCORE_NAMES = (FUSED, *BASE_SCORES, *LINEAR_SCORES, *MONTE_CARLO_SCORES, *STRUCTURE_SCORES)
-COMPONENTS = (*BASE_SCORES, *LINEAR_SCORES)     # what detect.components may name
+LEVEL_SCORES = (*LINEAR_SCORES, *NEAREST_SCORES)  # the fitted levels' scores, computed for every image where kept
+SCORE_NAMES = (FUSED, *BASE_SCORES, *LEVEL_SCORES, *MONTE_CARLO_SCORES, *STRUCTURE_SCORES)
+COMPONENTS = (*BASE_SCORES, *LEVEL_SCORES)      # what detect.components may name
 
 
 def posterior_mean(net: ConvAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -37,7 +37,7 @@ class DetectorPyfunc(PythonModel):
         frame = pd.DataFrame({"score": scores, "p_value": C.p_values(detector.spec, scores, numpy_labels),
                               "threshold": C.image_thresholds(detector.spec, numpy_labels, len(scores)),
                               "is_anomaly": C.decide(detector.spec, scores, numpy_labels)[0]})
-        for name in (S.FUSED, *S.BASE_SCORES, *S.LINEAR_SCORES):
+        for name in (S.FUSED, *S.BASE_SCORES, *S.LEVEL_SCORES):
             if name in out:
                 frame[name] = out[name]
         return frame
