@@ -1,6 +1,7 @@
 """Candidate fused components on DEV data, for a detector already trained: the learned map's raw maximum, the ELBO,
 the residual maxima of the detector's own reconstruction (plain, per-pixel standardized, MSGMS) and of the linear
-level (the training images' principal subspace, as models/linear.py fits it). Each is standardized on the selection
+level (the training images' principal subspace, as models/linear.py fits it) and of the nearest-parts level (the
+distance to the nearest training images, models/nearest.py; `--nearest-k`, `--nearest-side`). Each is standardized on the selection
 images as the fused score is; every combination is reported with its label-free validation AUROC (selection images
 with anomalies of the held-out kind), its test image AUROC, and its detection rate at alpha 0.01 and 0.05 per
 defect kind (conformal threshold of the calibration images). Nothing is retrained.
@@ -22,6 +23,7 @@ from pipeline.data.conditional import build_datamodule
 from pipeline.detector import AnomalyDetector
 from pipeline.detector import fitting
 from pipeline.models.linear import LinearLevel
+from pipeline.models.nearest import NearestLevel
 from pipeline.scoring import metrics as MET
 from pipeline.scoring.fusion import fit_standardization, fuse, standardize
 from pipeline.scoring.threshold import conformal_threshold
@@ -33,22 +35,26 @@ from detection import load_split  # noqa: E402
 COMBINATIONS = {"map+elbo": ["map_max", "neg_elbo_mean"], "map+linear": ["map_max", "linear_max"],
                 "map+elbo+linear": ["map_max", "neg_elbo_mean", "linear_max"],
                 "map+elbo+residual": ["map_max", "neg_elbo_mean", "residual"],
-                "map+elbo+residual_z": ["map_max", "neg_elbo_mean", "residual_z"]}
+                "map+elbo+residual_z": ["map_max", "neg_elbo_mean", "residual_z"],
+                "map+elbo+nearest": ["map_max", "neg_elbo_mean", "nearest_distance"],
+                "map+elbo+linear+nearest": ["map_max", "neg_elbo_mean", "linear_max", "nearest_distance"]}
 MAPS = ("residual", "residual_z", "msgms")  # the reconstruction maps, as the product smooths and standardizes them
 
 
 @torch.no_grad()
-def components(detector: AnomalyDetector, linear: LinearLevel, images: torch.Tensor, batch: int = 64
-               ) -> dict[str, np.ndarray]:
-    """The detector's own batch computation with `linear` as its linear level: map_max (the raw learned map's
-    maximum at score_sigma 0), neg_elbo_mean, linear_max, and the maximum of each reconstruction map."""
+def components(detector: AnomalyDetector, linear: LinearLevel, images: torch.Tensor, batch: int = 64,
+               nearest: NearestLevel | None = None) -> dict[str, np.ndarray]:
+    """The detector's own batch computation with `linear` as its linear level (and `nearest` as its nearest-parts
+    level): map_max (the raw learned map's maximum at score_sigma 0), neg_elbo_mean, linear_max, nearest_distance, and
+    the maximum of each reconstruction map."""
     computer = detector.computer()
-    computer.linear = linear
+    computer.linear, computer.nearest = linear, nearest
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch):
         scored = computer(images[start:start + batch], extra=tuple(f"map.{kind}" for kind in MAPS))
-        for name in ("map_max", "neg_elbo_mean", "linear_max"):
-            out.setdefault(name, []).append(scored[name])
+        for name in ("map_max", "neg_elbo_mean", "linear_max", "nearest_distance"):
+            if name in scored:
+                out.setdefault(name, []).append(scored[name])
         for kind in MAPS:
             out.setdefault(kind, []).append(scored[f"map.{kind}"].flatten(1).amax(1))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
@@ -100,14 +106,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--group", default="builtin")
     parser.add_argument("--variance", type=float, default=None, help="default: detect.linear_variance")
+    parser.add_argument("--nearest-k", type=int, default=None, help="default: detect.nearest_k")
+    parser.add_argument("--nearest-side", type=int, default=None, help="default: detect.nearest_side")
     args = parser.parse_args(argv)
     detector, cfg, dm, split, seed = dev_detector(args.detector, args.root, args.group)
     linear = LinearLevel.fit(dm.train_images, args.variance or float(cfg.detect.linear_variance), 0)
-    print(f"linear level: {linear.n_components} components, {len(dm.train_images)} training images")
-    parts = {name: components(detector, linear, images) for name, images in
+    nearest = NearestLevel.fit(dm.train_images, args.nearest_k or int(cfg.detect.nearest_k),
+                               args.nearest_side or int(cfg.detect.nearest_side))
+    print(f"linear level: {linear.n_components} components, {len(dm.train_images)} training images; nearest-parts "
+          f"level: k {nearest.k}, {nearest.grid} px")
+    parts = {name: components(detector, linear, images, nearest=nearest) for name, images in
              (("sel", dm.selection_images), ("cal", dm.calibration_images), ("test", split["images"]))}
     images, truth = validation_draw(cfg, dm, seed)
-    validation = components(detector, linear, images)
+    validation = components(detector, linear, images, nearest=nearest)
 
     rows = {**{n: [n] for n in parts["sel"]}, **COMBINATIONS,
             **{f"{name} (sum)": members for name, members in COMBINATIONS.items() if "residual" not in name}}
