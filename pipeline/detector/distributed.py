@@ -47,7 +47,7 @@ class DetectorScoring(pl.LightningModule):
     def __init__(self, detector, extra: tuple[str, ...], labels: list[int] | None):
         super().__init__()
         self.detector, self.extra, self.labels = detector, extra, labels
-        # registered so Lightning moves every network (each member's, the linear level) to the rank's device
+        # registered so Lightning moves every network (each member's, the fitted levels) to the rank's device
         self.networks = torch.nn.ModuleList(detector.networks())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -170,14 +170,20 @@ def component_transforms(components: list[str], map_kind: str) -> dict[str, str]
     return {c: "logit" if probability and c in ("map_max", "map_topk") else "log" for c in components}
 
 
+def wants_whole_part_level(detector, scores: tuple[str, ...]) -> bool:
+    """Whether a level of the whole part (linear, nearest parts) is fitted: `detect.components` names its score, the
+    detector is not conditional (one level over every category would mix them), and the global level draws the part."""
+    spec = detector.spec
+    return (bool(set(scores) & set(spec.detect["components"])) and not getattr(detector.vae, "conditional", False)
+            and draws_the_part(spec.validation.get("global_detail_error_ratio"), spec.model.get("global_detail_limit")))
+
+
 def fit_linear_level(detector, train_images: torch.Tensor, seed: int) -> None:
     """Step 1's last fit: the linear level (models/linear.py) on the training images, where `detect.components`
     names its score and the global level draws the part (draws_the_part); fit_components then keeps it only where
     it raises the validation by detect.component_min_gain."""
     spec = detector.spec
-    if (not set(S.LINEAR_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False)
-            or not draws_the_part(spec.validation.get("global_detail_error_ratio"),
-                                  spec.model.get("global_detail_limit"))):
+    if not wants_whole_part_level(detector, S.LINEAR_SCORES):
         return
     try:
         level = LinearLevel.fit(train_images, float(spec.detect["linear_variance"]), seed)
@@ -195,9 +201,7 @@ def fit_nearest_level(detector, train_images: torch.Tensor) -> None:
     ELBO, without the label-free validation's say: the validation's anomalies are local, and a wrong whole part is
     what neither they nor the map show (docs/defaults.md, *The nearest-parts level*)."""
     spec = detector.spec
-    if (not set(S.NEAREST_SCORES) & set(spec.detect["components"]) or getattr(detector.vae, "conditional", False)
-            or not draws_the_part(spec.validation.get("global_detail_error_ratio"),
-                                  spec.model.get("global_detail_limit"))):
+    if not wants_whole_part_level(detector, S.NEAREST_SCORES):
         return
     try:
         level = NearestLevel.fit(train_images, int(spec.detect["nearest_k"]), int(spec.detect["nearest_side"]))
