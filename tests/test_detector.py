@@ -40,26 +40,32 @@ def test_save_and_load_give_the_same_scores_maps_and_decision(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), fitted.predict(x))
 
 
+def assert_level_round_trips(detector: AnomalyDetector, prefix: str, score: str, tmp_path) -> None:
+    """A fitted level's weights are in weights.pt ('<prefix>.*'); a loaded copy scores exactly alike and its ONNX
+    export (<prefix>.onnx) within float tolerance."""
+    from pipeline.export.onnx import OnnxDetector, export_onnx
+
+    folder = detector.save(tmp_path / "det")
+    assert any(key.startswith(f"{prefix}.") for key in torch.load(folder / "weights.pt", weights_only=True))
+    x = parts(6, image_size=16, seed=3)
+    loaded = AnomalyDetector.load(folder)
+    expected, got = detector.score(x, keep=()), loaded.score(x, keep=())
+    np.testing.assert_array_equal(got[score], expected[score])
+    np.testing.assert_array_equal(got["fused"], expected["fused"])
+    export_onnx(loaded, tmp_path / "onnx", opset=17)
+    assert (tmp_path / "onnx" / f"{prefix}.onnx").is_file()
+    onnx = OnnxDetector(tmp_path / "onnx").score(x.numpy())
+    np.testing.assert_allclose(onnx[score], expected[score], rtol=1e-4, atol=1e-6)
+
+
 def test_the_linear_level_is_saved_loaded_and_exported_with_the_detector(tmp_path):
     """A detector whose fused score keeps linear_max: the level's projection is in weights.pt ('linear.*'), a loaded
     copy and the ONNX export (linear.onnx) score exactly alike."""
-    from pipeline.export.onnx import OnnxDetector, export_onnx
-
     detector = small_detector(head=True, map="head", components=["linear_max"])
     fitting.fit_linear_level(detector, parts(40, image_size=16, seed=4), seed=0)
     fit_by_hand(detector, parts(8, image_size=16, seed=1), parts(30, image_size=16, seed=2))
     assert detector.spec.validation["fused_components"] == ["linear_max"] and detector.spec.linear["n_components"] >= 1
-    folder = detector.save(tmp_path / "det")
-    assert any(key.startswith("linear.") for key in torch.load(folder / "weights.pt", weights_only=True))
-    x = parts(6, image_size=16, seed=3)
-    loaded = AnomalyDetector.load(folder)
-    expected, got = detector.score(x, keep=()), loaded.score(x, keep=())
-    np.testing.assert_array_equal(got["linear_max"], expected["linear_max"])
-    np.testing.assert_array_equal(got["fused"], expected["fused"])
-    export_onnx(loaded, tmp_path / "onnx", opset=17)
-    assert (tmp_path / "onnx" / "linear.onnx").is_file()
-    onnx = OnnxDetector(tmp_path / "onnx").score(x.numpy())
-    np.testing.assert_allclose(onnx["linear_max"], expected["linear_max"], rtol=1e-4, atol=1e-6)
+    assert_level_round_trips(detector, "linear", "linear_max", tmp_path)
 
 
 def test_the_nearest_parts_level_measures_the_distance_to_the_closest_training_images():
@@ -84,24 +90,13 @@ def test_the_nearest_parts_level_is_saved_loaded_and_exported_with_the_detector(
     """A detector whose fused score keeps nearest_distance: the level's copies are in weights.pt ('nearest.*'), a
     loaded copy and the ONNX export (nearest.onnx) score alike; a texture (the global level draws a blur) gets no
     level at all."""
-    from pipeline.export.onnx import OnnxDetector, export_onnx
-
     detector = small_detector(head=True, map="head", components=["map_max", "nearest_distance"], nearest_k=3,
                               nearest_side=8)
     fitting.fit_nearest_level(detector, parts(40, image_size=16, seed=4))
     fit_by_hand(detector, parts(8, image_size=16, seed=1), parts(30, image_size=16, seed=2))
     assert detector.spec.validation["fused_components"] == ["map_max", "nearest_distance"]
     assert detector.spec.nearest == {"n_references": 40, "n_features": 64, "k": 3, "grid": 8}
-    folder = detector.save(tmp_path / "det")
-    assert any(key.startswith("nearest.") for key in torch.load(folder / "weights.pt", weights_only=True))
-    x = parts(6, image_size=16, seed=3)
-    loaded = AnomalyDetector.load(folder)
-    expected, got = detector.score(x, keep=()), loaded.score(x, keep=())
-    np.testing.assert_array_equal(got["nearest_distance"], expected["nearest_distance"])
-    np.testing.assert_array_equal(got["fused"], expected["fused"])
-    export_onnx(loaded, tmp_path / "onnx", opset=17)
-    onnx = OnnxDetector(tmp_path / "onnx").score(x.numpy())
-    np.testing.assert_allclose(onnx["nearest_distance"], expected["nearest_distance"], rtol=1e-4, atol=1e-6)
+    assert_level_round_trips(detector, "nearest", "nearest_distance", tmp_path)
     texture = small_detector(components=["map_max", "nearest_distance"], nearest_k=3, nearest_side=8)
     texture.spec.validation["global_detail_error_ratio"] = 0.9  # the global level misses 90 % of the detail, over
     texture.spec.model["global_detail_limit"] = 0.5  # the limit
