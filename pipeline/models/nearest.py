@@ -47,7 +47,7 @@ class NearestLevel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         query = self.coarse(x)
-        # |q - r|^2 = |q|^2 - 2 q.r + |r|^2: two matrix products (and exportable), not a (B, N, D) difference tensor
+        # |q - r|^2 = |q|^2 - 2 q.r + |r|^2: one matrix product (and exportable), not a (B, N, D) difference tensor
         squared = query.square().sum(dim=1, keepdim=True) - 2.0 * query @ self.references.T + self.reference_norms
         nearest = squared.clamp_min(0.0).topk(self.k, dim=1, largest=False).values
         return (nearest / query.shape[1]).sqrt().mean(dim=1)
