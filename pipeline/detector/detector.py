@@ -137,10 +137,11 @@ class AnomalyDetector:
     def networks(self) -> list[torch.nn.Module]:
         if self.members:
             return [net for member in self.members for net in member.networks()]
-        return [net for net in (self.vae, self.head, self.linear, self.nearest) if net is not None]
+        return [net for net in (self.vae, *(level for _, level in self.fitted_levels())) if net is not None]
 
     def fitted_levels(self) -> list[tuple[str, torch.nn.Module | None]]:
-        """The networks beside the VAE, by the prefix of their weights in weights.pt."""
+        """The networks beside the VAE (None where the detector has none), by the prefix of their weights in
+        weights.pt."""
         return [("head", self.head), ("linear", self.linear), ("nearest", self.nearest)]
 
     def eval(self) -> "AnomalyDetector":

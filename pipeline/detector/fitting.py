@@ -218,8 +218,9 @@ def base_and_candidates(spec, selection: dict) -> tuple[list[str], list[str], di
     level's score, where it was fitted), and every one's standardization on the selection images."""
     kept = keep_components(list(spec.detect["components"]), spec.validation.get("global_detail_error_ratio"),
                            spec.model.get("global_detail_limit"))
-    base = [c for c in kept if c not in S.LINEAR_SCORES and (c not in S.NEAREST_SCORES or c in selection)]
-    candidates = [c for c in kept if c in S.LINEAR_SCORES and c in selection]
+    computed = [c for c in kept if c in selection]  # a level's score only where its level was fitted
+    base = [c for c in computed if c not in S.LINEAR_SCORES]
+    candidates = [c for c in computed if c in S.LINEAR_SCORES]
     return base, candidates, fit_standardization(selection, component_transforms([*base, *candidates],
                                                                                    spec.detect["map"]))
 
