@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # disk full, permissions, ...: say which file; partial outputs were never renamed into place
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 1
+    if "torch" in sys.modules:  # a multi-process command (strategy=ddp) leaves its process group in every rank
+        from pipeline.training.distributed import leave_process_group
+
+        leave_process_group()
     if summary:
         print(json.dumps(summary, indent=1, default=str))
     return int(summary.get("exit_code", 0)) if summary else 0  # commands with their own exit codes (inspect)

@@ -23,6 +23,7 @@ from pipeline.detector import AnomalyDetector
 from pipeline.models.factory import build_network
 from pipeline.scoring.scores import SCORE_NAMES
 from pipeline.scoring.threshold import conformal_threshold
+from pipeline.training.distributed import leave_process_group
 from pipeline.training.fit import load_best_weights
 from tests.conftest import _part, tiny_overrides, write_png
 
@@ -54,6 +55,19 @@ def run_cli(*args: str) -> dict:
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
+
+
+def test_a_command_leaves_the_process_group_it_joined(tmp_path):
+    """A gloo group alive at interpreter exit aborts the rank about half the time: `main` calls this after every command."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert torch.distributed.is_initialized()
+        leave_process_group()
+        assert not torch.distributed.is_initialized()
+        leave_process_group()  # no group: nothing to do
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

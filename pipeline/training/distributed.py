@@ -56,6 +56,18 @@ def global_rank_from_env(env: Mapping[str, str], devices_per_node: int | None) -
     return 0
 
 
+def leave_process_group() -> None:
+    """Destroy the process group a multi-process run made, in every rank, once its command has succeeded.
+
+    Lightning leaves it to the program. A gloo group still alive when the interpreter exits aborts the process
+    about half the time ("terminate called without an active exception": its worker threads are torn down
+    after Python; pytorch/pytorch#190489), and Lightning's launcher then kills every other rank. Only on
+    success: with NCCL, destroying while another rank is stuck in a collective can hang.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def launch_rank(trainer_cfg: DictConfig) -> int:
     devices = trainer_cfg.devices if isinstance(trainer_cfg.devices, int) else None
     return global_rank_from_env(os.environ, devices)
