@@ -22,7 +22,6 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -40,7 +39,6 @@ TIMEOUT_MS = int(os.environ.get("E2E_TIMEOUT_MS", 60_000))  # a loaded 2-core ma
 NAME = "tiny-vae"
 EXPERIMENT = "e2e-inspection"  # this test's batches only: the registry tests look for the newest flagged run
 CARD = '[data-testid="experiment-view-compare-runs-card"]'
-GALLERY_KEY = re.compile(r"images/flagged~(\d{3}_[^+]+)\+step\+")
 WORKFLOW = "workflowType=machine_learning"  # MLflow's "Model training" view (pipeline/tracking/links.py)
 
 
@@ -109,28 +107,29 @@ def check_gallery(page, base: str, records: list[dict], shot: Path) -> None:
     # the UI renders only the cards near the screen: a window tall enough for every row of three cards
     page.set_viewport_size({"width": 1400, "height": max(1000, 400 + 350 * -(-len(flagged) // 3))})
     page.goto(f"{base}/model-metrics")
-    page.wait_for_function(
-        "n => { const imgs = [...document.querySelectorAll('img[src*=\"flagged~\"]')];"
-        " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }", arg=len(flagged))
-    cards = page.eval_on_selector_all('img[src*="flagged~"]', """(imgs, cardSelector) => imgs.map(img => {
+    # A card is keyed by its title (flagged/<rank>_<id>): MLflow 3.18 loads the images as blob: URLs, so the src
+    # no longer names the artifact.
+    page.wait_for_function("""([cardSelector, n]) => {
+        const cards = [...document.querySelectorAll(cardSelector)].filter(c => c.innerText.startsWith('flagged/'));
+        return cards.length >= n && cards.every(c => {
+            const img = c.querySelector('img'); return img && img.complete && img.naturalWidth > 0; }); }""",
+        arg=[CARD, len(flagged)])
+    cards = page.eval_on_selector_all(CARD, """cards => cards.filter(c => c.innerText.startsWith('flagged/')).map(card => {
         const box = r => { const b = r.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
-        const card = img.closest(cardSelector);
+        const img = card.querySelector('img');
         // the card and every element between it and the image that clips what overflows it
         const clips = [];
-        for (let e = img.parentElement; e && card && card.contains(e); e = e.parentElement) {
+        for (let e = img.parentElement; e && card.contains(e); e = e.parentElement) {
             const s = getComputedStyle(e);
             if (e === card || s.overflow !== 'visible' || s.overflowX !== 'visible' || s.overflowY !== 'visible')
                 clips.push(box(e));
         }
-        return {src: img.src, img: box(img), card: card ? box(card) : null, clips,
-                title: card ? card.innerText.split('\\n')[0] : null};
-    })""", CARD)
-    keys = [GALLERY_KEY.search(unquote(c["src"])).group(1) for c in cards]
+        return {img: box(img), card: box(card), clips, title: card.innerText.split('\\n')[0]};
+    })""")
+    keys = [c["title"].removeprefix("flagged/") for c in cards]
     assert keys == flagged, "one card per flagged image, in score order (keys sort by rank)"
     assert keys == sorted(keys)
     for key, card in zip(keys, cards):
-        assert card["card"] is not None, f"{key}: image outside any gallery card"
-        assert card["title"].startswith("flagged/"), card["title"]
         left, top, right, bottom = card["img"]
         assert right - left > 100 and bottom - top > 30, f"{key}: panel drawn {card['img']}"
         for clip in card["clips"]:
