@@ -55,7 +55,9 @@ class FitResult:
 def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConfig, trainer_cfg: DictConfig,
                  checkpoint_dir: Path, seed: int, logger=None, callbacks=(), resume: Path | None = None) -> FitResult:
     """Step 1's training (every rank under DDP)."""
-    vae_report = fit_vae(detector.vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, logger, list(callbacks), resume)
+    restoring = head_synthesizers(head_cfg.synthesis)[0] if model_cfg.denoise.kind == "synthetic" else None
+    vae_report = fit_vae(detector.vae, model_cfg, datamodule, trainer_cfg, checkpoint_dir, logger, list(callbacks), resume,
+                         restoring, seed)
     local_report = choose_reconstruction(detector, datamodule, model_cfg, head_cfg, trainer_cfg, checkpoint_dir, seed,
                                          logger)
     head_report = None

@@ -61,11 +61,13 @@ def load_best_weights(net: torch.nn.Module, checkpoint_path: str, prefix: str = 
 
 
 def fit_vae(net: ConvAutoencoder, model_cfg: DictConfig, datamodule: pl.LightningDataModule, trainer_cfg: DictConfig,
-            checkpoint_dir: Path, logger=None, callbacks: list[pl.Callback] = (), resume: Path | None = None) -> FitReport:
+            checkpoint_dir: Path, logger=None, callbacks: list[pl.Callback] = (), resume: Path | None = None,
+            synthesizer: AnomalySynthesizer | None = None, seed: int = 0) -> FitReport:
     """Train the VAE (or AE) on datamodule's training images; `net` ends with the best checkpoint's weights
-    (by the selection images' negative ELBO) on rank 0."""
+    (by the selection images' negative ELBO) on rank 0. synthesizer: the anomalies of model.denoise.kind=synthetic."""
     module = VAELightningModule(net, model_cfg.recon_loss, model_cfg.beta, model_cfg.kl_warmup_epochs, model_cfg.lr,
-                                model_cfg.weight_decay, model_cfg.denoise.kind, model_cfg.denoise.level)
+                                model_cfg.weight_decay, model_cfg.denoise.kind, model_cfg.denoise.level, synthesizer,
+                                seed)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/loss", mode="min",
                                  save_top_k=1, save_last=True)
     history, throughput = EpochHistory(), EpochThroughput()

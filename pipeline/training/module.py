@@ -4,8 +4,10 @@ Loss = reconstruction NLL + w(epoch) * KL, with w growing linearly to beta over 
 `val/loss` is the negative ELBO at the full beta (the objective itself), so early stopping and
 checkpointing are not fooled by the warm-up raising the training loss.
 
-Denoising (`denoise_kind` gaussian | mask): in training steps only, the network encodes a corrupted
-copy of the batch and is scored on reconstructing the clean batch; validation sees clean inputs.
+Denoising (`denoise_kind` gaussian | mask | synthetic): in training steps only, the network encodes a corrupted
+copy of the batch and is scored on reconstructing the clean batch; validation sees clean inputs. `synthetic`
+corrupts with the learned map's training anomalies (data/synthesis/, the `synthesizer` given): the VAE learns to
+restore the part, as the local level does (DRAEM's reconstructive network).
 A conditional network (models/cvae.py) gets the category labels, the third element of each batch.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from pipeline.data.synthesis import AnomalySynthesizer
 from pipeline.models.corruption import corrupt
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.vae import ConvAutoencoder
@@ -22,10 +25,16 @@ from pipeline.models.vae import ConvAutoencoder
 class VAELightningModule(pl.LightningModule):
     def __init__(self, net: ConvAutoencoder, recon_loss: str = "bce", beta: float = 1.0,
                  kl_warmup_epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
-                 denoise_kind: str = "none", denoise_level: float = 0.0):
+                 denoise_kind: str = "none", denoise_level: float = 0.0,
+                 synthesizer: AnomalySynthesizer | None = None, seed: int = 0):
         super().__init__()
+        if (denoise_kind == "synthetic") != (synthesizer is not None):
+            raise ValueError("model.denoise.kind=synthetic corrupts with the anomaly synthesizer (head.synthesis), and "
+                             "only it does")
         self.net = net
-        self.save_hyperparameters(ignore=["net"])
+        self.synthesizer = synthesizer
+        self.generator = torch.Generator().manual_seed(seed)
+        self.save_hyperparameters(ignore=["net", "synthesizer"])
 
     def _losses(self, x: torch.Tensor, target: torch.Tensor | None = None,
                 c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +58,10 @@ class VAELightningModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, c = self._unpack(batch)
-        corrupted = corrupt(x, self.hparams.denoise_kind, self.hparams.denoise_level)
+        if self.synthesizer is not None:  # drawn on the CPU with the module's own generator: the same on CPU and GPU
+            corrupted = self.synthesizer(x.cpu(), x.cpu(), self.generator)[0].to(x.device)
+        else:
+            corrupted = corrupt(x, self.hparams.denoise_kind, self.hparams.denoise_level)
         recon, kl = self._losses(corrupted, x, c)
         weight = kl_weight(self.current_epoch, self.hparams.beta, self.hparams.kl_warmup_epochs)
         loss = recon + weight * kl
