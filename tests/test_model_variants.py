@@ -14,7 +14,10 @@ from pipeline.__main__ import main
 from pipeline.commands.sweep import expand_grid
 from pipeline.detector import AnomalyDetector
 from pipeline.models.cvae import ConditionalConvVAE
+from pipeline.config import compose
 from pipeline.models.corruption import corrupt
+from pipeline.models.vae import ConvVAE
+from pipeline.training.fit import head_synthesizers
 from pipeline.training.module import VAELightningModule
 from tests.conftest import tiny_overrides
 
@@ -171,3 +174,27 @@ def test_denoising_corrupts_training_inputs_only_and_targets_the_clean_image():
         losses[f"{kind}.val"] = float(recon)
     assert losses["mask"] != losses["none"]  # the switch reaches the training step
     assert losses["mask.val"] == losses["none.val"]  # validation sees clean inputs either way
+
+
+def test_synthetic_denoising_encodes_the_synthesizers_anomalies_and_targets_the_clean_image(monkeypatch):
+    import pipeline.training.module as module_file
+
+    torch.manual_seed(0)
+    net = ConvVAE(1, 16, 4, [4, 8]).eval()
+    x = torch.rand(8, 1, 16, 16)
+    synthesizer = head_synthesizers(compose([]).head.synthesis)[0]  # what fitting.fit_networks gives the VAE
+    seen, targets = [], []
+    encode = net.encode
+    monkeypatch.setattr(net, "encode", lambda inp, *c: seen.append(inp.clone()) or encode(inp, *c))
+    nll = module_file.reconstruction_nll
+    monkeypatch.setattr(module_file, "reconstruction_nll", lambda logits, target, kind: targets.append(target) or
+                        nll(logits, target, kind))
+    module = VAELightningModule(net, denoise_kind="synthetic", synthesizer=synthesizer, seed=3, kl_warmup_epochs=0)
+    module.training_step((x, torch.arange(8)), 0)
+    expected, masks, _ = synthesizer(x, x, torch.Generator().manual_seed(3))  # the module's draw, seed 3
+    assert masks.sum() > 0 and torch.equal(seen[-1], expected) and not torch.equal(seen[-1], x)
+    assert targets[-1] is x  # scored on the clean image
+    with pytest.raises(ValueError, match="synthetic"):
+        VAELightningModule(net, denoise_kind="synthetic")
+    with pytest.raises(ValueError, match="synthetic"):
+        VAELightningModule(net, denoise_kind="none", synthesizer=synthesizer)
