@@ -73,12 +73,15 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
     assert 0 <= tiny["baselines"]["pca"]["aupro"] <= 1 and tiny["baselines"]["iforest"]["pixel_auroc"] is None
     assert "thresholds" in data and data["drift"]["tiny"]["n_batches"] == 5
     assert data["drift"]["tiny"]["root"] == str(tiny_dataset.resolve())  # never a generated built-in family
-    sets = data["drift"]["tiny"]["sets"]  # whole test sets, with the promise of the detector quality trained
+    sets = data["drift"]["tiny"]["sets"]  # whole test sets, with the promise of each detector quality trained
     assert sets["n_pool"] == 4 and sets["detector"] and sets["n_calibration"] == 7
+    assert sets["seed"] == [0, 1] and [d["seed"] for d in sets["by_detector"]] == [0, 1]  # one per seed, added up
     assert list(sets["conditions"]) == ["unshifted", "scale_x1.2", "scale_x1/1.2", "scale_x1.4", "scale_x1/1.4",
                                         "texture_x0.75", "texture_x1.33"]
-    assert all(c["promise"]["sets"] == 5 and c["either"]["rate"] >= c["drift"]["rate"]
+    assert all(c["promise"]["sets"] == 10 and c["either"]["rate"] >= c["drift"]["rate"]
                for c in sets["conditions"].values())
+    unshifted = [d["conditions"]["unshifted"]["either"]["hits"] for d in sets["by_detector"]]
+    assert sets["conditions"]["unshifted"]["either"]["hits"] == sum(unshifted)
     text = md.read_text()
     for heading in ("## 2. Training", "## 3. Scoring", "## 4. Peak memory", "## 5. Detection quality",
                     "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images", "on a ready batch"):

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from pipeline.bench.drift import zoom
+from pipeline.bench.promise import pooled
 from pipeline.scoring.promise import false_alarm_law, false_alarm_test, promise_test
 from pipeline.scoring.threshold import conformal_threshold
 from tests.conftest import _part, cli, tiny_overrides, write_png
@@ -37,6 +38,23 @@ def test_the_false_alarm_count_law_hand_computed():
     four = false_alarm_test(4, 6, 7, 0.2, level=0.01)  # P(X >= 4) = 0.0210 > 0.01
     assert not four["broken"] and four["p_value"] == pytest.approx(sum(p(x) for x in (4, 5, 6)), rel=1e-9)
     assert five["max_allowed"] == four["max_allowed"] == 4 and five["expected_rate"] == pytest.approx(1 / 8)
+
+
+def test_the_bench_adds_up_each_detectors_sets():
+    def result(seed: int, hits: int, flagged: float | None) -> dict:
+        cell = {"hits": hits, "sets": 10, "rate": hits / 10, "ci95": [0, 1]}
+        return {"seed": seed, "n_sets": 10, "detector": None if flagged is None else "fused",
+                "conditions": {"unshifted": {"drift": {**cell, "hits": 0, "rate": 0.0}, "either": cell,
+                                             "promise": None if flagged is None else cell,
+                                             "pool_false_alarm_rate": flagged}}}
+
+    both = pooled([result(0, 3, 0.04), result(1, 0, 0.0)])
+    unshifted = both["conditions"]["unshifted"]
+    assert (unshifted["either"]["hits"], unshifted["either"]["sets"]) == (3, 20) and unshifted["either"]["rate"] == 0.15
+    assert unshifted["promise"]["rate"] == 0.15 and unshifted["pool_false_alarm_rate"] == pytest.approx(0.02)
+    assert both["seed"] == [0, 1] and both["n_sets"] == 20 and [r["seed"] for r in both["by_detector"]] == [0, 1]
+    alone = pooled([result(0, 2, None)])["conditions"]["unshifted"]  # no detector: the drift test alone
+    assert alone["promise"] is None and alone["pool_false_alarm_rate"] is None and alone["either"]["hits"] == 2
 
 
 def test_one_calibration_image_at_alpha_one_half_gives_a_uniform_count():

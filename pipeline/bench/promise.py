@@ -132,6 +132,27 @@ def measure_promise(root: Path, image_size: int, set_size: int, n_sets: int, see
             "level": level, "conditions": conditions}
 
 
+def pooled(results: Sequence[dict]) -> dict:
+    """measure_promise's results for several detectors of one dataset (one per training seed) as one: each
+    condition's sets added up, every detector's own result under `by_detector`. The promise test's level holds over
+    the calibration draw, so one detector (one draw) can sit above or below it; the bench reports the pool."""
+    first = results[0]
+    conditions = {}
+    for name in first["conditions"]:
+        cells = [r["conditions"][name] for r in results]
+        merged = {}
+        for check in ("drift", "either", "promise"):
+            if any(c[check] is None for c in cells):
+                merged[check] = None
+                continue
+            merged[check] = _rate(sum(c[check]["hits"] for c in cells), sum(c[check]["sets"] for c in cells))
+        rates = [c["pool_false_alarm_rate"] for c in cells]
+        merged["pool_false_alarm_rate"] = None if None in rates else float(np.mean(rates))
+        conditions[name] = merged
+    return {**first, "n_sets": sum(r["n_sets"] for r in results), "seed": [r["seed"] for r in results],
+            "n_detectors": len(results), "conditions": conditions, "by_detector": list(results)}
+
+
 def markdown(result: dict) -> str:
     lines = [f"{result['dataset']}: sets of {result['set_size']} drawn from {result['n_pool']} test/good images, "
              f"{result['n_sets']} per row; drift against {result['n_reference']} calibration images"

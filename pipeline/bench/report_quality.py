@@ -239,15 +239,33 @@ def sets_section(drift: dict) -> list[str]:
             promise = "" if c["promise"] is None else f", promise {100 * c['promise']['rate']:.0f}"
             cells.append(f"{100 * c['either']['rate']:.1f} % [{100 * c['either']['ci95'][0]:.1f}, "
                          f"{100 * c['either']['ci95'][1]:.1f}] (drift {100 * c['drift']['rate']:.0f}{promise})")
-        detector = (f"promise at alpha {r['alpha']} with {r['n_calibration']} calibration images" if r["detector"]
-                    else "no detector: drift test only")
+        seeds = r.get("seed") if isinstance(r.get("seed"), list) else [r.get("seed")]
+        detector = (f"promise at alpha {r['alpha']} with {r['n_calibration']} calibration images; "
+                    f"{len(seeds)} detector{'s' if len(seeds) > 1 else ''}, seed {', '.join(map(str, seeds))}"
+                    if r["detector"] else "no detector: drift test only")
         rows.append([f"{family} ({detector})", *cells])
     return ["", f"Whole test sets of {any_r['set_size']} good images ({any_r['n_sets']} per cell, drawn from "
             f"{any_r['n_pool']} test/good images): every good part seen at another scale (camera closer: "
             "scale_x<s>, or farther: scale_x1/<s>) or from other parts of the material (texture contrast times a factor) must be reported by `score` "
             "(drift test or broken promise, at least 95 %); unshifted sets must not (at most 5 %). Reported, with "
-            "its 95 % interval, and how often each check fired (%).", "",
-            *_table(["family", *any_r["conditions"]], rows)]
+            "its 95 % interval, and how often each check fired (%). With a detector per training seed, each measures its "
+            "own sets against its own calibration images and the cells add them up (the promise test's level holds over "
+            "the calibration draw, not for one detector).", "",
+            *_table(["family", *any_r["conditions"]], rows), *per_detector_lines(found)]
+
+
+def per_detector_lines(found: dict) -> list[str]:
+    """Unshifted sets reported by each detector alone, with the share of its pool's good images it flagged."""
+    parts = []
+    for family, r in found.items():
+        if len(r.get("by_detector") or []) < 2:
+            continue
+        cells = [f"seed {d['seed']} {100 * d['conditions']['unshifted']['either']['rate']:.1f} % (flags "
+                 f"{100 * (d['conditions']['unshifted']['pool_false_alarm_rate'] or 0):.1f} % of its good images)"
+                 for d in r["by_detector"] if d["detector"]]
+        if cells:
+            parts.append(f"{family}: " + ", ".join(cells))
+    return ["", "Unshifted sets reported, each detector alone: " + "; ".join(parts) + "."] if parts else []
 
 
 def later_rows(quality: dict) -> list[str]:

@@ -239,13 +239,14 @@ def measure_thresholds(bench: DictConfig, sizes: DictConfig, work: Path, quality
     return table
 
 
-def set_detector(bench: DictConfig, family: str, quality_results: dict | None) -> AnomalyDetector | None:
-    """The detector whose promise the test-set check measures: bench.drift.sets.detectors[family], else the one
-    this run's quality section trained (new default, first seed); None when neither exists."""
+def set_detectors(bench: DictConfig, family: str, quality_results: dict | None) -> list[AnomalyDetector]:
+    """The detectors whose promise the test-set check measures: bench.drift.sets.detectors[family] (a folder or a
+    list of folders), else every detector this run's quality section trained (the new default at each seed); none
+    when neither exists."""
     given = bench.drift.sets.detectors.get(family)
-    rows = ((quality_results or {}).get(family) or {}).get("new_default") or [{}]
-    folder = given or rows[0].get("detector_dir")
-    return AnomalyDetector.load(folder) if folder and Path(folder).is_dir() else None
+    rows = ((quality_results or {}).get(family) or {}).get("new_default") or []
+    folders = ([given] if isinstance(given, str) else list(given)) if given else [r.get("detector_dir") for r in rows]
+    return [AnomalyDetector.load(folder) for folder in folders if folder and Path(folder).is_dir()]
 
 
 def measure_drift(bench: DictConfig, work: Path, quality_results: dict | None = None) -> dict:
@@ -259,12 +260,14 @@ def measure_drift(bench: DictConfig, work: Path, quality_results: dict | None = 
             root, cfg.data.image_size, d.n_reference, d.batch_size, d.n_batches, cfg.seed, split=split,
             shifts=drift.process_shifts(d.zoom, list(d.gains), d.blur_sigma), defect_shares=list(d.defect_shares),
             drift=DriftSettings.from_config(i))
-        results[family]["sets"] = promise.measure_promise(
-            root, cfg.data.image_size, sets.set_size, sets.n_sets, cfg.seed,
+        # One measurement per detector, each against its own calibration images (the split of its seed)
+        detectors = set_detectors(bench, family, quality_results) or [None]
+        results[family]["sets"] = promise.pooled([promise.measure_promise(
+            root, cfg.data.image_size, sets.set_size, sets.n_sets,
+            cfg.seed if detector is None else int(detector.spec.extra.get("seed", cfg.seed)),
             shifts=promise.set_shifts(list(sets.scales), list(sets.textures), sets.texture_sigma),
-            drift=DriftSettings.from_config(i), level=cfg.score.promise_level,
-            detector=set_detector(bench, family, quality_results), pool=sets.pool, split=split,
-            batch_size=cfg.data.batch_size)
+            drift=DriftSettings.from_config(i), level=cfg.score.promise_level, detector=detector, pool=sets.pool,
+            split=split, batch_size=cfg.data.batch_size) for detector in detectors])
     return results
 
 
