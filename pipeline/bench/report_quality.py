@@ -265,7 +265,7 @@ def per_detector_lines(found: dict) -> list[str]:
                  for d in r["by_detector"] if d["detector"]]
         if cells:
             parts.append(f"{family}: " + ", ".join(cells))
-    return ["", "Unshifted sets reported, each detector alone: " + "; ".join(parts) + "."] if parts else []
+    return ["", "Unshifted sets reported, each detector alone: " + "; ".join(parts) + ".", ""] if parts else []
 
 
 def later_rows(quality: dict) -> list[str]:
