@@ -34,7 +34,8 @@ class VAELightningModule(pl.LightningModule):
         self.net = net
         self.synthesizer = synthesizer
         self.generator = torch.Generator().manual_seed(seed)
-        self.save_hyperparameters(ignore=["net", "synthesizer"])
+        # the seed is the run's (logged with the config); a cross-conformal member's own would clash with it
+        self.save_hyperparameters(ignore=["net", "synthesizer", "seed"])
 
     def _losses(self, x: torch.Tensor, target: torch.Tensor | None = None,
                 c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
