@@ -198,3 +198,5 @@ def test_synthetic_denoising_encodes_the_synthesizers_anomalies_and_targets_the_
         VAELightningModule(net, denoise_kind="synthetic")
     with pytest.raises(ValueError, match="synthetic"):
         VAELightningModule(net, denoise_kind="none", synthesizer=synthesizer)
+    with pytest.raises(ValueError, match=r"model.denoise.kind must be one of .*'synthetic'.*'synthtic'"):
+        VAELightningModule(net, denoise_kind="synthtic")  # a mistyped kind fails before any training

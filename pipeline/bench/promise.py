@@ -150,7 +150,7 @@ def pooled(results: Sequence[dict]) -> dict:
         merged["pool_false_alarm_rate"] = None if None in rates else float(np.mean(rates))
         conditions[name] = merged
     return {**first, "n_sets": sum(r["n_sets"] for r in results), "seed": [r["seed"] for r in results],
-            "n_detectors": len(results), "conditions": conditions, "by_detector": list(results)}
+            "conditions": conditions, "by_detector": list(results)}
 
 
 def markdown(result: dict) -> str:

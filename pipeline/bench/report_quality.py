@@ -261,7 +261,7 @@ def per_detector_lines(found: dict) -> list[str]:
         if len(r.get("by_detector") or []) < 2:
             continue
         cells = [f"seed {d['seed']} {100 * d['conditions']['unshifted']['either']['rate']:.1f} % (flags "
-                 f"{100 * (d['conditions']['unshifted']['pool_false_alarm_rate'] or 0):.1f} % of its good images)"
+                 f"{100 * d['conditions']['unshifted']['pool_false_alarm_rate']:.1f} % of its good images)"
                  for d in r["by_detector"] if d["detector"]]
         if cells:
             parts.append(f"{family}: " + ", ".join(cells))

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from pipeline.data.synthesis import AnomalySynthesizer
-from pipeline.models.corruption import corrupt
+from pipeline.models.corruption import CORRUPTIONS, corrupt
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.vae import ConvAutoencoder
 
@@ -28,6 +28,8 @@ class VAELightningModule(pl.LightningModule):
                  denoise_kind: str = "none", denoise_level: float = 0.0,
                  synthesizer: AnomalySynthesizer | None = None, seed: int = 0):
         super().__init__()
+        if denoise_kind not in (*CORRUPTIONS, "synthetic"):  # before any training, with every kind there is
+            raise ValueError(f"model.denoise.kind must be one of {(*CORRUPTIONS, 'synthetic')}, got {denoise_kind!r}")
         if (denoise_kind == "synthetic") != (synthesizer is not None):
             raise ValueError("model.denoise.kind=synthetic corrupts with the anomaly synthesizer (head.synthesis), and "
                              "only it does")
