@@ -81,7 +81,8 @@ def run_train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
                          "scheme": detector.spec.scheme, "n_members": max(1, len(detector.members))},
                "train_seconds": fitted.vae.seconds + local_seconds + (fitted.head.seconds if fitted.head else 0.0),
                "vae_seconds": fitted.vae.seconds, "local_seconds": local_seconds,
-               "head_seconds": fitted.head.seconds if fitted.head else 0.0, "reconstruction": detector.spec.reconstruction,
+               "head_seconds": fitted.head.seconds if fitted.head else 0.0,
+               "head_steps": fitted.head.steps if fitted.head else 0, "reconstruction": detector.spec.reconstruction,
                "epochs": fitted.vae.epochs, "world_size": fitted.vae.world_size,
                "train_images_per_second": fitted.vae.images_per_second,
                "skipped_images": [str(e) for e in datamodule.skipped]}

@@ -38,8 +38,8 @@ from pipeline.scoring import scores as S
 from pipeline.scoring.drift import image_statistics
 from pipeline.scoring.fusion import draws_the_part, fit_standardization, fuse, keep_components, keep_if_it_helps
 from pipeline.scoring.threshold import pixel_threshold
-from pipeline.training.fit import (FitReport, fit_head, fit_local, fit_vae, global_detail_ratio, head_synthesizers,
-                                   nuisance_transform, validation_set)
+from pipeline.training.fit import (FitReport, fit_head, fit_local, fit_vae, global_detail_ratio, head_steps,
+                                   head_synthesizers, nuisance_transform, validation_set)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def fit_networks(detector, datamodule, model_cfg: DictConfig, head_cfg: DictConf
     if detector.head is not None:
         detector.vae.eval()
         head_report = fit_head(detector.head, detector.vae, datamodule, head_cfg, trainer_cfg, seed, logger,
-                               nuisance=normal_variation(detector, head_cfg, datamodule.train_images))
+                               nuisance=normal_variation(detector, head_cfg, datamodule.train_images),
+                               steps=head_steps(head_cfg, detector.spec.reconstruction))
     detector.eval()
     return FitResult(vae_report, head_report, vae_report.is_global_zero, local_report)
 

@@ -60,7 +60,7 @@ def log_training(cfg: DictConfig, run_id: str, detector_dir: Path, summary: dict
     threshold = summary["threshold"]
     sizes = {k: v for k, v in summary["sizes"].items() if isinstance(v, (int, float))}
     metrics = {"threshold": threshold if math.isfinite(threshold) else 1e30, **sizes,
-               "train_seconds": summary["train_seconds"],
+               "train_seconds": summary["train_seconds"], "head_steps": summary["head_steps"],
                **{f"validation.{k}": v for k, v in summary["validation"].items() if isinstance(v, (int, float))}}
     log_metrics(client, run_id, metrics)
     guarantee = summary["guarantee"]

@@ -38,6 +38,7 @@ class FitReport:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     best_epoch: int | None = None
     images_per_second: float | None = None
+    steps: int | None = None  # optimizer steps taken (the learned map's schedule)
 
 
 def build_trainer(trainer_cfg: DictConfig, callbacks: list[pl.Callback], logger, max_epochs: int,
@@ -171,17 +172,30 @@ def _with_labels(tensors: tuple[torch.Tensor, ...], labels: torch.Tensor | None)
     return TensorDataset(*tensors, *(() if labels is None else (labels,)))
 
 
+MIN_SHORTENED_HEAD_STEPS = 20  # a shortened schedule keeps its one-cycle warm-up and a few validations
+
+
+def head_steps(head_cfg: DictConfig, reconstruction: str | None) -> int:
+    """The learned map's optimizer steps: `head.steps`, or `head.global_steps_share` of them (at least 20, never more)
+    where the two-level VAE's global level draws the part and the map compares with it (`reconstruction` "global")."""
+    steps = int(head_cfg.steps)
+    if reconstruction != "global":
+        return steps
+    return min(steps, max(round(steps * float(head_cfg.global_steps_share)), MIN_SHORTENED_HEAD_STEPS))
+
+
 def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: DictConfig, trainer_cfg: DictConfig,
-             seed: int, logger=None, callbacks: list[pl.Callback] = (), nuisance: NuisanceTransform | None = None
-             ) -> FitReport:
-    """Train the learned map for head_cfg.steps steps on synthetic anomalies of the training images (a share of them
-    changed as a whole first, by `nuisance`, as normal); validate on the selection images with anomalies of the
-    held-out kind."""
+             seed: int, logger=None, callbacks: list[pl.Callback] = (), nuisance: NuisanceTransform | None = None,
+             steps: int | None = None) -> FitReport:
+    """Train the learned map for `steps` (default head_cfg.steps) steps on synthetic anomalies of the training images
+    (a share of them changed as a whole first, by `nuisance`, as normal); validate on the selection images with
+    anomalies of the held-out kind."""
+    steps = int(head_cfg.steps) if steps is None else int(steps)
     train_images, train_labels = datamodule.train_images, getattr(datamodule, "train_labels", None)
     train_synth, validation_synth = head_synthesizers(head_cfg.synthesis)
     validation = validation_set(validation_synth, datamodule.selection_images, train_images, seed + 1)
     module = HeadLightningModule(head, vae, train_synth, train_images, validation, head_cfg.lr, head_cfg.focal_gamma,
-                                 head_cfg.steps, seed, nuisance)
+                                 steps, seed, nuisance)
     per_epoch = int(head_cfg.validate_every)  # steps between validations: one "epoch" of the sampler
     loader = DataLoader(_with_labels((train_images,), train_labels), batch_size=head_cfg.batch_size, drop_last=True,
                         sampler=RandomSampler(range(len(train_images)), replacement=True,
@@ -189,18 +203,18 @@ def fit_head(head: AnomalyHead, vae: ConvAutoencoder, datamodule, head_cfg: Dict
                                               generator=torch.Generator().manual_seed(seed)))
     validation_loader = DataLoader(_with_labels(validation, getattr(datamodule, "selection_labels", None)),
                                    batch_size=head_cfg.batch_size)
-    epochs = -(-int(head_cfg.steps) // per_epoch)
+    epochs = -(-steps // per_epoch)
     history = EpochHistory(prefixes=("head/",))
     trainer = build_trainer(trainer_cfg, [history, StopOnNonFiniteLoss("(the learned map keeps no checkpoints)"),
                                           ProgressBar("training the anomaly map", "step",
                                                       ("head/val_pixel_auroc",), trainer_cfg.enable_progress_bar,
                                                       trainer_cfg.progress_every_percent),
-                                          *callbacks], logger, epochs, max_steps=int(head_cfg.steps))
+                                          *callbacks], logger, epochs, max_steps=steps)
     started = time.perf_counter()
     head.train()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=validation_loader)
     return FitReport(time.perf_counter() - started, trainer.current_epoch, trainer.is_global_zero, trainer.world_size,
-                     history.history)
+                     history.history, steps=trainer.global_step)
 
 
 def _best_epoch(history: EpochHistory) -> int | None:
