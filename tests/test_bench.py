@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.bench import report
 from pipeline.bench.baselines import PCAReconstruction, PixelIsolationForest
 from pipeline.scoring.scores import SCORE_NAMES
 from tests.conftest import TINY
@@ -87,6 +88,10 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
                     "## 6. Thresholds", "## 7. Drift", "Whole test sets of 6 good images", "on a ready batch"):
         assert heading in text
     assert "Quick run" in text and "end to end with the `learned_map_v1` detector" in text
+    spent = data["context"]["section_seconds"]  # where the minutes went; a quick run is not judged by the budget
+    assert list(spent) == ["quality", "thresholds", "small_sets", "drift", "speed", "wall_time"]
+    assert all(seconds >= 0 for seconds in spent.values()) and not data["context"]["full_run"]
+    assert "Minutes per section of this run: quality" in text and "must fit in" not in text
     small = data["small_sets"]["tasks"]["tiny"]  # the same 24 images: one detector, then three cross-conformal ones
     assert (small["split"]["n_members"], small["cross"]["n_members"]) == (1, 3)
     assert (small["split"]["n_calibration"], small["cross"]["n_calibration"]) == (7, 24)
@@ -173,3 +178,12 @@ def test_small_sets_measure_the_cross_members_the_quality_section_trained_instea
     assert quality_cross_detector(tmp_path, "digit_3", 1, 3) is None and quality_cross_detector(tmp_path, "digit_4", 0, 3) is None
     spec.write_text(json.dumps({"scheme": "split", "members": []}))
     assert quality_cross_detector(tmp_path, "digit_3", 0, 3) is None
+
+
+def test_the_report_says_whether_a_full_run_fit_its_budget():
+    context = {"section_seconds": {"quality": 3000.0, "drift": 60.0}, "bench_seconds": 3100.0, "budget_minutes": 90.0,
+               "full_run": True}
+    assert report._time_per_section(context) == [
+        "Minutes per section of this run: quality 50.0, drift 1.0. A full run must fit in 90 min: within the budget.", ""]
+    assert "**over** the budget" in report._time_per_section({**context, "bench_seconds": 5500.0})[0]
+    assert "must fit" not in report._time_per_section({**context, "full_run": False})[0]

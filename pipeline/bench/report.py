@@ -147,6 +147,18 @@ def _kept_sections(context: dict) -> list[str]:
             f"{'; '.join(kept)}.", ""] if kept else []
 
 
+def _time_per_section(c: dict) -> list[str]:
+    """Where this run's minutes went, against the budget a full run must fit (bench.budget_minutes)."""
+    spent = c.get("section_seconds") or {}
+    if not spent:
+        return []
+    budget = c.get("budget_minutes")
+    verdict = (f" A full run must fit in {budget:g} min: {'within' if c['bench_seconds'] <= 60 * budget else '**over**'}"
+               f" the budget." if budget and c.get("full_run") else "")
+    return ["Minutes per section of this run: " + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in spent.items())
+            + "." + verdict, ""]
+
+
 def markdown(results: dict, context: dict) -> str:
     c = context
     lines = ["# Benchmarks", ""]
@@ -161,7 +173,7 @@ def markdown(results: dict, context: dict) -> str:
               f"Machine of this run: {c['cpu']}, {c['logical_cpus']} logical CPUs, {f(c['memory_gb'], 1)} GB RAM, {c['platform']}, "
               f"Python {c['python']}. Load average (1/5/15 min) before: {c['load_average_before']}, after: "
               f"{c['load_average_after']}.", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()),
-              "", *_kept_sections(c)]
+              "", *_time_per_section(c), *_kept_sections(c)]
     skipped = {name: value["skipped"] for name, value in results.items() if "skipped" in value}
     lines += [f"Not measured in this run: {'; '.join(f'{n} ({why})' for n, why in skipped.items())}.", ""] if skipped else []
     if c.get("quality_left_out"):

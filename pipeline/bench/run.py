@@ -309,6 +309,9 @@ def run_bench(cfg: DictConfig) -> dict:
     work = Path(bench.work_dir) if bench.work_dir else Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
+    context["budget_minutes"] = float(bench.budget_minutes)
+    context["full_run"] = (not bench.quick and set(sections) == set(SECTIONS) and rows is None
+                           and bench.quality_minutes is None)
     context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"],
                                                        "cpu": context["cpu"]} for s in SECTIONS}
     started, results = time.perf_counter(), dict(kept)
@@ -344,7 +347,9 @@ def run_bench(cfg: DictConfig) -> dict:
         for section in RUN_ORDER:
             if section in sections:
                 log.info("bench: %s", section)
+                begun = time.perf_counter()
                 results[section] = measures[section]()
+                context.setdefault("section_seconds", {})[section] = time.perf_counter() - begun
                 save(partial=True)
     finally:
         if not bench.work_dir:
