@@ -102,23 +102,25 @@ def test_the_head_finds_a_kind_of_anomaly_it_was_never_trained_on():
     assert pixel_auroc >= 0.8, f"pixel AUROC {pixel_auroc:.3f} on the held-out kind"
 
 
-def test_the_map_trains_half_its_steps_only_where_the_global_level_draws_the_part():
-    """head.global_steps_share applies where the map compares with the global level's own reconstruction; a texture's
-    map (the local level's restoration) and a VAE without a local level keep head.steps; a shortened schedule keeps
-    at least 20 steps and never more than head.steps."""
-    head = compose([]).head
+def test_a_shortened_schedule_applies_only_where_the_global_level_draws_the_part():
+    """head.global_steps_share (1.0 by default) applies where the map compares with the global level's own
+    reconstruction; a texture's map (the local level's restoration) and a VAE without a local level keep head.steps;
+    a shortened schedule keeps at least 20 steps and never more than head.steps."""
+    assert head_steps(compose([]).head, "global") == 1500  # the default: the full schedule everywhere
+    head = compose(["head.global_steps_share=0.5"]).head
     assert head.steps == 1500 and head_steps(head, "global") == 750
     assert head_steps(head, "local") == head_steps(head, None) == 1500
-    short = compose(["head.steps=30"]).head
-    assert head_steps(short, "global") == 20 and head_steps(compose(["head.steps=4"]).head, "global") == 4
-    assert head_steps(compose(["head.global_steps_share=1.0"]).head, "global") == 1500
+    short = compose(["head.steps=30", "head.global_steps_share=0.5"]).head
+    assert head_steps(short, "global") == 20
+    assert head_steps(compose(["head.steps=4", "head.global_steps_share=0.5"]).head, "global") == 4
 
 
 def test_a_training_where_the_global_level_draws_the_part_takes_the_shortened_schedule(tmp_path, tiny_dataset):
-    """Through `train`: the global level chosen (any detail ratio passes a limit of 100), the learned map trains 20 of
-    head.steps=40, and the run records the steps it took."""
+    """Through `train` at head.global_steps_share=0.5: the global level chosen (any detail ratio passes a limit of
+    100), the learned map trains 20 of head.steps=40, and the run records the steps it took."""
     summary = cli("train", *tiny_overrides(tmp_path, f"data.root={tiny_dataset}", "head.steps=40",
-                                           "head.validate_every=20", "model.global_detail_limit=100"))
+                                           "head.validate_every=20", "model.global_detail_limit=100",
+                                           "head.global_steps_share=0.5"))
     assert summary["reconstruction"] == "global" and summary["head_steps"] == 20
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert client.get_run(summary["run_id"]).data.metrics["head_steps"] == 20
