@@ -239,7 +239,7 @@ def sets_section(drift: dict) -> list[str]:
             promise = "" if c["promise"] is None else f", promise {100 * c['promise']['rate']:.0f}"
             cells.append(f"{100 * c['either']['rate']:.1f} % [{100 * c['either']['ci95'][0]:.1f}, "
                          f"{100 * c['either']['ci95'][1]:.1f}] (drift {100 * c['drift']['rate']:.0f}{promise})")
-        seeds = r.get("seed") if isinstance(r.get("seed"), list) else [r.get("seed")]
+        seeds = r["seed"]  # promise.pooled: the seed of each detector whose sets were added up
         detector = (f"promise at alpha {r['alpha']} with {r['n_calibration']} calibration images; "
                     f"{len(seeds)} detector{'s' if len(seeds) > 1 else ''}, seed {', '.join(map(str, seeds))}"
                     if r["detector"] else "no detector: drift test only")

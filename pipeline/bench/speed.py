@@ -126,12 +126,12 @@ def training_throughput(cfg: DictConfig) -> dict:
     head = {}
     if cfg.head.enabled:
         head = head_ready_batch(cfg, AnomalyDetector.load(summary["detector_dir"]), datamodule.train_images)
-        head["step_seconds"] = summary["head_seconds"] / max(int(summary["head_steps"]), 1)
+        head["step_seconds"] = summary["head_seconds"] / summary["head_steps"]
         head["ratio"] = head["ready_step_seconds"] / head["step_seconds"]
     return {"pipeline": piped, "raw": raw, "n_train": summary["sizes"]["n_train"], "batch_size": cfg.data.batch_size,
             "epochs": cfg.trainer.max_epochs, "efficiency": piped["images_per_second"] / raw["images_per_second"],
             "efficiency_cpu": piped["images_per_cpu_second"] / raw["images_per_cpu_second"],
-            "head_steps": int(summary["head_steps"]), "head_seconds": summary["head_seconds"],
+            "head_steps": summary["head_steps"], "head_seconds": summary["head_seconds"],
             "head_step": head,
             "detector_dir": summary["detector_dir"]}
 
