@@ -89,9 +89,9 @@ def test_bench_command_writes_every_section(tmp_path, tiny_dataset):
         assert heading in text
     assert "Quick run" in text and "end to end with the `learned_map_v1` detector" in text
     spent = data["context"]["section_seconds"]  # where the minutes went; a quick run is not judged by the budget
-    assert list(spent) == ["quality", "thresholds", "small_sets", "drift", "speed", "wall_time"]
+    assert list(spent) == ["wall_time", "quality", "thresholds", "small_sets", "drift", "speed"]
     assert all(seconds >= 0 for seconds in spent.values()) and not data["context"]["full_run"]
-    assert "Minutes per section of this run: quality" in text and "must fit in" not in text
+    assert "Minutes per section of this run: wall_time" in text and "must fit in" not in text
     small = data["small_sets"]["tasks"]["tiny"]  # the same 24 images: one detector, then three cross-conformal ones
     assert (small["split"]["n_members"], small["cross"]["n_members"]) == (1, 3)
     assert (small["split"]["n_calibration"], small["cross"]["n_calibration"]) == (7, 24)
@@ -187,3 +187,38 @@ def test_the_report_says_whether_a_full_run_fit_its_budget():
         "Minutes per section of this run: quality 50.0, drift 1.0. A full run must fit in 90 min: within the budget.", ""]
     assert "**over** the budget" in report._time_per_section({**context, "bench_seconds": 5500.0})[0]
     assert "must fit" not in report._time_per_section({**context, "full_run": False})[0]
+
+
+def test_the_quality_section_measures_the_detectors_the_wall_time_section_trained_and_runs_the_longest_jobs_first(
+        tmp_path, monkeypatch):
+    from pipeline.bench import quality
+    from pipeline.bench.run import quality_jobs
+    from pipeline.config import compose
+
+    monkeypatch.setattr(quality, "ensure_dataset", lambda data, seed: None)  # plans the jobs only: no data needed
+    cfg = compose(["bench.families=[fabric,bracket]", "bench.sizes.full.digits_one_vs_rest=[0]",
+                   "bench.sizes.full.digits_leave_one_out=[1]"])
+    wall = {"fabric": {"detector_dir": "/wall/fabric/detector", "train_seconds": 170.0}}
+    jobs = quality_jobs(cfg.bench, cfg.bench.sizes.full, tmp_path, trained=wall, longest_first=True)
+    assert [(j.task, j.first_seed) for j in jobs] == [("fabric", True), ("bracket", True), ("fabric", False),
+                                                      ("bracket", False), ("digit_0", True), ("loco_1", True)]
+    assert jobs[0].trained == {str(tmp_path / "quality-fabric-new_default-0"): wall["fabric"]}
+    assert all(j.trained == {} for j in jobs[1:])  # bracket was not trained there; further seeds differ
+    assert [j.task for j in quality_jobs(cfg.bench, cfg.bench.sizes.full, tmp_path)][:3] == ["fabric", "bracket", "digit_0"]
+    # other settings than the README's (bench.overrides, quick sizes): the wall-time run is not this row's
+    changed = compose(["bench.families=[fabric]", "bench.overrides=['model.latent_dim=8']"])
+    assert quality_jobs(changed.bench, changed.bench.sizes.full, tmp_path, trained=wall)[0].trained == {}
+    assert quality_jobs(cfg.bench, cfg.bench.sizes.quick, tmp_path, trained=wall)[0].trained == {}
+
+
+def test_a_row_another_section_trained_is_measured_without_training_again(trained, tmp_path):
+    from pipeline.bench.quality import load_test_split, product_row
+    from pipeline.config import compose
+    from pipeline.data.images import ReadOptions
+
+    cfg = compose(trained.with_(f"output_root={tmp_path / 'fresh'}", "tracking.enabled=false"))
+    split = load_test_split(trained.root, cfg.data.image_size, ReadOptions.from_config(cfg.data))
+    row = product_row(cfg, split, [0.5], trained={"detector_dir": str(trained.detector_dir), "train_seconds": 12.0})
+    assert row["detector_dir"] == str(trained.detector_dir) and row["train_seconds"] == 12.0
+    assert row["trained_by"] == "wall_time" and row["image_auroc"] is not None
+    assert not (tmp_path / "fresh").exists()  # nothing trained

@@ -103,11 +103,12 @@ def train_or_reuse(cfg: DictConfig, reuse: bool) -> dict:
 
 
 def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_maps: tuple[str, ...] = (),
-                reuse: bool = False) -> dict:
+                reuse: bool = False, trained: dict | None = None) -> dict:
     """Train one product detector through `run_train` (or, with `reuse`, take the one an earlier run of the bench
-    trained for this row) and measure it on the test split."""
+    trained for this row; or `trained`, {detector_dir, train_seconds}: the one another section of this run trained
+    with this row's settings) and measure it on the test split."""
     started = time.perf_counter()
-    summary = train_or_reuse(cfg, reuse)
+    summary = {**trained, "epochs": None, "trained_by": "wall_time"} if trained else train_or_reuse(cfg, reuse)
     detector = AnomalyDetector.load(summary["detector_dir"])
     out = detector.score(split.images, batch_size=cfg.data.batch_size, extra=extra_maps, keep=("map", *extra_maps))
     score = out[detector.spec.score]
@@ -118,7 +119,8 @@ def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_ma
            "n_calibration": detector.spec.extra["n_calibration"], "n_train": detector.spec.extra["n_train"],
            "n_members": int(detector.spec.extra.get("n_members", 1)),
            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
-           "seconds": time.perf_counter() - started, "detector_dir": summary["detector_dir"]}
+           "seconds": time.perf_counter() - started, "detector_dir": summary["detector_dir"],
+           **({"trained_by": summary["trained_by"]} if "trained_by" in summary else {})}
     for name in extra_maps:
         maps = out[name]
         row.setdefault("maps", {})[name] = method_metrics(split, maps.reshape(len(maps), -1).max(axis=1), maps,
@@ -147,9 +149,9 @@ def baseline_rows(cfg: DictConfig, split: TestSplit, bench: DictConfig) -> dict:
 
 
 def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictConfig, alphas: list[float],
-                  extra_maps: tuple[str, ...], baselines: bool = True) -> dict:
+                  extra_maps: tuple[str, ...], baselines: bool = True, trained: dict | None = None) -> dict:
     """Every method's rows (one per seed) and, with `baselines`, the baselines on one dataset (a family or a
-    digits task)."""
+    digits task); `trained`: a run's output_root -> the detector another section trained for it (product_row)."""
     first = next(iter(configs.values()))[0]  # every method's configs share the task's data
     root = ensure_dataset(first.data, first.seed)
     split = load_test_split(root, first.data.image_size, build_datamodule(first, root).read_options)
@@ -160,7 +162,8 @@ def evaluate_task(name: str, configs: dict[str, list[DictConfig]], bench: DictCo
         # reuse=only: measure what an earlier, stopped run trained and train nothing more
         chosen = [c for c in cfgs if bench.reuse != "only" or trained_detector(c) is not None]
         result[method] = [product_row(c, split, alphas, extra_maps if method == "new_default" and c is cfgs[0] else (),
-                                      reuse=bool(bench.reuse)) for c in chosen]
+                                      reuse=bool(bench.reuse), trained=(trained or {}).get(str(c.output_root)))
+                          for c in chosen]
     if baselines:
         result["baselines"] = baseline_rows(first, split, bench)
     return result

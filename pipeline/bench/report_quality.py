@@ -163,7 +163,10 @@ def digits_table(quality: dict, family: str) -> list[str]:
     rows = [[n, *(_f(metric(quality[n], m, "image_auroc")) if "refused" not in quality[n] else "refused"
                   for m, _ in ROWS)] for n in names]
     rows.append(["**mean**", *(_f(family_metric(quality, names, m, "image_auroc")) for m, _ in ROWS)])
-    return [f"### {family} (image AUROC per task)", "", *_table(["task", *(label for _, label in ROWS)], rows)]
+    missing = [label for m, label in ROWS if family_metric(quality, names, m, "image_auroc") is None]
+    note = ([f"Not measured on these tasks: {'; '.join(missing)} (`bench.family_only_methods`: rows the bench "
+             "measures on the built-in families only, to fit its time budget).", ""] if missing else [])
+    return [f"### {family} (image AUROC per task)", "", *_table(["task", *(label for _, label in ROWS)], rows), *note]
 
 
 def scores_table(quality: dict) -> list[str]:
@@ -289,6 +292,10 @@ def quality_section(quality: dict, thresholds: dict, drift: dict) -> list[str]:
              "report-only: no default was chosen on them, their defects include kinds unlike anything the synthetic "
              "anomalies make; `film`'s texture drifts along the roll, its test parts beyond the training ones.", ""]
     lines += later_rows(quality)
+    shared = [n for n, t in quality.items() for r in t.get("new_default", []) if r.get("trained_by") == "wall_time"]
+    lines += ([f"The new default's seed-0 rows of {', '.join(shared)} measure the detectors section 1 trained (the "
+               "README's `make train` at the defaults, 2 threads; their training seconds are those), not a second "
+               "training of the same settings.", ""] if shared else [])
     refused = [f"`{n}`: {t['refused']}" for n, t in quality.items() if "refused" in t]
     alphas = sorted({a for t in quality.values() for r in t.get("new_default", []) for a in (r.get("false_alarm") or {})},
                     key=float)

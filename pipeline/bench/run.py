@@ -33,7 +33,9 @@ from pipeline.detector.checks import DriftSettings
 
 log = logging.getLogger(__name__)
 SECTIONS = ("wall_time", "speed", "quality", "thresholds", "small_sets", "drift")  # the report's order
-RUN_ORDER = ("quality", "thresholds", "small_sets", "drift", "speed", "wall_time")  # the most important and the longest first
+# The most important and the longest first, but the README's commands before the quality section: their trainings are
+# the new default's seed-0 rows of the built-in categories there (trained once, measured twice).
+RUN_ORDER = ("wall_time", "quality", "thresholds", "small_sets", "drift", "speed")
 
 
 def _isolated(work: Path, tag: str) -> list[str]:
@@ -61,6 +63,7 @@ class QualityJob(NamedTuple):
     extra_maps: tuple[str, ...]
     first_seed: bool                  # every method at its first seed (else: the new default's further seeds)
     baselines: bool                   # also fit the baselines on this task
+    trained: dict = {}                # a run's output_root -> {detector_dir, train_seconds} another section trained
 
 
 def _quality_job(job: QualityJob) -> tuple[str, dict]:
@@ -70,16 +73,21 @@ def _quality_job(job: QualityJob) -> tuple[str, dict]:
     configs = {method: [compose(o) for o in lists] for method, lists in job.runs.items()}
     try:
         return job.task, {"family": job.family, **quality.evaluate_task(
-            job.task, configs, OmegaConf.create(job.bench), job.alphas, job.extra_maps, job.baselines)}
+            job.task, configs, OmegaConf.create(job.bench), job.alphas, job.extra_maps, job.baselines, job.trained)}
     except TooFewNormalImages as err:  # a task the split cannot serve is reported, never silently dropped
         return job.task, {"family": job.family, "dataset": job.task, "refused": str(err)}
 
 
 def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[str] | None = None,
-                 kept_tasks: frozenset[str] = frozenset()) -> list[QualityJob]:
+                 kept_tasks: frozenset[str] = frozenset(), trained: dict | None = None,
+                 longest_first: bool = False) -> list[QualityJob]:
     """One job per task with every method at its first seed, then one job per task with the new default's further
     seeds: a run stopped early has every task at one seed rather than some tasks at two. `rows`: only these methods
-    (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them)."""
+    (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them).
+    `trained`: {category: {detector_dir, train_seconds}} the wall-time section trained at the defaults, seed 0: the
+    new default's seed-0 row of that category measures it rather than training it again. `longest_first` (no time
+    budget to respect): the built-in families' further seeds before the shorter digits tasks, so the two workers
+    finish together."""
     base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
     last = [*sizes.quality_overrides, *bench.overrides]  # after the method's: quick sizes shorten every row
     plain = OmegaConf.to_container(bench, resolve=True)
@@ -95,14 +103,21 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[st
                  if (rows is None or m in rows) and (family == name or m not in bench.family_only_methods)}
         if not first:  # every row asked for is a family-only one
             continue
+        reused = {}
+        if name in (trained or {}) and "new_default" in first and seeds[0] == 0 and not bench.overrides \
+                and not sizes.quality_overrides:  # the wall-time section's run is exactly this row's
+            reused = {str(work / f"quality-{name}-new_default-0"): trained[name]}
         cfg = compose(next(iter(first.values()))[0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
         first_jobs.append(QualityJob(name, family, first, plain, list(bench.alphas), extra_maps, first_seed=True,
-                                     baselines=name not in kept_tasks))
+                                     baselines=name not in kept_tasks, trained=reused))
         if seeds[1:] and "new_default" in first:
             later_jobs.append(QualityJob(name, family, {"new_default": runs("new_default", seeds[1:])}, plain,
                                          list(bench.alphas), (), first_seed=False, baselines=False))
+    if longest_first:
+        families = [job for job in first_jobs if job.family == job.task]
+        return families + later_jobs + [job for job in first_jobs if job.family != job.task]
     return first_jobs + later_jobs
 
 
@@ -141,11 +156,11 @@ def merge_rows(kept: dict, measured: dict, rows: list[str], stamp: dict) -> dict
 
 def measure_quality(bench: DictConfig, sizes: DictConfig, work: Path, progress=None,
                     minutes: float | None = None, left_out: list | None = None, rows: list[str] | None = None,
-                    kept_tasks: frozenset[str] = frozenset()) -> dict:
+                    kept_tasks: frozenset[str] = frozenset(), trained: dict | None = None) -> dict:
     """Every job in `bench.workers` processes, the built-in families first (the longest). With `minutes`, no job
     starts after that many minutes: the runs of the jobs never started are appended to `left_out`. `rows`,
-    `kept_tasks`: see quality_jobs."""
-    jobs = quality_jobs(bench, sizes, work, rows, kept_tasks)
+    `kept_tasks`, `trained`: see quality_jobs."""
+    jobs = quality_jobs(bench, sizes, work, rows, kept_tasks, trained, longest_first=minutes is None)
     order = list(dict.fromkeys(job.task for job in jobs))
     deadline = None if minutes is None else time.monotonic() + 60 * float(minutes)
     left_out = [] if left_out is None else left_out
@@ -223,8 +238,13 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
         begun = time.perf_counter()
         subprocess.run(command, cwd=project_root(), check=True, capture_output=True)
         seconds.append(time.perf_counter() - begun)
+    trained = {}  # the defaults at seed 0: the quality section's new default on these categories
+    for category, train_seconds in zip(categories, seconds):
+        found = sorted((work / "wall" / "train" / category).glob("*/detector/detector.json"))
+        if found:
+            trained[category] = {"detector_dir": str(found[-1].parent), "train_seconds": train_seconds}
     return {"seconds": time.perf_counter() - started, "per_command": seconds,
-            "commands": [" ".join(["python", *c[1:5]]) for c in commands]}
+            "commands": [" ".join(["python", *c[1:5]]) for c in commands], "trained": trained}
 
 
 def measure_thresholds(bench: DictConfig, sizes: DictConfig, work: Path, quality_results: dict) -> dict:
@@ -338,7 +358,8 @@ def run_bench(cfg: DictConfig) -> dict:
                 "speed": lambda: measure_speed(bench, sizes, work),
                 "quality": lambda: with_kept_rows(measure_quality(
                     bench, sizes, work, quality_progress, bench.quality_minutes,
-                    context.setdefault("quality_left_out", []), rows, frozenset(kept_quality))),
+                    context.setdefault("quality_left_out", []), rows, frozenset(kept_quality),
+                    (results.get("wall_time") or {}).get("trained") if "wall_time" in sections else None)),
                 "thresholds": lambda: measure_thresholds(bench, sizes, work, results["quality"]),
                 "small_sets": lambda: (small_sets.measure_small_sets(bench, work, list(sizes.quality_overrides))
                                        if sizes.small_sets else {"skipped": "bench.sizes.<size>.small_sets is false"}),

@@ -35,6 +35,7 @@ from pipeline.models.two_level import restore
 from pipeline.scoring.maps import defect_regions, resize_map
 from pipeline.training.fit import head_synthesizers
 from pipeline.training.head_module import reconstruct
+from pipeline.training.optimizers import adam
 
 
 def _now() -> tuple[float, float]:
@@ -84,7 +85,7 @@ def raw_training(cfg: DictConfig, train_images: torch.Tensor, val_images: torch.
     torch.manual_seed(cfg.seed)
     m = cfg.model
     net = build_network(m.kind, cfg.data.channels, cfg.data.image_size, m.latent_dim, m.hidden_channels, m.latent_layout)
-    optimizer = torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    optimizer = adam(net.parameters(), m.lr, m.weight_decay)
     batch, n = cfg.data.batch_size, len(train_images)
     steps = n // batch if n > batch else 1  # drop_last, as the datamodule does
 
@@ -149,7 +150,7 @@ def head_ready_batch(cfg: DictConfig, detector: AnomalyDetector, train_images: t
     ready = [(altered, masks, reconstruct(detector.vae, altered)) for altered, masks, _ in drawn]
     reconstruction = _now()
     head = AnomalyHead(train_images.shape[1], h.widths, bool(h.get("channels_last", False)))
-    optimizer = torch.optim.Adam(head.parameters(), lr=float(h.lr))
+    optimizer = adam(head.parameters(), float(h.lr))
 
     def step(altered: torch.Tensor, masks: torch.Tensor, x_hat: torch.Tensor) -> None:
         loss = focal_loss(head(altered, x_hat), masks, float(h.focal_gamma))

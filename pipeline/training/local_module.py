@@ -17,6 +17,7 @@ from pipeline.data.synthesis.nuisance import NuisanceTransform
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.two_level import local_logits
 from pipeline.models.vae import ConvAutoencoder
+from pipeline.training.optimizers import adam
 
 
 class LocalLevelModule(pl.LightningModule):
@@ -67,4 +68,4 @@ class LocalLevelModule(pl.LightningModule):
                       on_step=False, on_epoch=True, batch_size=batch[0].shape[0], sync_dist=True, prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.local.parameters(), lr=self.hparams.lr)
+        return adam(self.local.parameters(), self.hparams.lr)

@@ -20,6 +20,7 @@ from pipeline.data.synthesis import AnomalySynthesizer
 from pipeline.models.corruption import CORRUPTIONS, corrupt
 from pipeline.models.loss import kl_divergence, kl_weight, reconstruction_nll
 from pipeline.models.vae import ConvAutoencoder
+from pipeline.training.optimizers import adam
 
 
 class VAELightningModule(pl.LightningModule):
@@ -80,4 +81,4 @@ class VAELightningModule(pl.LightningModule):
                       on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True, prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return adam(self.net.parameters(), self.hparams.lr, self.hparams.weight_decay)
