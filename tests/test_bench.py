@@ -187,6 +187,8 @@ def test_the_report_says_whether_a_full_run_fit_its_budget():
         "Minutes per section of this run: quality 50.0, drift 1.0. A full run must fit in 90 min: within the budget.", ""]
     assert "**over** the budget" in report._time_per_section({**context, "bench_seconds": 5500.0})[0]
     assert "must fit" not in report._time_per_section({**context, "full_run": False})[0]
+    resumed = report._time_per_section({**context, "full_run": False, "reused": True})[0]
+    assert "must fit" not in resumed and "not a whole run's" in resumed
 
 
 def test_the_quality_section_measures_the_detectors_the_wall_time_section_trained_and_runs_the_longest_jobs_first(

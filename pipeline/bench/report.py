@@ -155,6 +155,9 @@ def _time_per_section(c: dict) -> list[str]:
     budget = c.get("budget_minutes")
     verdict = (f" A full run must fit in {budget:g} min: {'within' if c['bench_seconds'] <= 60 * budget else '**over**'}"
                f" the budget." if budget and c.get("full_run") else "")
+    if c.get("reused"):
+        verdict += (" A resumed run (`bench.reuse`): the detectors an earlier run trained in its work folder were "
+                    "measured, not trained again, so these minutes are not a whole run's.")
     return ["Minutes per section of this run: " + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in spent.items())
             + "." + verdict, ""]
 

@@ -330,8 +330,9 @@ def run_bench(cfg: DictConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     context = report.machine_context(bench.quick)
     context["budget_minutes"] = float(bench.budget_minutes)
+    context["reused"] = bool(bench.reuse)  # a resumed run: its minutes leave out what the earlier run trained
     context["full_run"] = (not bench.quick and set(sections) == set(SECTIONS) and rows is None
-                           and bench.quality_minutes is None)
+                           and bench.quality_minutes is None and not context["reused"])
     context["sections_from"] = {s: kept_from.get(s) or {"date": context["date"], "commit": context["commit"],
                                                        "cpu": context["cpu"]} for s in SECTIONS}
     started, results = time.perf_counter(), dict(kept)
