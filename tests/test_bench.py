@@ -224,3 +224,17 @@ def test_a_row_another_section_trained_is_measured_without_training_again(traine
     assert row["detector_dir"] == str(trained.detector_dir) and row["train_seconds"] == 12.0
     assert row["trained_by"] == "wall_time" and row["image_auroc"] is not None
     assert not (tmp_path / "fresh").exists()  # nothing trained
+
+
+def test_a_kept_work_folder_gives_the_newest_detector_of_a_row_not_the_first_run_id(tmp_path):
+    import os
+
+    from pipeline.bench.quality import newest_detector
+
+    older, newer = (tmp_path / "train" / "fabric" / run / "detector" / "detector.json" for run in ("ffff", "0000"))
+    for spec, when in ((older, 1_000_000), (newer, 2_000_000)):
+        spec.parent.mkdir(parents=True)
+        spec.write_text("{}")
+        os.utime(spec, (when, when))
+    assert newest_detector(tmp_path / "train", "*/*/detector/detector.json") == newer.parent
+    assert newest_detector(tmp_path / "nothing", "*/*/detector/detector.json") is None

@@ -87,10 +87,16 @@ def false_alarms(detector: AnomalyDetector, scores: np.ndarray, labels: np.ndarr
     return result
 
 
+def newest_detector(folder: Path, pattern: str) -> Path | None:
+    """The folder of the newest detector.json under `folder` matching `pattern`: a work folder kept from earlier runs
+    holds their detectors too, in folders named by run id, not by time."""
+    found = list(folder.glob(pattern))
+    return max(found, key=lambda path: path.stat().st_mtime).parent if found else None
+
+
 def trained_detector(cfg: DictConfig) -> Path | None:
     """The detector an earlier bench run trained for this row in the same work folder, if it got that far."""
-    found = sorted(Path(str(cfg.output_root), "train").glob("*/*/detector/detector.json"))
-    return found[-1].parent if found else None
+    return newest_detector(Path(str(cfg.output_root), "train"), "*/*/detector/detector.json")
 
 
 def train_or_reuse(cfg: DictConfig, reuse: bool) -> dict:

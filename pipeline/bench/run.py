@@ -240,9 +240,9 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
         seconds.append(time.perf_counter() - begun)
     trained = {}  # the defaults at seed 0: the quality section's new default on these categories
     for category, train_seconds in zip(categories, seconds):
-        found = sorted((work / "wall" / "train" / category).glob("*/detector/detector.json"))
-        if found:
-            trained[category] = {"detector_dir": str(found[-1].parent), "train_seconds": train_seconds}
+        detector = quality.newest_detector(work / "wall" / "train" / category, "*/detector/detector.json")
+        if detector is not None:
+            trained[category] = {"detector_dir": str(detector), "train_seconds": train_seconds}
     return {"seconds": time.perf_counter() - started, "per_command": seconds,
             "commands": [" ".join(["python", *c[1:5]]) for c in commands], "trained": trained}
 
