@@ -200,7 +200,8 @@ def test_the_quality_section_measures_the_detectors_the_wall_time_section_traine
     monkeypatch.setattr(quality, "ensure_dataset", lambda data, seed: None)  # plans the jobs only: no data needed
     cfg = compose(["bench.families=[fabric,bracket]", "bench.sizes.full.digits_one_vs_rest=[0]",
                    "bench.sizes.full.digits_leave_one_out=[1]"])
-    wall = {"fabric": {"detector_dir": "/wall/fabric/detector", "train_seconds": 170.0}}
+    wall = {"fabric": {"detector_dir": "/wall/fabric/detector", "train_seconds": 170.0, "trained_by": "wall_time",
+                       "seed": 0}}
     jobs = quality_jobs(cfg.bench, cfg.bench.sizes.full, tmp_path, trained=wall, longest_first=True)
     assert [(j.task, j.first_seed) for j in jobs] == [("fabric", True), ("bracket", True), ("fabric", False),
                                                       ("bracket", False), ("digit_0", True), ("loco_1", True)]
@@ -220,7 +221,8 @@ def test_a_row_another_section_trained_is_measured_without_training_again(traine
 
     cfg = compose(trained.with_(f"output_root={tmp_path / 'fresh'}", "tracking.enabled=false"))
     split = load_test_split(trained.root, cfg.data.image_size, ReadOptions.from_config(cfg.data))
-    row = product_row(cfg, split, [0.5], trained={"detector_dir": str(trained.detector_dir), "train_seconds": 12.0})
+    row = product_row(cfg, split, [0.5], trained={"detector_dir": str(trained.detector_dir), "train_seconds": 12.0,
+                                                   "trained_by": "wall_time"})
     assert row["detector_dir"] == str(trained.detector_dir) and row["train_seconds"] == 12.0
     assert row["trained_by"] == "wall_time" and row["image_auroc"] is not None
     assert not (tmp_path / "fresh").exists()  # nothing trained

@@ -111,10 +111,10 @@ def train_or_reuse(cfg: DictConfig, reuse: bool) -> dict:
 def product_row(cfg: DictConfig, split: TestSplit, alphas: list[float], extra_maps: tuple[str, ...] = (),
                 reuse: bool = False, trained: dict | None = None) -> dict:
     """Train one product detector through `run_train` (or, with `reuse`, take the one an earlier run of the bench
-    trained for this row; or `trained`, {detector_dir, train_seconds}: the one another section of this run trained
-    with this row's settings) and measure it on the test split."""
+    trained for this row; or `trained`, {detector_dir, train_seconds, trained_by}: the one another section of this
+    run trained with this row's settings) and measure it on the test split."""
     started = time.perf_counter()
-    summary = {**trained, "epochs": None, "trained_by": "wall_time"} if trained else train_or_reuse(cfg, reuse)
+    summary = {"epochs": None, **trained} if trained else train_or_reuse(cfg, reuse)
     detector = AnomalyDetector.load(summary["detector_dir"])
     out = detector.score(split.images, batch_size=cfg.data.batch_size, extra=extra_maps, keep=("map", *extra_maps))
     score = out[detector.spec.score]

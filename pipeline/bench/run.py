@@ -63,7 +63,7 @@ class QualityJob(NamedTuple):
     extra_maps: tuple[str, ...]
     first_seed: bool                  # every method at its first seed (else: the new default's further seeds)
     baselines: bool                   # also fit the baselines on this task
-    trained: dict = {}                # a run's output_root -> {detector_dir, train_seconds} another section trained
+    trained: dict = {}                # a run's output_root -> the detector another section trained (measure_wall_time)
 
 
 def _quality_job(job: QualityJob) -> tuple[str, dict]:
@@ -84,8 +84,8 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[st
     """One job per task with every method at its first seed, then one job per task with the new default's further
     seeds: a run stopped early has every task at one seed rather than some tasks at two. `rows`: only these methods
     (bench.quality_rows); the baselines then run only on a task not in `kept_tasks` (the kept report has them).
-    `trained`: {category: {detector_dir, train_seconds}} the wall-time section trained at the defaults, seed 0: the
-    new default's seed-0 row of that category measures it rather than training it again. `longest_first` (no time
+    `trained`: {category: {detector_dir, train_seconds, trained_by, seed}} the wall-time section trained at the
+    defaults: the new default's row of that category at that seed measures it rather than training it again. `longest_first` (no time
     budget to respect): the built-in families' further seeds before the shorter digits tasks, so the two workers
     finish together."""
     base = ["tracking.enabled=false", "trainer.enable_progress_bar=false", f"score.alpha={bench.alpha_sizes}"]
@@ -104,9 +104,9 @@ def quality_jobs(bench: DictConfig, sizes: DictConfig, work: Path, rows: list[st
         if not first:  # every row asked for is a family-only one
             continue
         reused = {}
-        if name in (trained or {}) and "new_default" in first and seeds[0] == 0 and not bench.overrides \
-                and not sizes.quality_overrides:  # the wall-time section's run is exactly this row's
-            reused = {str(work / f"quality-{name}-new_default-0"): trained[name]}
+        if name in (trained or {}) and "new_default" in first and seeds[0] == trained[name]["seed"] \
+                and not bench.overrides and not sizes.quality_overrides:  # the wall-time run is exactly this row's
+            reused = {str(work / f"quality-{name}-new_default-{seeds[0]}"): trained[name]}
         cfg = compose(next(iter(first.values()))[0])
         quality.ensure_dataset(cfg.data, cfg.seed)  # here, not in two workers at once
         extra_maps = ("map.balanced",) if family == name else ()
@@ -230,7 +230,8 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
     """`make train && make score` as the Makefile runs them (one command per built-in category), at the defaults;
     only the output folder and the MLflow store are moved into the work folder."""
     isolated = _isolated(work, "wall")
-    categories = list(compose([]).data.generate.categories)
+    defaults = compose([])
+    categories = list(defaults.data.generate.categories)
     commands = [[sys.executable, "-m", "pipeline", step, f"data.category={c}", *isolated]
                 for step in ("train", "score") for c in categories]
     started, seconds = time.perf_counter(), []
@@ -238,11 +239,12 @@ def measure_wall_time(bench: DictConfig, work: Path) -> dict:
         begun = time.perf_counter()
         subprocess.run(command, cwd=project_root(), check=True, capture_output=True)
         seconds.append(time.perf_counter() - begun)
-    trained = {}  # the defaults at seed 0: the quality section's new default on these categories
+    trained = {}  # the defaults: the quality section's new default on these categories at this seed
     for category, train_seconds in zip(categories, seconds):
         detector = quality.newest_detector(work / "wall" / "train" / category, "*/detector/detector.json")
         if detector is not None:
-            trained[category] = {"detector_dir": str(detector), "train_seconds": train_seconds}
+            trained[category] = {"detector_dir": str(detector), "train_seconds": train_seconds,
+                                 "trained_by": "wall_time", "seed": int(defaults.seed)}
     return {"seconds": time.perf_counter() - started, "per_command": seconds,
             "commands": [" ".join(["python", *c[1:5]]) for c in commands], "trained": trained}
 
