@@ -82,3 +82,23 @@ def test_train_then_score_writes_results_and_tracks_runs(trained, tmp_path, caps
     # The detector the training run saved carries the threshold it reported.
     detector = AnomalyDetector.load(train_summary["detector_dir"])
     assert detector.threshold_ == train_summary["threshold"] == metrics["threshold"]
+
+
+def test_the_loss_curves_give_each_training_stage_its_row_and_pair_training_with_validation(tmp_path):
+    from PIL import Image
+
+    from pipeline.report.figures import curve_panels, loss_curves
+
+    history = {"train/loss": [(0, 9.0), (1, 8.0)], "val/loss": [(0, 9.5)], "train/recon": [(0, 7.0)],
+               "head/train_loss": [(0, 0.3)], "head/val_loss": [(0, 0.4)], "head/anomalous_pixels": [(0, 0.02)],
+               "head/val_pixel_auroc": [(0, 0.9)], "local/train_kl": [(0, 1.0)], "local/val_kl": [(0, 1.2)],
+               "local/val_recon": []}
+    panels = curve_panels(history)
+    assert list(panels) == [("", "loss"), ("", "recon"), ("local", "kl"), ("head", "anomalous_pixels"),
+                            ("head", "loss"), ("head", "pixel_auroc")]  # the VAE, the local level, the map
+    assert panels[("", "loss")] == {"train": history["train/loss"], "val": history["val/loss"]}
+    assert panels[("head", "loss")] == {"train": [(0, 0.3)], "val": [(0, 0.4)]}
+    assert panels[("local", "kl")] == {"train": [(0, 1.0)], "val": [(0, 1.2)]}
+    assert panels[("head", "pixel_auroc")] == {"val": [(0, 0.9)]}
+    width, height = Image.open(loss_curves(history, tmp_path / "curves.png")).size
+    assert height > width / 3 * 2  # three rows of panels (the VAE, the local level, the map), at most three a row

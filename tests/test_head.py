@@ -92,7 +92,14 @@ def test_the_head_finds_a_kind_of_anomaly_it_was_never_trained_on():
     with torch.no_grad():
         assert float(((reconstruct(vae, selection) - selection) ** 2).mean()) < 0.01  # it learned the normal part
     head = AnomalyHead(1, tuple(cfg.head.widths))
-    fit_head(head, vae, SimpleNamespace(train_images=train, selection_images=selection), cfg.head, cfg.trainer, seed=0)
+    report = fit_head(head, vae, SimpleNamespace(train_images=train, selection_images=selection), cfg.head,
+                      cfg.trainer, seed=0)
+    # Both validations and both blocks of training steps reach the loss-curve figure, each under its own block (the
+    # training loss is logged after the callbacks' epoch end).
+    for name in ("head/train_loss", "head/anomalous_pixels", "head/val_loss", "head/val_pixel_auroc"):
+        assert [epoch for epoch, _ in report.history[name]] == [0, 1], name
+    for name in ("head/train_loss", "head/val_pixel_auroc"):  # each block its own value, not the one before it
+        assert report.history[name][0][1] != report.history[name][1][1], name
     params = {k: dict(v) for k, v in cfg.head.synthesis.params.items()}
     held_out = AnomalySynthesizer((held_out_kind,), params, anomaly_share=1.0)
     images, masks, _ = held_out(tiny_images(32, 32, 2), train, torch.Generator().manual_seed(3))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from sklearn.metrics import roc_curve
 
@@ -19,20 +20,49 @@ def save(fig: Figure, path: Path) -> Path:
                                                          bbox_inches="tight"))
 
 
+STAGES = {"": ("VAE", "epoch"), "local": ("local level", "epoch"), "head": ("learned map", "validation")}
+
+
+def curve_panels(history: dict[str, list[tuple[int, float]]]) -> dict[tuple[str, str], dict[str, list]]:
+    """(stage, metric) -> {"train" or "val": [(epoch, value), ...]}: "val/loss" is the VAE's validation loss,
+    "local/train_recon" the local level's training reconstruction, "head/anomalous_pixels" a training metric of the
+    learned map. Stages in training order, metrics by name."""
+    panels: dict[tuple[str, str], dict[str, list]] = {}
+    for name in sorted(history, key=lambda n: (list(STAGES).index(_stage(n)) if _stage(n) in STAGES else 9, n)):
+        stage, metric = _stage(name), name.split("/", 1)[-1]
+        if stage:
+            split, _, rest = metric.partition("_")
+            split, metric = (split, rest) if split in ("train", "val") and rest else ("train", metric)
+        else:
+            split = name.split("/", 1)[0]
+        if history[name]:
+            panels.setdefault((stage, metric), {})[split] = history[name]
+    return panels
+
+
+def _stage(name: str) -> str:
+    first = name.split("/", 1)[0]
+    return "" if first in ("train", "val") else first
+
+
 def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:
-    """Per-epoch curves: history maps a metric name to [(epoch, value), ...]."""
-    names = sorted(history)
-    groups = sorted({n.split("/", 1)[-1] for n in names})
-    fig = Figure(figsize=(4 * len(groups), 3.2))
-    for i, group in enumerate(groups):
-        ax = fig.add_subplot(1, len(groups), i + 1)
-        for name in names:
-            if name.split("/", 1)[-1] == group and history[name]:
-                steps, values = zip(*history[name])
-                ax.plot(steps, values, label=name.split("/", 1)[0], marker=".")
-        ax.set_title(group)
-        ax.set_xlabel("epoch")
-        ax.legend(loc="upper right")  # a fixed place: "best" is searched over every point and can warn (slow)
+    """Per-epoch curves, one row per training stage (the VAE, the local level, the learned map: their losses live on
+    different scales), one panel per metric, training and validation in the same panel."""
+    panels = curve_panels(history)
+    stages = list(dict.fromkeys(stage for stage, _ in panels)) or [""]
+    columns = max([sum(1 for s, _ in panels if s == stage) for stage in stages] + [1])
+    fig = Figure(figsize=(4 * columns, 3.2 * len(stages)), layout="constrained")
+    for row, stage in enumerate(stages):
+        title, unit = STAGES.get(stage, (stage, "epoch"))
+        for column, (key, series) in enumerate((k, v) for k, v in panels.items() if k[0] == stage):
+            ax = fig.add_subplot(len(stages), columns, row * columns + column + 1)
+            for split, points in series.items():
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=split, marker=".")
+            ax.set_title(f"{title}: {key[1]}")
+            ax.set_xlabel(unit)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(loc="upper right")  # a fixed place: "best" is searched over every point and can warn (slow)
     return save(fig, path)
 
 

@@ -8,25 +8,43 @@ from pipeline.progress import Progress
 
 
 class EpochHistory(pl.Callback):
-    """Keeps every epoch-level metric as [(epoch, value)] in memory, for the loss-curve figure."""
+    """Keeps every epoch-level metric whose name starts with one of `prefixes` as [(epoch, value)] in memory, for the
+    loss-curve figure: "train/..." and "val/..." of the VAE, "local/..." of the local level, "head/..." of the map."""
 
     def __init__(self, prefixes: tuple[str, ...] = ("train/", "val/")):
-        self.prefixes = prefixes
+        self.prefixes = tuple(prefixes)
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._finished_epoch: int | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._record(trainer, ("val/",))
+    # Lightning calls a callback's epoch-end hooks before the module's, whose metrics (the learned map's pixel AUROC, its
+    # summed training loss) they would miss: validation metrics are read when the validation ends (where checkpoints
+    # read them), an epoch's training metrics when the next epoch starts or the fit ends.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, trainer.current_epoch, validation=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, ("train/",))
+        self._finished_epoch = trainer.current_epoch
 
-    def _record(self, trainer: pl.Trainer, prefixes: tuple[str, ...]) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._finished_epoch is not None:
+            self._record(trainer, self._finished_epoch, validation=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)
+
+    def _record(self, trainer: pl.Trainer, epoch: int, validation: bool) -> None:
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(prefixes) and not name.endswith("kl_weight"):
-                self.history.setdefault(name, []).append((trainer.current_epoch, float(value)))
+            if not name.startswith(self.prefixes) or name.endswith("kl_weight") or is_validation(name) != validation:
+                continue
+            series = self.history.setdefault(name, [])
+            if not series or series[-1][0] < epoch:
+                series.append((epoch, float(value)))
 
+
+def is_validation(name: str) -> bool:
+    """"val/loss", "local/val_loss", "head/val_pixel_auroc": measured on the selection images."""
+    return name.startswith("val/") or "/val_" in name
 
 
 class NonFiniteLossError(FloatingPointError):
