@@ -253,7 +253,9 @@ def sets_section(drift: dict) -> list[str]:
             "(drift test or broken promise, at least 95 %); unshifted sets must not (at most 5 %). Reported, with "
             "its 95 % interval, and how often each check fired (%). With a detector per training seed, each measures its "
             "own sets against its own calibration images and the cells add them up (the promise test's level holds over "
-            "the calibration draw, not for one detector).", "",
+            "the calibration draw, not for one detector). The interval counts the sets as independent draws; they are not "
+            "(a detector's sets share its pool of good images and its calibration images), so the rate is less certain "
+            "than it says: the rate of each detector alone (below) shows how far one draw moves it.", "",
             *_table(["family", *any_r["conditions"]], rows), *per_detector_lines(found)]
 
 
