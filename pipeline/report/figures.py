@@ -27,8 +27,9 @@ def curve_panels(history: dict[str, list[tuple[int, float]]]) -> dict[tuple[str,
     """(stage, metric) -> {"train" or "val": [(epoch, value), ...]}: "val/loss" is the VAE's validation loss,
     "local/train_recon" the local level's training reconstruction, "head/anomalous_pixels" a training metric of the
     learned map. Stages in training order, metrics by name."""
+    order = {stage: i for i, stage in enumerate(STAGES)}  # a stage of another name goes last
     panels: dict[tuple[str, str], dict[str, list]] = {}
-    for name in sorted(history, key=lambda n: (list(STAGES).index(_stage(n)) if _stage(n) in STAGES else 9, n)):
+    for name in sorted(history, key=lambda n: (order.get(_stage(n), len(order)), n)):
         stage, metric = _stage(name), name.split("/", 1)[-1]
         if stage:
             split, _, rest = metric.partition("_")

@@ -27,11 +27,14 @@ class EpochHistory(pl.Callback):
         self._finished_epoch = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._finished_epoch is not None:
-            self._record(trainer, self._finished_epoch, validation=False)
+        self._record_finished_epoch(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.on_train_epoch_start(trainer, pl_module)
+        self._record_finished_epoch(trainer)
+
+    def _record_finished_epoch(self, trainer: pl.Trainer) -> None:
+        if self._finished_epoch is not None:
+            self._record(trainer, self._finished_epoch, validation=False)
 
     def _record(self, trainer: pl.Trainer, epoch: int, validation: bool) -> None:
         for name, value in trainer.callback_metrics.items():
